@@ -1,0 +1,43 @@
+"""The few exceptions onnxfit raises for user mistakes.
+
+Every user-facing error is an :class:`OnnxfitError`: the CLI prints ``error: <message>`` and,
+when there is one, ``hint: <hint>`` on one line each, exits with status 2 and writes nothing.
+Any other exception escaping the CLI is a bug in onnxfit.
+"""
+
+from __future__ import annotations
+
+
+class OnnxfitError(Exception):
+    """Base class of every error caused by input rather than by a bug.
+
+    ``hint`` says what to do about it (shown by the CLI after the message).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ModelLoadError(OnnxfitError):
+    """A model file is missing, empty, truncated or not ONNX (the message names file and reason)."""
+
+
+class UnsafeModelError(OnnxfitError):
+    """A model refers to external data outside its own folder (absolute path, ``..``, symlink)."""
+
+
+class BudgetExceededError(OnnxfitError):
+    """A memory request does not fit in a pool, arena or memory budget (sizes in the message)."""
+
+
+class VerificationError(OnnxfitError):
+    """An optimized model could not be brought within the accuracy budget."""
+
+
+class InputError(OnnxfitError):
+    """A bad argument: unknown target, wrong shape or dtype, bad option value, bad data folder."""

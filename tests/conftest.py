@@ -1,0 +1,38 @@
+"""Shared fixtures: the real data in ../shared/data and the zoo reference models.
+
+Tests that read ../shared/data take the ``shared_data`` fixture. When the folder is absent such a
+test *fails*, unless it is marked ``@pytest.mark.needs_data``, in which case it is skipped with
+the reason. Set ONNXFIT_SHARED_DATA to point elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ONNXFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    return SHARED_DATA
+
+
+@pytest.fixture
+def shared_data(request: pytest.FixtureRequest) -> Path:
+    """Path of ../shared/data; a missing folder fails the test unless it is marked needs_data."""
+    if not (SHARED_DATA / "models").is_dir():
+        msg = f"real data not found at {SHARED_DATA} (set ONNXFIT_SHARED_DATA)"
+        if request.node.get_closest_marker("needs_data"):
+            pytest.skip(msg)
+        pytest.fail(msg)
+    return SHARED_DATA
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
