@@ -36,3 +36,23 @@ def shared_data(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def zoo_resnet18(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ResNet-18 from :mod:`onnxfit.zoo` (seed 0), built once per session and saved; its path."""
+    from onnxfit import io, zoo
+
+    path = tmp_path_factory.mktemp("zoo") / "resnet18.onnx"
+    io.save(zoo.resnet18(seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def zoo_yolov3_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny-YOLOv3 from :mod:`onnxfit.zoo` (seed 0), built once per session and saved; its path."""
+    from onnxfit import io, zoo
+
+    path = tmp_path_factory.mktemp("zoo") / "yolov3-tiny.onnx"
+    io.save(zoo.yolov3_tiny(seed=0), path)
+    return path

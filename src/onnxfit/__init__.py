@@ -27,6 +27,10 @@ _API: dict[str, str] = {
     "BudgetExceededError": "onnxfit.errors",
     "VerificationError": "onnxfit.errors",
     "InputError": "onnxfit.errors",
+    "Session": "onnxfit.runtime.session",
+    "MemoryPool": "onnxfit.runtime.pool",
+    "resnet18": "onnxfit.zoo",
+    "yolov3_tiny": "onnxfit.zoo",
 }
 
 __all__ = sorted(_API)

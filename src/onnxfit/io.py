@@ -196,13 +196,25 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _default_mode(path: Path) -> int:
+    """The mode a plain ``open()`` would give a new file (or the existing file's mode)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    mode = _default_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

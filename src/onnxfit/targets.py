@@ -241,7 +241,8 @@ def detect_cuda() -> Target:
         cpu_cores=_usable_cores(),
         default_precision="fp16",
         dispatch_overhead_s=5e-6,  # CUDA kernel launch, ~5 us without CUDA graphs
-        description=f"{name} (CUDA)" + ("" if found else " — nvidia-smi not found, generic figures"),
+        description=f"{name} (CUDA)"
+        + ("" if found else " — nvidia-smi not found, generic figures"),
     )
 
 
@@ -300,23 +301,28 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
     data.setdefault("name", p.stem)
     try:
         if base_name is not None:
-            return replace(get_target(str(base_name)), **data)
-        missing = sorted(
-            f.name
-            for f in fields(Target)
-            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
-        )
-        if missing:
-            raise InputError(
-                f"{p}: missing target field(s) {', '.join(missing)}",
-                hint='give them, or start from a built-in with base = "xbox-series-s"',
-            )
-        target = Target(**data)
+            target = replace(get_target(str(base_name)), **data)
+        else:
+            target = _from_fields(p, data)
     except TypeError as exc:
         raise InputError(f"{p}: bad target definition ({exc})") from None
     if target.default_precision not in PRECISIONS:
         raise InputError(f"{p}: default_precision must be one of {', '.join(PRECISIONS)}")
     return target
+
+
+def _from_fields(p: Path, data: dict[str, Any]) -> Target:
+    missing = sorted(
+        f.name
+        for f in fields(Target)
+        if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+    )
+    if missing:
+        raise InputError(
+            f"{p}: missing target field(s) {', '.join(missing)}",
+            hint='give them, or start from a built-in with base = "xbox-series-s"',
+        )
+    return Target(**data)
 
 
 def get_target(name: str | Target) -> Target:

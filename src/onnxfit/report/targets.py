@@ -13,8 +13,19 @@ from onnxfit.targets import Target
 def targets_table(targets: Sequence[Target]) -> Table:
     """One row per target: throughput per precision, bandwidth, budget, cores, providers."""
     table = Table(title="Targets")
-    for col in ("name", "kind", "FP32 TFLOPS", "FP16", "INT8 TOPS", "GB/s", "budget GB",
-                "cores", "default", "dispatch", "providers"):
+    for col in (
+        "name",
+        "kind",
+        "FP32 TFLOPS",
+        "FP16",
+        "INT8 TOPS",
+        "GB/s",
+        "budget GB",
+        "cores",
+        "default",
+        "dispatch",
+        "providers",
+    ):
         table.add_column(col)
     for t in targets:
         table.add_row(

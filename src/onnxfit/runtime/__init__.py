@@ -1,0 +1,30 @@
+"""Running optimized models: target-aware sessions, memory pool, batching, resources, loading.
+
+The names below are re-exported lazily so ``import onnxfit.runtime`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> module that defines it (other runtime modules add theirs here)
+_EXPORTS: dict[str, str] = {
+    "Session": "onnxfit.runtime.session",
+    "TensorSpec": "onnxfit.runtime.session",
+    "deploy_settings": "onnxfit.runtime.settings",
+    "plan_session": "onnxfit.runtime.settings",
+    "SessionPlan": "onnxfit.runtime.settings",
+    "MemoryPool": "onnxfit.runtime.pool",
+    "Block": "onnxfit.runtime.pool",
+    "PoolStats": "onnxfit.runtime.pool",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxfit.runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,421 @@
+"""Shape resolution: fix the batch and symbolic input dims, then infer every tensor's shape.
+
+:func:`infer_shapes` works on a copy of the model (the input is never changed):
+
+1. Graph inputs: the first dim of every input of rank >= 2 becomes ``batch`` when it is symbolic
+   or unknown; a symbol used there is replaced by ``batch`` wherever else it appears.
+   ``input_shapes={"name": [1, 3, 224, 224]}`` overrides whole shapes. A first dim fixed to 1
+   is moved to ``batch`` only when ``batch > 1`` is asked for; the graph is then checked to
+   accept it (a Reshape with a hard-coded batch of 1 does not, and the error says which).
+2. ONNX shape inference (``onnx.shape_inference.infer_shapes``, strict mode and data
+   propagation; non-strict as a fallback) runs on the copy with large initializers lifted out,
+   so models above protobuf's 2 GiB limit work too.
+3. Every tensor must end with a static shape and a dtype, or :class:`InputError` names the
+   unresolved ones (first few + count) and where they start. Tensors downstream of ops whose
+   output shape depends on the data (NonZero, NonMaxSuppression, Loop, ...) may stay dynamic:
+   they are logged, and the cost model marks the nodes that touch them as not fully known.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import onnx
+import onnx_ir as ir
+
+from onnxfit import io
+from onnxfit.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: Ops whose output shapes depend on input *values* that are not known before running.
+DATA_DEPENDENT_OPS = frozenset(
+    {
+        "NonZero",
+        "NonMaxSuppression",
+        "Unique",
+        "Compress",
+        "Loop",
+        "If",
+        "Scan",
+        "StringSplit",
+        "RegexFullMatch",
+    }
+)
+#: Initializers above this size are lifted out before serializing for shape inference.
+_BIG_TENSOR = 1024
+_SHOW = 5
+
+
+def is_static(value: ir.Value | None) -> bool:
+    """True when ``value`` has a dtype and a shape made only of integers."""
+    return (
+        value is not None
+        and value.dtype is not None
+        and value.shape is not None
+        and all(isinstance(d, int) for d in value.shape.dims)
+    )
+
+
+def fmt_shape(shape: ir.Shape | Sequence[object] | None) -> str:
+    """``[1, 3, batch, ?]`` style text for a shape (``?`` for an unknown dim, ``?`` if none)."""
+    if shape is None:
+        return "?"
+    dims = shape.dims if isinstance(shape, ir.Shape) else shape
+    return "[" + ", ".join(_dim_text(d) for d in dims) + "]"
+
+
+def _dim_text(d: object) -> str:
+    if isinstance(d, int):
+        return str(d)
+    value = getattr(d, "value", d)
+    return "?" if value is None else str(value)
+
+
+def _hint_shape(name: str, shape: ir.Shape | None) -> str:
+    if shape is None:
+        return f"{name}=1x3x224x224"
+    return name + "=" + "x".join(_dim_text(d).replace("?", "N") for d in shape.dims)
+
+
+def _graph_inputs(model: ir.Model) -> list[ir.Value]:
+    """Real graph inputs (initializers that are also listed as inputs are left out)."""
+    return [v for v in model.graph.inputs if not v.is_initializer()]
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    copy = model.clone()
+    for key, value in model.meta.items():
+        copy.meta[key] = value
+    return copy
+
+
+def _fix_inputs(
+    model: ir.Model, batch: int, input_shapes: Mapping[str, Sequence[int]]
+) -> list[str]:
+    """Set input dims in place; return the names of inputs whose *static* dims changed."""
+    inputs = {v.name: v for v in _graph_inputs(model)}
+    unknown = sorted(set(input_shapes) - set(inputs))
+    if unknown:
+        raise InputError(
+            f"--input-shape names no graph input: {', '.join(unknown)}",
+            hint=f"the model's inputs are: {', '.join(str(n) for n in inputs)}",
+        )
+    # A symbol used as the batch dim means "batch" wherever it appears.
+    batch_symbols: set[str] = set()
+    for name, value in inputs.items():
+        shape = value.shape
+        if name in input_shapes or shape is None or len(shape) < 2:
+            continue
+        first = shape.dims[0]
+        if not isinstance(first, int) and first.value is not None:
+            batch_symbols.add(first.value)
+    static_changed: list[str] = []
+    for name, value in inputs.items():
+        old = value.shape
+        if name in input_shapes:
+            new = [int(d) for d in input_shapes[name]]
+            if old is not None and len(old) != len(new):
+                raise InputError(
+                    f"--input-shape {name}: {len(new)} dims given, the input has {len(old)} "
+                    f"{fmt_shape(old)}",
+                    hint=f"--input-shape {_hint_shape(str(name), old)}",
+                )
+            if old is not None and any(
+                isinstance(o, int) and o != n for o, n in zip(old.dims, new, strict=True)
+            ):
+                static_changed.append(str(name))
+            value.shape = ir.Shape(new)
+            continue
+        if old is None:
+            continue
+        dims: list[int | str | None] = []
+        for i, d in enumerate(old.dims):
+            if isinstance(d, int):
+                if i == 0 and len(old) >= 2 and d == 1 and batch != 1:
+                    dims.append(batch)
+                    static_changed.append(str(name))
+                else:
+                    dims.append(d)
+            elif (i == 0 and len(old) >= 2) or d.value in batch_symbols:
+                dims.append(batch)
+            else:
+                dims.append(d.value)
+        value.shape = ir.Shape(dims)
+    return static_changed
+
+
+def _forget_inferred(model: ir.Model) -> dict[str, ir.Shape]:
+    """Drop the shapes of everything but graph inputs and initializers; return the old ones."""
+    old: dict[str, ir.Shape] = {}
+    graph = model.graph
+    values = [out for node in graph for out in node.outputs]
+    values += [v for v in graph.outputs if v not in values]
+    for value in values:
+        if value.is_graph_input() or value.is_initializer():
+            continue
+        if value.shape is not None and value.name:
+            old[value.name] = value.shape
+        value.shape = None
+    return old
+
+
+def _run_onnx_inference(model: ir.Model, *, strict: bool) -> onnx.ModelProto:
+    """ONNX shape inference on ``model`` with its big initializers lifted into inputs.
+
+    The lifted initializers are put back (same objects, same tensors) before returning.
+    """
+    graph = model.graph
+    n_inputs = len(graph.inputs)
+    lifted: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        for value in list(graph.initializers.values()):
+            tensor = value.const_value
+            if tensor is None or tensor.nbytes <= _BIG_TENSOR:
+                continue
+            if value.shape is None:
+                value.shape = ir.Shape(tensor.shape)
+            if value.dtype is None:
+                value.dtype = tensor.dtype
+            lifted.append((value, tensor))
+            graph.initializers.pop(str(value.name))
+            value.const_value = None
+            if value not in graph.inputs:
+                graph.inputs.append(value)
+        proto = io.to_proto(model)
+    finally:
+        kept = list(graph.inputs[:n_inputs])
+        graph.inputs.clear()
+        graph.inputs.extend(kept)
+        for value, tensor in lifted:
+            value.const_value = tensor
+            graph.register_initializer(value)
+    return onnx.shape_inference.infer_shapes(
+        proto, check_type=True, strict_mode=strict, data_prop=True
+    )
+
+
+def _merge(model: ir.Model, inferred: onnx.ModelProto) -> None:
+    """Copy inferred shapes/dtypes (main graph) into ``model``'s values, by name."""
+    types: dict[str, onnx.TypeProto] = {}
+    for info in (*inferred.graph.value_info, *inferred.graph.output):
+        if info.type.HasField("tensor_type"):
+            types[info.name] = info.type
+    for node in model.graph:
+        for value in node.outputs:
+            _apply_type(value, types.get(str(value.name)))
+    for value in model.graph.outputs:
+        _apply_type(value, types.get(str(value.name)))
+
+
+def _apply_type(value: ir.Value, type_proto: onnx.TypeProto | None) -> None:
+    if type_proto is None:
+        return
+    tensor_type = type_proto.tensor_type
+    if tensor_type.elem_type and value.dtype is None:
+        value.dtype = ir.DataType(tensor_type.elem_type)
+    if tensor_type.HasField("shape"):
+        dims: list[int | str | None] = []
+        for d in tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        value.shape = ir.Shape(dims)
+
+
+def _check_reshapes(model: ir.Model, changed: list[str], batch: int) -> None:
+    """Refuse a graph that breaks under the new dims (a Reshape with a hard-coded batch).
+
+    A Reshape whose in/out element counts differ is always wrong. When a fixed batch dim was
+    moved (``changed``), a Reshape that turns a leading ``batch`` into 1 folds the batch into
+    another dim and silently mixes samples: that is refused too.
+    """
+    for node in model.graph:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        if not (is_static(x) and is_static(y)):
+            continue
+        assert x is not None and x.shape is not None and y.shape is not None
+        n_in = math.prod(int(d) for d in x.shape.dims)
+        n_out = math.prod(int(d) for d in y.shape.dims)
+        folds = bool(changed) and x.shape.dims[:1] == (batch,) and y.shape.dims[:1] == (1,)
+        if n_in == n_out and not folds:
+            continue
+        const = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] else None
+        target = fmt_shape(list(const.numpy().tolist())) if const is not None else "?"
+        if n_in != n_out:
+            why = (
+                f"the graph hard-codes shape {target} in Reshape {node.name!r}, which gets a "
+                f"tensor of shape {fmt_shape(x.shape)} ({n_in:,} elements, {n_out:,} expected)"
+            )
+        else:
+            why = (
+                f"Reshape {node.name!r} hard-codes shape {target}: it folds the batch of "
+                f"{fmt_shape(x.shape)} into {fmt_shape(y.shape)}, mixing samples"
+            )
+        if changed:
+            raise InputError(
+                f"cannot run {', '.join(changed)} at batch {batch}: {why}",
+                hint="use --batch 1 / the model's own input shape, or re-export the model "
+                "with a dynamic batch dimension",
+            )
+        raise InputError(f"inconsistent model: {why}", hint="check the --input-shape values")
+
+
+def _check_outputs_carry_batch(
+    model: ir.Model, old: Mapping[str, ir.Shape], changed: list[str], batch: int
+) -> None:
+    """After moving a fixed batch of 1, every output that had batch 1 must now have ``batch``."""
+    for value in model.graph.outputs:
+        prev = old.get(str(value.name))
+        if prev is None or len(prev) < 2 or prev.dims[0] != 1 or value.shape is None:
+            continue
+        if value.shape.dims[0] != batch:
+            raise InputError(
+                f"cannot run {', '.join(changed)} at batch {batch}: output {value.name!r} "
+                f"comes out as {fmt_shape(value.shape)} instead of batch {batch} (the graph "
+                "hard-codes a batch of 1 somewhere)",
+                hint="use --batch 1, or re-export the model with a dynamic batch dimension",
+            )
+
+
+def _downstream_of_data_dependent(model: ir.Model) -> set[ir.Value]:
+    tainted: set[ir.Value] = set()
+    for node in model.graph:  # graph order is topological for valid ONNX
+        dynamic = node.op_type in DATA_DEPENDENT_OPS or any(
+            v in tainted for v in node.inputs if v is not None
+        )
+        if dynamic:
+            tainted.update(node.outputs)
+    return tainted
+
+
+def _unresolved(model: ir.Model) -> list[ir.Value]:
+    graph = model.graph
+    seen: set[ir.Value] = set()
+    out: list[ir.Value] = []
+    candidates: Iterable[ir.Value] = [
+        *_graph_inputs(model),
+        *(v for node in graph for v in node.outputs),
+        *graph.outputs,
+    ]
+    for value in candidates:
+        if value in seen:
+            continue
+        seen.add(value)
+        if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+            continue  # an unused optional output never gets a shape; nothing reads it
+        if not is_static(value):
+            out.append(value)
+    return out
+
+
+def _roots(unresolved: Sequence[ir.Value]) -> list[str]:
+    """Where the unresolved region starts: inputs, or nodes whose own inputs were resolved."""
+    bad = set(unresolved)
+    roots: list[str] = []
+    for value in unresolved:
+        node = value.producer()
+        if node is None:
+            roots.append(f"input {value.name!r} {fmt_shape(value.shape)}")
+        elif not any(v in bad for v in node.inputs if v is not None):
+            where = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
+            text = f"{where}{node.op_type} node {node.name!r}"
+            if text not in roots:
+                roots.append(text)
+    return roots
+
+
+def infer_shapes(
+    model: ir.Model,
+    *,
+    batch: int = 1,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    allow_data_dependent: bool = True,
+) -> ir.Model:
+    """A copy of ``model`` with input dims fixed and every tensor's shape and dtype inferred.
+
+    See the module docstring for the rules. ``allow_data_dependent=False`` also refuses
+    tensors whose shape depends on runtime values. Raises :class:`InputError` for batch <= 0,
+    an unknown input name, a shape the graph cannot take, or unresolved shapes.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise InputError(f"batch must be a positive integer, got {batch!r}", hint="--batch 1")
+    shapes = dict(input_shapes or {})
+    for name, dims in shapes.items():
+        if not dims or any(int(d) <= 0 for d in dims):
+            raise InputError(
+                f"--input-shape {name}: dims must be positive, got {list(dims)}",
+                hint=f"--input-shape {name}=1x3x224x224",
+            )
+    out = _copy(model)
+    changed = _fix_inputs(out, batch, shapes)
+    if changed:
+        logger.info("overriding fixed input dims of %s", ", ".join(changed))
+    old = _forget_inferred(out)
+    strict_error: str | None = None
+    try:
+        try:
+            inferred = _run_onnx_inference(out, strict=True)
+        except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+            strict_error = str(exc).strip().splitlines()[-1][:300]
+            logger.info("strict shape inference failed (%s); retrying non-strict", strict_error)
+            inferred = _run_onnx_inference(out, strict=False)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
+        raise InputError(
+            f"ONNX shape inference failed: {str(exc).strip().splitlines()[-1][:300]}",
+            hint="check --input-shape / --batch against the model's inputs",
+        ) from None
+    _merge(out, inferred)
+    if not changed:  # shapes a previous tool stored stay valid when no static dim moved
+        for node in out.graph:
+            for value in node.outputs:
+                prev = old.get(str(value.name))
+                if value.shape is None and prev is not None and prev.is_static():
+                    value.shape = prev
+    _check_reshapes(out, changed, batch)
+    if changed:
+        _check_outputs_carry_batch(out, old, changed, batch)
+    unresolved = _unresolved(out)
+    tainted = set() if not allow_data_dependent else _downstream_of_data_dependent(out)
+    dynamic = [v for v in unresolved if v in tainted]
+    hard = [v for v in unresolved if v not in tainted]
+    if dynamic:
+        logger.warning(
+            "%d tensors have data-dependent shapes (e.g. %s); their cost is partly unknown",
+            len(dynamic),
+            ", ".join(repr(v.name) for v in dynamic[:_SHOW]),
+        )
+    if hard:
+        names = ", ".join(f"{v.name!r} {fmt_shape(v.shape)}" for v in hard[:_SHOW])
+        more = f" and {len(hard) - _SHOW} more" if len(hard) > _SHOW else ""
+        roots = _roots(hard)
+        start = f"; it starts at {', '.join(roots[:3])}" if roots else ""
+        detail = f" (strict inference said: {strict_error})" if strict_error else ""
+        symbolic = [v for v in _graph_inputs(out) if not is_static(v)]
+        if symbolic:
+            hint = "give every input a full shape: " + " ".join(
+                f"--input-shape {_hint_shape(str(v.name), v.shape)}" for v in symbolic[:3]
+            )
+        else:
+            hint = (
+                "the ops named above are unknown to ONNX shape inference; give input shapes "
+                "with --input-shape name=1x3x224x224 or run symbolic shape inference first"
+            )
+        raise InputError(
+            f"shapes of {len(hard)} tensors stay unresolved: {names}{more}{start}{detail}",
+            hint=hint,
+        )
+    logger.debug("shapes inferred for %d nodes (batch %d)", len(out.graph), batch)
+    return out
+
+
+def has_static_shapes(model: ir.Model) -> bool:
+    """True when every graph input and every node output that is used has a static shape."""
+    return not _unresolved(model)

@@ -1,0 +1,93 @@
+"""``cleanup``: constant folding, dead-code and Identity removal, initializer deduplication.
+
+Rewrites it makes (each an existing onnx-ir / onnxscript pass, in this order):
+
+1. initializers also listed as graph inputs (IR < 4 exports) stop being inputs, so they count
+   as constants (``RemoveInitializersFromInputsPass``; option ``remove_initializer_inputs``);
+2. constant subgraphs are evaluated and replaced by their value (onnxscript
+   ``FoldConstantsPass``; QuantizeLinear/DequantizeLinear are never folded there, so an INT8
+   model stays INT8);
+3. ``y = Identity(x)`` nodes whose output is not a graph output are removed;
+4. unused nodes, initializers and opset imports are removed;
+5. initializers with equal dtype, shape and bytes are merged (``DeduplicateHashedInitializersPass``);
+6. ``Constant`` nodes become initializers (all of them with ``lift_constants``).
+
+Portable: it only removes work, every execution provider runs the result.
+Stats: ``nodes_before``/``nodes_after``, ``initializers_before``/``initializers_after``,
+``folded`` (per op type), ``identities_removed``.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnxscript.optimizer import _constant_folding
+
+from onnxfit.passes.base import OnnxfitPass
+
+
+class CleanupPass(OnnxfitPass):
+    """Fold constants, drop dead code and Identity nodes, merge equal initializers.
+
+    ``fold_input_limit``/``fold_output_limit`` (elements) bound the tensors constant folding
+    may read or create, so that folding never materializes a huge tensor.
+    """
+
+    name = "cleanup"
+    portable = True
+
+    def __init__(
+        self,
+        *,
+        fold_constants: bool = True,
+        remove_identity: bool = True,
+        deduplicate: bool = True,
+        lift_constants: bool = True,
+        remove_initializer_inputs: bool = True,
+        fold_input_limit: int = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+        fold_output_limit: int = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+    ) -> None:
+        super().__init__()
+        self.fold_constants = fold_constants
+        self.remove_identity = remove_identity
+        self.deduplicate = deduplicate
+        self.lift_constants = lift_constants
+        self.remove_initializer_inputs = remove_initializer_inputs
+        self.fold_input_limit = fold_input_limit
+        self.fold_output_limit = fold_output_limit
+
+    def run(self, model: ir.Model) -> bool:
+        graph = model.graph
+        nodes_before, inits_before = len(graph), len(graph.initializers)
+        identities_before = sum(1 for n in graph if n.op_type == "Identity")
+        modified = False
+        passes: list[ir.passes.PassBase] = []
+        if self.remove_initializer_inputs:
+            passes.append(common.RemoveInitializersFromInputsPass())
+        folder = None
+        if self.fold_constants:
+            folder = _constant_folding.FoldConstantsPass(
+                shape_inference=True,
+                input_size_limit=self.fold_input_limit,
+                output_size_limit=self.fold_output_limit,
+            )
+            passes.append(folder)
+        if self.remove_identity:
+            passes.append(common.IdentityEliminationPass())
+        passes += [common.RemoveUnusedNodesPass(), common.RemoveUnusedOpsetsPass()]
+        if self.deduplicate:
+            passes.append(common.DeduplicateHashedInitializersPass())
+        if self.lift_constants:
+            passes.append(common.LiftConstantsToInitializersPass(lift_all_constants=True))
+        passes.append(common.RemoveUnusedNodesPass())
+        for p in passes:
+            modified = p(model).modified or modified
+        self.stats["nodes_before"] = nodes_before
+        self.stats["nodes_after"] = len(graph)
+        self.stats["initializers_before"] = inits_before
+        self.stats["initializers_after"] = len(graph.initializers)
+        if folder is not None:
+            self.stats["folded"] = dict(getattr(folder, "_counts", {}))
+        identities_after = sum(1 for n in graph if n.op_type == "Identity")
+        self.stats["identities_removed"] = identities_before - identities_after
+        return modified

@@ -1,0 +1,430 @@
+"""BatchEngine: run many single items through a session in batches, synchronously or async.
+
+* :meth:`BatchEngine.run` takes a list of input dicts (one per item, every array with a leading
+  batch dimension of 1), concatenates them into batches of ``batch_size``, pads the last batch
+  with copies of its last item when the session's batch dimension is fixed (and strips the
+  padding again), splits the outputs and returns one output dict per item, in order. A model whose
+  batch dimension is fixed at 1 runs item by item.
+* ``batch_size="auto"`` measures batch sizes 1, 2, 4, ... up to ``max_batch`` on this host for a
+  short time each and keeps the one with the best throughput whose median latency stays within
+  ``latency_cap_ms``; the measurements are kept in :attr:`BatchEngine.tuning`.
+* :meth:`BatchEngine.submit` (``await`` it from coroutines), :meth:`BatchEngine.submit_future`
+  (a :class:`concurrent.futures.Future`, safe from any thread) and :meth:`BatchEngine.submit_sync`
+  (blocking, with a timeout) feed one worker thread that gathers requests into dynamic batches of at
+  most ``max_batch`` items, waiting at most ``max_wait_ms`` after the first one. A batch whose run
+  raises fails only its own callers, with that exception; a cancelled caller is dropped before its
+  batch runs; :meth:`close` stops the worker, fails pending callers with :class:`EngineClosedError`
+  and joins the thread. Asyncio futures are completed through ``loop.call_soon_threadsafe`` (by
+  :func:`asyncio.wrap_future`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from onnxfit.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+AUTO_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+
+class Runner(Protocol):
+    """What the engine needs from a session (``onnxfit.runtime.session.Session`` has it)."""
+
+    @property
+    def inputs(self) -> Sequence[Any]: ...
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class EngineClosedError(RuntimeError):
+    """The engine was closed before (or while) this request could run."""
+
+
+@dataclass(frozen=True)
+class BatchMeasurement:
+    """One batch size timed by the auto-tuner (median over ``runs`` runs after one warm-up)."""
+
+    batch: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    items_per_s: float
+    within_cap: bool
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """What ``batch_size="auto"`` measured and chose."""
+
+    chosen: int
+    latency_cap_ms: float | None
+    measurements: tuple[BatchMeasurement, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chosen": self.chosen,
+            "latency_cap_ms": self.latency_cap_ms,
+            "measurements": [asdict(m) for m in self.measurements],
+        }
+
+
+@dataclass
+class BatchStats:
+    """Counters of what the engine ran (sync and async together)."""
+
+    runs: int = 0
+    items: int = 0
+    padded_items: int = 0
+    failed_batches: int = 0
+    dropped_cancelled: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def mean_batch(self) -> float:
+        return self.items / self.runs if self.runs else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean_batch"] = round(self.mean_batch, 3)
+        return d
+
+
+@dataclass
+class _Request:
+    feeds: Feeds
+    future: Future[Feeds]
+    key: tuple[Any, ...]
+
+
+def _signature(feeds: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    return tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in feeds.items()))
+
+
+class BatchEngine:
+    """Batched execution of single items on a session; see the module docstring."""
+
+    def __init__(
+        self,
+        session: Runner,
+        *,
+        batch_size: int | Literal["auto"] = 8,
+        latency_cap_ms: float | None = None,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        tune_seconds: float = 0.3,
+        sample: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise InputError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InputError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+        self.session = session
+        self.latency_cap_ms = latency_cap_ms
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.tune_seconds = tune_seconds
+        self.tuning: TuningResult | None = None
+        self.stats = BatchStats()
+        self._names = [s.name for s in session.inputs]
+        self.fixed_batch = self._fixed_batch_dim(session.inputs)
+        if self.fixed_batch is not None:
+            # A fixed batch dimension decides everything: no tuning, no larger dynamic batches.
+            self.max_batch = self.fixed_batch
+            self.batch_size = self.fixed_batch
+            if batch_size != self.fixed_batch:
+                logger.info("the model's batch is fixed at %d: batching by it", self.fixed_batch)
+        else:
+            self.max_batch = max_batch
+            self.batch_size = min(max_batch, 8 if batch_size == "auto" else batch_size)
+        self._auto_pending = batch_size == "auto" and self.fixed_batch is None
+        if self._auto_pending and sample is not None:
+            self.tune(sample)
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._backlog: list[_Request] = []
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- shapes and checks
+    @staticmethod
+    def _fixed_batch_dim(specs: Sequence[Any]) -> int | None:
+        """The fixed leading dim shared by the inputs, or None when it is symbolic/unknown."""
+        dims = {s.shape[0] if len(s.shape) else None for s in specs}
+        fixed = {d for d in dims if isinstance(d, int) and d > 0}
+        if not fixed:
+            return None
+        if len(fixed) > 1:
+            raise InputError(f"inputs disagree on the fixed batch dimension: {sorted(fixed)}")
+        return fixed.pop()
+
+    def _check_item(self, item: Mapping[str, np.ndarray], index: int | None = None) -> Feeds:
+        where = "item" if index is None else f"item {index}"
+        if not isinstance(item, Mapping):
+            raise InputError(f"{where}: expected a dict of input name -> array, got {type(item)}")
+        missing = [n for n in self._names if n not in item]
+        if missing:
+            raise InputError(f"{where}: missing input(s) {missing}", hint=f"inputs: {self._names}")
+        out: Feeds = {}
+        for name in self._names:
+            arr = np.asarray(item[name])
+            if arr.ndim == 0 or arr.shape[0] != 1:
+                raise InputError(
+                    f"{where}: input {name!r} has shape {arr.shape}; expected a leading batch "
+                    "dimension of 1",
+                    hint="add one with arr[None] (one item per dict)",
+                )
+            out[name] = arr
+        return out
+
+    # ------------------------------------------------------------------ batched execution
+    def _run_batch(self, items: Sequence[Feeds]) -> list[Feeds]:
+        """Run one batch (len(items) <= max_batch): concat, pad if fixed, run, split, strip."""
+        n = len(items)
+        padded = list(items)
+        if self.fixed_batch is not None and n < self.fixed_batch:
+            padded += [items[-1]] * (self.fixed_batch - n)
+        run_n = len(padded)
+        feeds = (
+            dict(padded[0])
+            if run_n == 1
+            else {k: np.concatenate([it[k] for it in padded], axis=0) for k in self._names}
+        )
+        outs = self.session.run(feeds)
+        with self._stats_lock:
+            self.stats.runs += 1
+            self.stats.items += n
+            self.stats.padded_items += run_n - n
+            self.stats.batch_sizes[run_n] = self.stats.batch_sizes.get(run_n, 0) + 1
+        if run_n == 1:
+            return [outs]
+        result: list[Feeds] = [{} for _ in range(n)]
+        for name, arr in outs.items():
+            if arr.ndim >= 1 and arr.shape[0] == run_n:
+                for i in range(n):
+                    result[i][name] = arr[i : i + 1]
+            else:  # no batch dimension on this output: every item gets it whole
+                logger.debug("output %r has no batch dim (shape %s)", name, arr.shape)
+                for i in range(n):
+                    result[i][name] = arr
+        return result
+
+    def run(self, items: Sequence[Mapping[str, np.ndarray]]) -> list[Feeds]:
+        """Outputs for every item, in order (each output array keeps a leading dim of 1)."""
+        checked = [self._check_item(it, i) for i, it in enumerate(items)]
+        if not checked:
+            return []
+        if self._auto_pending:
+            self.tune(checked[0])
+        bs = self.batch_size
+        results: list[Feeds] = []
+        # Items with different trailing shapes cannot share a batch: keep runs of one signature.
+        start = 0
+        while start < len(checked):
+            key = _signature(checked[start])
+            stop = start + 1
+            while stop < len(checked) and stop - start < bs and _signature(checked[stop]) == key:
+                stop += 1
+            results.extend(self._run_batch(checked[start:stop]))
+            start = stop
+        return results
+
+    # ------------------------------------------------------------------------ auto-tuning
+    def tune(self, sample: Mapping[str, np.ndarray]) -> TuningResult:
+        """Time batch sizes 1, 2, 4, ... (<= max_batch) on ``sample`` and choose one.
+
+        Each size gets one warm-up run, then runs for about ``tune_seconds`` (at least 3). The
+        chosen size has the highest items/s among those whose median latency is within
+        ``latency_cap_ms`` (batch 1 when none is). Sizes stop growing once a size's median
+        exceeds the cap. The result is stored in :attr:`tuning` and returned.
+        """
+        item = self._check_item(sample)
+        sizes = [s for s in AUTO_SIZES if s <= self.max_batch]
+        if self.fixed_batch is not None:
+            sizes = [self.fixed_batch]
+        cap = self.latency_cap_ms
+        measured: list[BatchMeasurement] = []
+        for b in sizes:
+            feeds = {k: np.repeat(v, b, axis=0) for k, v in item.items()}
+            self.session.run(feeds)  # warm-up (allocations, kernel selection)
+            times: list[float] = []
+            t_end = time.perf_counter() + self.tune_seconds
+            while len(times) < 3 or (time.perf_counter() < t_end and len(times) < 200):
+                t0 = time.perf_counter()
+                self.session.run(feeds)
+                times.append(time.perf_counter() - t0)
+            med = float(np.median(times)) * 1e3
+            p90 = float(np.percentile(times, 90)) * 1e3
+            ok = cap is None or med <= cap
+            measured.append(
+                BatchMeasurement(b, len(times), round(med, 4), round(p90, 4), b / med * 1e3, ok)
+            )
+            logger.debug("tune batch %d: %.3f ms median, %.1f items/s", b, med, b / med * 1e3)
+            if not ok:
+                break
+        fits = [m for m in measured if m.within_cap]
+        chosen = max(fits, key=lambda m: m.items_per_s).batch if fits else 1
+        self.batch_size = chosen
+        self._auto_pending = False
+        self.tuning = TuningResult(chosen, cap, tuple(measured))
+        logger.info("auto batch size: %d (cap %s ms)", chosen, cap)
+        return self.tuning
+
+    # --------------------------------------------------------------- dynamic batching (async)
+    def submit_future(self, item: Mapping[str, np.ndarray]) -> Future[Feeds]:
+        """Queue one item for dynamic batching; thread-safe. Cancel the future to drop it."""
+        feeds = self._check_item(item)
+        fut: Future[Feeds] = Future()
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("the BatchEngine is closed")
+            if self._worker is None:
+                # The thread holds only a weak reference: an engine dropped without close() is
+                # collected, its finalizer wakes the thread and the thread ends.
+                self._worker = threading.Thread(
+                    target=_worker_main,
+                    args=(weakref.ref(self), self._queue),
+                    name="onnxfit-batcher",
+                    daemon=True,
+                )
+                weakref.finalize(self, self._queue.put, None)
+                self._worker.start()
+            self._queue.put(_Request(feeds, fut, _signature(feeds)))
+        return fut
+
+    def submit_sync(self, item: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Feeds:
+        """Queue one item and wait for its outputs (TimeoutError after ``timeout`` s; the request
+        is then cancelled so that it does not run if its batch has not started)."""
+        fut = self.submit_future(item)
+        try:
+            return fut.result(timeout=timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    async def submit(self, item: Mapping[str, np.ndarray]) -> Feeds:
+        """``await engine.submit(item)``: the item's outputs, batched with concurrent callers.
+
+        Cancelling the awaiting task cancels the request (dropped if its batch has not started).
+        """
+        return await asyncio.wrap_future(self.submit_future(item))
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], list[_Request]]:
+        """Collect requests for one batch: (this batch, requests left for a later one)."""
+        batch = [first]
+        other: list[_Request] = []
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch and not self._closed:
+            left = deadline - time.monotonic()
+            try:
+                req = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if req is None:  # close() or finalizer: leave the sentinel for the loop
+                self._queue.put(None)
+                break
+            (batch if req.key == first.key else other).append(req)
+        return batch, other
+
+    def _process(self, first: _Request) -> None:
+        """Gather one batch after ``first``, run it and complete its callers' futures."""
+        batch, other = self._gather(first)
+        self._backlog.extend(other)
+        if self._closed:
+            self._backlog[:0] = batch
+            return
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        dropped = len(batch) - len(live)
+        if dropped:
+            with self._stats_lock:
+                self.stats.dropped_cancelled += dropped
+        if not live:
+            return
+        try:
+            outs = self._run_batch([r.feeds for r in live])
+        except BaseException as exc:
+            with self._stats_lock:
+                self.stats.failed_batches += 1
+            logger.warning("batch of %d failed: %s: %s", len(live), type(exc).__name__, exc)
+            for r in live:
+                r.future.set_exception(exc)
+            return
+        for r, o in zip(live, outs, strict=True):
+            r.future.set_result(o)
+
+    def _fail_pending(self) -> None:
+        pending, self._backlog = self._backlog, []
+        while True:
+            try:
+                req = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if req is not None:
+                pending.append(req)
+        for r in pending:
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(EngineClosedError("the BatchEngine was closed"))
+
+    def close(self, *, timeout: float = 10.0) -> None:
+        """Stop the worker after the batch it is running and join it; fail every pending
+        request with :class:`EngineClosedError`. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            worker = self._worker
+            self._queue.put(None)
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+            if worker.is_alive():
+                logger.warning("batch worker still running after %.1f s", timeout)
+        self._fail_pending()
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _worker_main(ref: weakref.ref[BatchEngine], q: queue.SimpleQueue[_Request | None]) -> None:
+    """The worker thread: wait for a request, then let the engine batch and run it."""
+    while True:
+        engine = ref()
+        if engine is None:
+            return
+        if engine._closed:
+            engine._fail_pending()
+            return
+        first = engine._backlog.pop(0) if engine._backlog else None
+        if first is None:
+            del engine  # do not keep the engine alive while blocked
+            got = q.get()
+            engine = ref()
+            if engine is None:
+                return
+            if got is None:
+                engine._fail_pending()
+                return
+            first = got
+        engine._process(first)
+        del engine

@@ -1,0 +1,377 @@
+"""Target-aware ONNX Runtime sessions.
+
+``Session(model, target="xbox-series-s")`` wraps an ``onnxruntime.InferenceSession`` with the
+settings the target needs (see :mod:`onnxfit.runtime.settings` for the facts and sources):
+
+* DirectML: memory pattern off, sequential execution, and one ``run`` at a time per session,
+  enforced with a lock (concurrent callers wait their turn); ``device_id`` /
+  ``performance_preference`` pass through ``provider_options``.
+* CUDA: IO binding (inputs copied once to the device, outputs bound on the device); with
+  ``cuda_graph=True`` the run is captured as a CUDA graph, which needs static shapes (fixed in the
+  model or by ``free_dims``) and no control-flow ops — refused with :class:`InputError` otherwise.
+* CPU: ``intra_op_num_threads`` = the target's worker cores (cores minus the reserved ones, capped
+  at this host's) unless ``threads=`` is given. ``io_binding=True`` preallocates input and output
+  buffers in a :class:`~onnxfit.runtime.pool.MemoryPool` and binds them once, so steady-state
+  runs allocate nothing new (:meth:`Session.run_bound`).
+
+A missing provider falls back explicitly: a WARNING names the provider wanted and the one that
+runs (``.provider``); ``strict=True`` raises :class:`InputError` instead. Feeds are checked
+(names, dtype, rank, every fixed dimension, and consistent symbolic dimensions) before running,
+with an error naming the input, the expected and the given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxfit import io
+from onnxfit.errors import InputError
+from onnxfit.runtime.binding import (
+    DeviceBinding,
+    PooledBinding,
+    StaticBinding,
+    graph_capture_shapes,
+)
+from onnxfit.runtime.pool import MemoryPool
+from onnxfit.runtime.settings import (
+    ProviderArg,
+    SessionPlan,
+    build_session_options,
+    deploy_settings,
+    plan_session,
+)
+from onnxfit.targets import Target, get_target
+
+__all__ = ["Session", "TensorSpec", "deploy_settings", "plan_session"]
+
+logger = logging.getLogger(__name__)
+
+Dim = int | str | None
+
+_ORT_DTYPES: dict[str, np.dtype] = {
+    f"tensor({k})": np.dtype(v)
+    for k, v in {
+        "float": np.float32,
+        "float16": np.float16,
+        "double": np.float64,
+        "int8": np.int8,
+        "uint8": np.uint8,
+        "int16": np.int16,
+        "uint16": np.uint16,
+        "int32": np.int32,
+        "uint32": np.uint32,
+        "int64": np.int64,
+        "uint64": np.uint64,
+        "bool": np.bool_,
+        "string": np.object_,
+    }.items()
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, shape (int = fixed, str = symbolic, None = unknown), dtype."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: np.dtype
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype)}
+
+
+def _fmt_shape(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _spec(node_arg: Any, free_dims: Mapping[str, int]) -> TensorSpec:
+    shape: list[Dim] = []
+    for d in node_arg.shape or ():
+        if isinstance(d, str) and d in free_dims:
+            shape.append(free_dims[d])
+        elif isinstance(d, int) and d >= 0:
+            shape.append(d)
+        else:
+            shape.append(d if isinstance(d, str) else None)
+    dtype = _ORT_DTYPES.get(node_arg.type, np.dtype(np.void))
+    return TensorSpec(node_arg.name, tuple(shape), dtype)
+
+
+def _load_proto(model: str | os.PathLike[str] | ir.Model | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, ir.Model):
+        return io.to_proto(model)
+    if isinstance(model, str | os.PathLike):
+        return io.load_proto(Path(model))
+    raise InputError(
+        f"model must be a path or an onnx_ir.Model, given {type(model).__name__}",
+        hint="load it with onnxfit.load(path) or pass the .onnx path",
+    )
+
+
+def check_feeds(feeds: Mapping[str, Any], inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Check feeds against the input specs; return them as arrays in the inputs' order.
+
+    Raises :class:`InputError` naming the input and the expected and given names, dtype or shape.
+    """
+    if not isinstance(feeds, Mapping):
+        raise InputError(
+            f"feeds must be a dict of input name -> array, given {type(feeds).__name__}",
+            hint=f"e.g. session.run({{{inputs[0].name!r}: array}})" if inputs else None,
+        )
+    names = [s.name for s in inputs]
+    unknown = sorted(set(feeds) - set(names))
+    missing = [n for n in names if n not in feeds]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+        if missing:
+            parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        raise InputError(
+            "; ".join(parts) + f"; the model's inputs are {', '.join(map(repr, names))}",
+            hint="feed exactly the model's inputs, by name",
+        )
+    out: dict[str, np.ndarray] = {}
+    symbols: dict[str, tuple[str, int]] = {}
+    for spec in inputs:
+        arr = feeds[spec.name]
+        if not isinstance(arr, np.ndarray):
+            arr = np.asarray(arr)
+        if spec.dtype != np.dtype(np.void) and arr.dtype != spec.dtype:
+            raise InputError(
+                f"input {spec.name!r}: expected dtype {spec.dtype}, given {arr.dtype}",
+                hint=f"convert it with .astype(np.{spec.dtype.name})",
+            )
+        want = f"{_fmt_shape(spec.shape)}"
+        if arr.ndim != len(spec.shape):
+            raise InputError(
+                f"input {spec.name!r}: expected shape {want} (rank {len(spec.shape)}), "
+                f"given {list(arr.shape)} (rank {arr.ndim})",
+                hint="add or drop the batch dimension (np.expand_dims / squeeze)",
+            )
+        for i, (dim, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+            if isinstance(dim, int) and dim != got:
+                raise InputError(
+                    f"input {spec.name!r}: expected shape {want}, given {list(arr.shape)} "
+                    f"(dimension {i} must be {dim})",
+                    hint="resize the data, or build the session with other free_dims",
+                )
+            if isinstance(dim, str):
+                seen = symbols.setdefault(dim, (spec.name, got))
+                if seen[1] != got:
+                    raise InputError(
+                        f"input {spec.name!r}: dimension {i} ({dim!r}) is {got}, but input "
+                        f"{seen[0]!r} has {dim!r} = {seen[1]}",
+                        hint="inputs sharing a dimension name must agree on its size",
+                    )
+        out[spec.name] = arr
+    return out
+
+
+class Session:
+    """An ONNX Runtime session configured for a target; see the module docstring.
+
+    ``model`` is a path or an :class:`onnx_ir.Model`. ``.provider`` is the provider that runs,
+    ``.inputs`` / ``.outputs`` the :class:`TensorSpec` lists (free-dim overrides applied),
+    ``.plan`` the settings chosen. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | ir.Model | onnx.ModelProto,
+        *,
+        target: str | Target = "cpu",
+        providers: Sequence[ProviderArg] | None = None,
+        strict: bool = False,
+        free_dims: Mapping[str, int] | None = None,
+        threads: int | None = None,
+        io_binding: bool | None = None,
+        cuda_graph: bool = False,
+        provider_options: Mapping[str, Any] | None = None,
+        pool: MemoryPool | None = None,
+        serialize_runs: bool | None = None,
+    ) -> None:
+        self.target = get_target(target)
+        self.plan: SessionPlan = plan_session(
+            self.target,
+            providers=providers,
+            strict=strict,
+            free_dims=free_dims,
+            threads=threads,
+            io_binding=io_binding,
+            cuda_graph=cuda_graph,
+            provider_options=provider_options,
+            serialize_runs=serialize_runs,
+        )
+        proto = _load_proto(model)
+        graph_shapes = (
+            graph_capture_shapes(proto, self.plan.free_dims) if self.plan.cuda_graph else {}
+        )
+        try:
+            self._sess = ort.InferenceSession(
+                io.to_bytes(proto),
+                sess_options=build_session_options(self.plan),
+                providers=[(n, dict(o)) for n, o in self.plan.providers],
+            )
+        except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError) as exc:
+            raise InputError(f"onnxruntime cannot create the session: {exc}") from None
+        running = self._sess.get_providers()[0]
+        if running != self.plan.provider:  # listed as available but failed to start
+            msg = f"{self.plan.provider} did not start; {running} runs instead"
+            if strict:
+                raise InputError(msg, hint="check the GPU driver / device_id")
+            logger.warning(msg)
+        self.provider: str = running
+        fd = self.plan.free_dims
+        self.inputs: list[TensorSpec] = [_spec(a, fd) for a in self._sess.get_inputs()]
+        self.outputs: list[TensorSpec] = [_spec(a, fd) for a in self._sess.get_outputs()]
+        self._check_free_dim_names(proto)
+        self._output_names = [s.name for s in self.outputs]
+        self._lock = threading.Lock()  # guards the binding; also serializes runs when asked
+        self._closed = False
+        self._binding: StaticBinding | PooledBinding | DeviceBinding | None = None
+        if self.plan.cuda_graph:
+            self._binding = StaticBinding(
+                self._sess,
+                self.inputs,
+                [TensorSpec(s.name, graph_shapes[s.name], s.dtype) for s in self.outputs],
+                device_type=self.plan.device_type,
+                device_id=self.plan.device_id,
+            )
+        elif self.plan.io_binding and self.plan.device_type == "cpu":
+            self._binding = PooledBinding(self._sess, self.inputs, self.outputs, pool=pool)
+        elif self.plan.io_binding:
+            self._binding = DeviceBinding(
+                self._sess, self.outputs, self.plan.device_type, self.plan.device_id
+            )
+        logger.info(
+            "session on %s for target %s: %d threads, mem pattern %s, one run at a time %s, "
+            "io binding %s, cuda graph %s",
+            self.provider,
+            self.target.name,
+            self.plan.intra_op_threads,
+            self.plan.enable_mem_pattern,
+            self.plan.serialize_runs,
+            self.plan.io_binding,
+            self.plan.cuda_graph,
+        )
+
+    # -- construction helpers -------------------------------------------------------------
+    def _check_free_dim_names(self, proto: onnx.ModelProto) -> None:
+        if not self.plan.free_dims:
+            return
+        symbolic = {
+            d.dim_param
+            for vi in proto.graph.input
+            for d in vi.type.tensor_type.shape.dim
+            if d.dim_param
+        }
+        unknown = sorted(set(self.plan.free_dims) - symbolic)
+        if unknown:
+            raise InputError(
+                f"free_dims names {', '.join(map(repr, unknown))} are not symbolic dimensions "
+                "of the model's inputs",
+                hint=f"symbolic dimensions: {', '.join(sorted(symbolic)) or 'none'}",
+            )
+
+    # -- running --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        if self.plan.serialize_runs or self._binding is not None:
+            with self._lock:
+                self._check_open()
+                yield
+        else:
+            self._check_open()
+            yield
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InputError("the session is closed", hint="create a new Session")
+
+    def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The feeds as arrays, after checking names, dtypes and shapes (:func:`check_feeds`)."""
+        return check_feeds(feeds, self.inputs)
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run once; returns ``{output name: array}`` (arrays the caller owns)."""
+        arrays = self.check_feeds(feeds)
+        with self._running():
+            if self._binding is not None:
+                return self._binding.run(arrays, copy=True)
+            values = self._sess.run(self._output_names, arrays)
+        return dict(zip(self._output_names, values, strict=True))
+
+    def run_bound(self, feeds: Mapping[str, Any], *, copy: bool = True) -> dict[str, np.ndarray]:
+        """Run through the preallocated, bound buffers (needs ``io_binding=True`` on CPU).
+
+        Inputs are copied into the bound input buffers (skipped when a feed *is* that buffer, see
+        :meth:`input_buffers`); outputs are written in place into the bound output buffers. With
+        ``copy=True`` (default) the caller gets copies; with ``copy=False`` the arrays are views of
+        the pool that the NEXT run overwrites — copy what you keep. Once the input shapes have
+        been seen, a run allocates no new buffers.
+        """
+        if not isinstance(self._binding, PooledBinding | StaticBinding):
+            raise InputError(
+                "run_bound needs preallocated buffers",
+                hint="create the Session with io_binding=True (CPU) or cuda_graph=True (CUDA)",
+            )
+        arrays = self.check_feeds(feeds)
+        with self._running():
+            return self._binding.run(arrays, copy=copy)
+
+    def input_buffers(self) -> dict[str, np.ndarray]:
+        """The bound input buffers (after a first :meth:`run_bound`): write into them and pass
+        them back as feeds to skip the input copy. Empty before the first run."""
+        if isinstance(self._binding, PooledBinding):
+            return dict(self._binding.input_views)
+        return {}
+
+    @property
+    def pool(self) -> MemoryPool | None:
+        """The pool holding the bound buffers (io_binding on CPU), else None."""
+        return self._binding.pool if isinstance(self._binding, PooledBinding) else None
+
+    # -- settings and lifetime --------------------------------------------------------------
+    def session_options(self) -> dict[str, Any]:
+        """The settings this session runs with (provider, threads, memory pattern, ...)."""
+        return self.plan.to_dict()
+
+    def close(self) -> None:
+        """Release the ORT session and the bound buffers; later runs raise InputError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._binding is not None:
+                self._binding.release()
+            self._binding = None
+            del self._sess
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{s.name}{_fmt_shape(s.shape)}" for s in self.inputs)
+        return f"Session(provider={self.provider!r}, target={self.target.name!r}, inputs=[{ins}])"
