@@ -31,6 +31,13 @@ _API: dict[str, str] = {
     "MemoryPool": "onnxfit.runtime.pool",
     "resnet18": "onnxfit.zoo",
     "yolov3_tiny": "onnxfit.zoo",
+    "inspect": "onnxfit.analysis.inspect",
+    "InspectResult": "onnxfit.analysis.inspect",
+    "infer_shapes": "onnxfit.analysis.shapes",
+    "analyze_cost": "onnxfit.analysis.cost",
+    "plan_memory": "onnxfit.analysis.memory",
+    "MemoryPlan": "onnxfit.analysis.memory",
+    "estimate_runtime_memory": "onnxfit.analysis.memory",
 }
 
 __all__ = sorted(_API)

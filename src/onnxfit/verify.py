@@ -133,19 +133,28 @@ def _split(feed: Mapping[str, np.ndarray], size: int) -> Iterator[dict[str, np.n
         yield {k: v[i : i + size] for k, v in feed.items()}
 
 
-def _run_all(model: ModelArg, feeds: list[dict[str, np.ndarray]], batch: int) -> dict[str, np.ndarray]:
-    """Run ``model`` on every feed (split to its fixed batch size, else to ``batch``); outputs
-    concatenated along the batch axis."""
+def _iter_runs(
+    model: ModelArg | onnx.ModelProto, feeds: list[dict[str, np.ndarray]], batch: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``model`` on every feed, split to its fixed batch size (else to ``batch``)."""
     from onnxfit.runtime.session import Session
 
     with Session(model, target="cpu") as sess:
         first = sess.inputs[0].shape[0] if sess.inputs and sess.inputs[0].shape else None
         size = first if isinstance(first, int) and first > 0 else batch
-        parts: dict[str, list[np.ndarray]] = {}
         for feed in feeds:
             for piece in _split(feed, size):
-                for name, value in sess.run(piece).items():
-                    parts.setdefault(name, []).append(np.asarray(value))
+                yield sess.run(piece)
+
+
+def _run_all(
+    model: ModelArg, feeds: list[dict[str, np.ndarray]], batch: int
+) -> dict[str, np.ndarray]:
+    """Outputs of ``model`` on all feeds, concatenated along the batch axis."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for out in _iter_runs(model, feeds, batch):
+        for name, value in out.items():
+            parts.setdefault(name, []).append(np.asarray(value))
     return {k: np.concatenate(v) if v[0].ndim else np.stack(v) for k, v in parts.items()}
 
 
@@ -231,8 +240,9 @@ def _agreement(
             same = np.all(top_box(r) == top_box(cand[name]), axis=1)
             return float(same.mean()), name, "detect"
     if task is not None:
+        want = "[N, C] scores" if task == "classify" else "[N, boxes, 5 + classes]"
         raise InputError(
-            f"task {task!r}: no output looks like {'[N, C] scores' if task == 'classify' else '[N, boxes, 5 + classes]'}",
+            f"task {task!r}: no output looks like {want}",
             hint="pass task=None to compare errors only",
         )
     return None, None, None
@@ -241,7 +251,7 @@ def _agreement(
 def _accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     from onnxfit.data.tasks import topk_accuracy
 
-    acc = topk_accuracy(scores, labels, ks=(1, 5))
+    acc = topk_accuracy(scores, labels, ks=[k for k in (1, 5) if k <= scores.shape[1]])
     return {f"top{k}": float(v) for k, v in acc.items()}
 
 
@@ -284,33 +294,54 @@ def compare_models(
     diffs = [output_diff(name, ref[name], cand[name]) for name in ref]
     agreement, agree_out, found = _agreement(ref, cand, task)
     samples = next(iter(ref.values())).shape[0] if ref else 0
-    result = VerifyResult(samples, bool(is_synthetic if synthetic is None else synthetic),
-                          found or task, diffs, agreement, agree_out)
+    result = VerifyResult(
+        samples,
+        bool(is_synthetic if synthetic is None else synthetic),
+        found or task,
+        diffs,
+        agreement,
+        agree_out,
+    )
     if labels is not None:
         lab = np.asarray(labels, dtype=np.int64).reshape(-1)
         scores = _class_scores(ref[agree_out]) if found == "classify" and agree_out else None
         if scores is None:
-            raise InputError("labels given, but no output looks like [N, C] class scores",
-                             hint="accuracy needs a classifier; drop the labels")
+            raise InputError(
+                "labels given, but no output looks like [N, C] class scores",
+                hint="accuracy needs a classifier; drop the labels",
+            )
         if len(lab) != samples:
-            raise InputError(f"{len(lab)} labels for {samples} samples",
-                             hint="give one label per input sample")
+            raise InputError(
+                f"{len(lab)} labels for {samples} samples", hint="give one label per input sample"
+            )
         check_labels(lab, scores.shape[1])
         cand_scores = _class_scores(cand[agree_out])  # type: ignore[index]
         assert cand_scores is not None
         result.reference_accuracy = _accuracy(scores, lab)
         result.candidate_accuracy = _accuracy(cand_scores, lab)
-    logger.info("verify: %d samples, max abs %.3g, cosine min %.5f, agreement %s",
-                samples, result.max_abs_error, result.cosine_min, agreement)
+    logger.info(
+        "verify: %d samples, max abs %.3g, cosine min %.5f, agreement %s",
+        samples,
+        result.max_abs_error,
+        result.cosine_min,
+        agreement,
+    )
     return result
 
 
 # ---------------------------------------------------------------------------- sensitivity
 
+#: Ops a QDQ quantizer folds into the QuantizeLinear before them (their output takes the name).
+_FOLDED = {"Relu", "Clip"}
+
 
 @dataclass
 class NodeDrift:
-    """How far one node's output drifts in the candidate; ``added`` is what the node adds."""
+    """Drift at one reference tensor ``output``. ``nodes``: the reference nodes from the nearest
+    compared tensors upstream down to it, then its consumers: excluding them all from
+    quantization keeps the tensor and its computation float (ORT quantizes a tensor when its
+    producer or any consumer is quantized). ``node`` is the main producer (the first that is
+    not a folded activation)."""
 
     node: str
     op_type: str
@@ -318,28 +349,57 @@ class NodeDrift:
     rel_error: float
     cosine: float
     added: float
+    nodes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "nodes": list(self.nodes)}
 
 
-def _with_outputs(model: ModelArg, names: set[str] | None) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The model as protobuf with every float node output (or those in ``names``) made a graph
-    output; also name -> producing node."""
-    proto = io.to_proto(model) if isinstance(model, ir.Model) else io.load_proto(Path(model))
+def _float_types(proto: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(proto)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
     types.update({o.name: o.type.tensor_type.elem_type for o in proto.graph.output})
+    return types
+
+
+def _expose(proto: onnx.ModelProto, names: Sequence[str]) -> None:
     present = {o.name for o in proto.graph.output}
-    producers = {}
-    for node in proto.graph.node:
-        for out in node.output:
-            if out and types.get(out) == onnx.TensorProto.FLOAT:
-                producers[out] = node
-                if out not in present and (names is None or out in names):
-                    proto.graph.output.append(
-                        onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
-    return proto, producers
+    for name in names:
+        if name not in present:
+            proto.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+
+
+def _dequantized_names(proto: onnx.ModelProto) -> dict[str, str]:
+    """tensor X -> the output of the ``DequantizeLinear(QuantizeLinear(X))`` after it: the value
+    the consumers of X see in a QDQ model."""
+    q_of = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    return {
+        q_of[n.input[0]]: n.output[0]
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in q_of
+    }
+
+
+def _segment(
+    name: str, producers: Mapping[str, onnx.NodeProto], measured: Mapping[str, float]
+) -> tuple[list[onnx.NodeProto], float]:
+    """Reference nodes from tensor ``name`` back to measured tensors; the worst drift there."""
+    nodes: list[onnx.NodeProto] = []
+    worst, stack, seen = 0.0, [name], set()
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        nodes.append(node)
+        for inp in node.input:
+            if inp in measured:
+                worst = max(worst, measured[inp])
+            elif inp in producers:
+                stack.append(inp)
+    return nodes, worst
 
 
 def per_node_sensitivity(
@@ -350,35 +410,73 @@ def per_node_sensitivity(
     top: int | None = None,
     batch: int = 8,
 ) -> list[NodeDrift]:
-    """Rank the reference's nodes by the error the candidate adds at their outputs, worst first.
+    """Rank reference nodes by the error the candidate adds after them, worst first.
 
-    Compares every float tensor computed by a node under the same name in both models (QDQ
-    quantization keeps the original names), accumulated over all ``inputs``. Pass the model the
-    candidate was quantized from (for INT8: the *prepared* model) so that node names line up
-    with ``nodes_to_exclude``. ``top`` keeps the first ``top`` entries.
+    Every float tensor a reference node computes is compared with the candidate's tensor of the
+    same name (QDQ quantization keeps names) or, where the candidate quantizes it, with the
+    ``DequantizeLinear`` output that its consumers see; relative L2 error and cosine over all
+    ``inputs``. ``added`` is a tensor's error minus the worst error of the compared tensors it
+    is computed from. Pass the model the candidate was made from (for INT8: the *prepared*
+    model) so that names line up with ``nodes_to_exclude``. ``top`` keeps the first entries.
     """
-    ref_proto, ref_nodes = _with_outputs(reference, None)
-    cand_proto, cand_nodes = _with_outputs(candidate, set(ref_nodes))
-    common = [n for n in ref_nodes if n in cand_nodes]
+    ref_proto = (
+        io.to_proto(reference)
+        if isinstance(reference, ir.Model)
+        else io.load_proto(Path(reference))
+    )
+    cand_proto = (
+        io.to_proto(candidate)
+        if isinstance(candidate, ir.Model)
+        else io.load_proto(Path(candidate))
+    )
+    ref_types = _float_types(ref_proto)
+    producers = {o: n for n in ref_proto.graph.node for o in n.output if o}
+    cand_tensors = {o for n in cand_proto.graph.node for o in n.output}
+    seen_as = {**{t: t for t in cand_tensors}, **_dequantized_names(cand_proto)}
+    pairs = {
+        name: seen_as[name]
+        for name in producers
+        if ref_types.get(name) == onnx.TensorProto.FLOAT and name in seen_as
+    }
+    _expose(ref_proto, list(pairs))
+    _expose(cand_proto, sorted(set(pairs.values())))
     feeds, _ = _feeds(inputs, _input_names(reference))
-    ref_out = _run_all(io.from_proto(ref_proto), feeds, batch)
-    cand_out = _run_all(io.from_proto(cand_proto), feeds, batch)
-    rel: dict[str, float] = {}
-    cos: dict[str, float] = {}
-    for name in common:
-        r = ref_out[name].astype(np.float64).ravel()
-        c = cand_out[name].astype(np.float64).ravel()
-        if r.shape != c.shape:
-            continue
-        nr = float(np.linalg.norm(r))
-        rel[name] = float(np.linalg.norm(r - c)) / nr if nr > 0 else float(np.linalg.norm(c) > 0)
-        nc = float(np.linalg.norm(c))
-        cos[name] = float(r @ c) / (nr * nc) if nr > 0 and nc > 0 else float(nr == nc)
+    # running sums per tensor: |r - c|^2, |r|^2, |c|^2, r.c (all samples; memory stays flat)
+    sums: dict[str, np.ndarray] = {n: np.zeros(4) for n in pairs}
+    runs = zip(
+        _iter_runs(ref_proto, feeds, batch), _iter_runs(cand_proto, feeds, batch), strict=True
+    )
+    for ref_out, cand_out in runs:
+        for name in list(sums):
+            r = ref_out[name].astype(np.float64).ravel()
+            c = cand_out[pairs[name]].astype(np.float64).ravel()
+            if r.shape != c.shape:
+                del sums[name]
+                continue
+            sums[name] += (np.dot(r - c, r - c), np.dot(r, r), np.dot(c, c), np.dot(r, c))
+    rel = {
+        n: math.sqrt(d2 / r2) if r2 > 0 else float(c2 > 0) for n, (d2, r2, c2, _) in sums.items()
+    }
+    consumers: dict[str, list[str]] = {}
+    for node in ref_proto.graph.node:
+        for inp in set(node.input):
+            consumers.setdefault(inp, []).append(node.name)
     drifts = []
-    for name, error in rel.items():
-        node = ref_nodes[name]
-        upstream = max((rel.get(i, 0.0) for i in node.input), default=0.0)
-        drifts.append(NodeDrift(node.name, node.op_type, name, error, cos[name], error - upstream))
+    for name, (_, r2, c2, rc) in sums.items():
+        nodes, upstream = _segment(name, producers, {k: v for k, v in rel.items() if k != name})
+        main = next((n for n in reversed(nodes) if n.op_type not in _FOLDED), nodes[0])
+        cos = float(rc / math.sqrt(r2 * c2)) if r2 > 0 and c2 > 0 else float(r2 == c2)
+        drifts.append(
+            NodeDrift(
+                main.name,
+                main.op_type,
+                name,
+                rel[name],
+                cos,
+                rel[name] - upstream,
+                [n.name for n in nodes] + consumers.get(name, []),
+            )
+        )
     drifts.sort(key=lambda d: d.added, reverse=True)
     return drifts[:top] if top is not None else drifts
 
@@ -393,36 +491,53 @@ def load_eval_set(
     limit: int | None = None,
     num_classes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of an evaluation folder: ``labels.tsv`` (``file``, ``class_index``
-    columns; file paths relative to the folder) as in ``../shared/data/imagenet-sample``.
+    """Images and labels of an evaluation folder: the images under ``folder`` (any depth) that
+    ``labels.tsv`` (``file`` and ``class_index`` columns, matched by base name) lists, as in
+    ``../shared/data/imagenet-sample``.
 
-    Returns (float32 [N, 3, H, W], int64 [N]) in the order of ``labels.tsv``, at most ``limit``.
+    Returns (float32 [N, 3, H, W], int64 [N]) in sorted path order, at most ``limit``.
     Unreadable images are skipped with a warning. Labels outside ``num_classes`` (when given),
     a missing ``labels.tsv`` or no usable image raise :class:`InputError`.
     """
-    from onnxfit.data.images import preprocess
-    from onnxfit.data.tasks import read_labels_tsv
+    from onnxfit.data.images import list_images, preprocess
+    from onnxfit.data.tasks import labels_for, read_labels_tsv
 
     root = Path(folder)
     tsv = root / "labels.tsv"
     if not tsv.is_file():
-        raise InputError(f"{root}: no labels.tsv in the evaluation folder",
-                         hint="add labels.tsv with columns file, class_index (see imagenet-sample)")
+        raise InputError(
+            f"{root}: no labels.tsv in the evaluation folder",
+            hint="add labels.tsv with columns file, class_index (see imagenet-sample)",
+        )
     table = read_labels_tsv(tsv)
-    items = list(table.items())[:limit] if limit is not None else list(table.items())
+    paths = list_images(root, recursive=True)
+    idx, _ = labels_for(paths, table)
+    items = [(p, int(c)) for p, c in zip(paths, idx, strict=True) if c >= 0]
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise InputError(
+            f"{root}: no image there is listed in labels.tsv",
+            hint="the file column must name the images (by base name)",
+        )
     if num_classes is not None:
-        check_labels(np.array([c for _, c in items], dtype=np.int64), num_classes,
-                     what=f"labels in {tsv}")
+        check_labels(
+            np.array([c for _, c in items], dtype=np.int64), num_classes, what=f"labels in {tsv}"
+        )
     arrays, labels, skipped = [], [], []
-    for name, cls in items:
+    for path, cls in items:
         try:
-            arrays.append(preprocess(root / name, preset))
+            arrays.append(preprocess(path, preset))
             labels.append(cls)
         except InputError as exc:
-            skipped.append(f"{name}: {exc}")
+            skipped.append(str(exc))
     if skipped:
-        logger.warning("eval set: skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
+        logger.warning(
+            "eval set: skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0]
+        )
     if not arrays:
-        raise InputError(f"{root}: none of the {len(items)} listed images could be read",
-                         hint="check the file column of labels.tsv")
+        raise InputError(
+            f"{root}: none of the {len(items)} labelled images could be read",
+            hint="check the images are valid JPEG/PNG files",
+        )
     return np.stack(arrays).astype(np.float32, copy=False), np.asarray(labels, dtype=np.int64)

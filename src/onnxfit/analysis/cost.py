@@ -39,7 +39,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from onnxfit.analysis import opcount
-from onnxfit.analysis.shapes import has_static_shapes, infer_shapes
+from onnxfit.analysis.shapes import has_static_shapes, infer_shapes, static_dims
 from onnxfit.errors import InputError
 from onnxfit.targets import PRECISIONS, Target, get_target
 
@@ -176,19 +176,18 @@ class CostReport:
 
 
 def _numel(value: ir.Value | None) -> int | None:
-    if value is None or value.shape is None:
-        return None
-    dims = value.shape.dims
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    return math.prod(int(d) for d in dims)
+    dims = static_dims(value)
+    return None if dims is None else math.prod(dims)
 
 
 def _nbytes(value: ir.Value, precision: str | None) -> int | None:
     n = _numel(value)
     if n is None or value.dtype is None:
         return None
-    itemsize = float(value.dtype.itemsize)
+    try:
+        itemsize = float(value.dtype.itemsize)
+    except TypeError:  # UNDEFINED / STRING: no fixed width
+        return None
     if precision is not None and value.dtype in _FLOAT_DTYPES:
         itemsize = _ITEMSIZE[precision]
     return math.ceil(n * itemsize)
@@ -291,7 +290,7 @@ def _prepared(model: ir.Model) -> ir.Model:
         model = model.clone()
         InlinePass()(model)
         return infer_shapes(model)
-    if not has_static_shapes(model):
+    if not has_static_shapes(model, allow_data_dependent=True):
         logger.info("shapes missing: running shape inference (batch 1)")
         return infer_shapes(model)
     return model

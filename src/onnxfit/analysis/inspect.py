@@ -64,10 +64,18 @@ NON_PARAM_SLOTS: dict[str, frozenset[int]] = {
     "Range": frozenset({0, 1, 2}),
     **{
         op: frozenset({1})
-        for op in (
-            "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 "
-            "ReduceSumSquare ReduceLogSum ReduceLogSumExp"
-        ).split()
+        for op in [
+            "ReduceMean",
+            "ReduceSum",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceSumSquare",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+        ]
     },
 }
 
@@ -281,7 +289,10 @@ def inspect(
         opset=model.opset_imports.get("", model.opset_imports.get("ai.onnx")),
         op_histogram=op_histogram(model),
         inputs=tuple(_tensor_info(v) for v in model.graph.inputs if not v.is_initializer()),
-        outputs=tuple(_tensor_info(v) for v in model.graph.outputs),
+        outputs=tuple(
+            _tensor_info(v if v.shape is not None else s)
+            for v, s in zip(model.graph.outputs, shaped.graph.outputs, strict=True)
+        ),
         cost=cost,
         memory=memory,
         default_precision_latency_s=default_latency,

@@ -18,6 +18,8 @@ import math
 
 import onnx_ir as ir
 
+from onnxfit.analysis.shapes import static_dims
+
 _MS = "com.microsoft"
 FREE_OPS = frozenset({"Shape", "Size", "Constant"})
 VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
@@ -71,24 +73,83 @@ INT8_OPS = frozenset(
 #: FLOPs per output element for elementwise ops (variadic ones: per extra input).
 ELEMENTWISE: dict[str, int] = {
     **dict.fromkeys(
-        (
-            "Add Sub Mul Div Max Min Sum Mean Mod Abs Neg Relu Floor Ceil Round Sign Not And Or "
-            "Xor BitwiseAnd BitwiseOr BitwiseXor BitwiseNot BitShift Equal Greater GreaterOrEqual "
-            "Less LessOrEqual Where Reciprocal Sqrt Cast CastLike IsNaN IsInf ThresholdedRelu "
-            "CumSum QLinearAdd QLinearMul"
-        ).split(),
+        [
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Max",
+            "Min",
+            "Sum",
+            "Mean",
+            "Mod",
+            "Abs",
+            "Neg",
+            "Relu",
+            "Floor",
+            "Ceil",
+            "Round",
+            "Sign",
+            "Not",
+            "And",
+            "Or",
+            "Xor",
+            "BitwiseAnd",
+            "BitwiseOr",
+            "BitwiseXor",
+            "BitwiseNot",
+            "BitShift",
+            "Equal",
+            "Greater",
+            "GreaterOrEqual",
+            "Less",
+            "LessOrEqual",
+            "Where",
+            "Reciprocal",
+            "Sqrt",
+            "Cast",
+            "CastLike",
+            "IsNaN",
+            "IsInf",
+            "ThresholdedRelu",
+            "CumSum",
+            "QLinearAdd",
+            "QLinearMul",
+        ],
         1,
     ),
-    **dict.fromkeys("LeakyRelu PRelu Clip Shrink QLinearLeakyRelu".split(), 2),
-    **dict.fromkeys("HardSigmoid Softsign".split(), 3),
+    **dict.fromkeys(["LeakyRelu", "PRelu", "Clip", "Shrink", "QLinearLeakyRelu"], 2),
+    **dict.fromkeys(["HardSigmoid", "Softsign"], 3),
     **dict.fromkeys(
-        (
-            "Sigmoid Tanh Exp Log Erf Softplus Elu Selu Celu HardSwish Pow Sin Cos Tan Asin Acos "
-            "Atan Sinh Cosh Asinh Acosh Atanh QLinearSigmoid QuickGelu"
-        ).split(),
+        [
+            "Sigmoid",
+            "Tanh",
+            "Exp",
+            "Log",
+            "Erf",
+            "Softplus",
+            "Elu",
+            "Selu",
+            "Celu",
+            "HardSwish",
+            "Pow",
+            "Sin",
+            "Cos",
+            "Tan",
+            "Asin",
+            "Acos",
+            "Atan",
+            "Sinh",
+            "Cosh",
+            "Asinh",
+            "Acosh",
+            "Atanh",
+            "QLinearSigmoid",
+            "QuickGelu",
+        ],
         4,
     ),
-    **dict.fromkeys("Gelu FastGelu Mish BiasGelu".split(), 8),
+    **dict.fromkeys(["Gelu", "FastGelu", "Mish", "BiasGelu"], 8),
     "DequantizeLinear": 2,
     "QuantizeLinear": 4,
     "DynamicQuantizeLinear": 6,
@@ -111,9 +172,11 @@ NORMALIZATION: dict[str, int] = {
 }
 #: FLOPs per element of the first input.
 REDUCE: dict[str, int] = {
-    **dict.fromkeys("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1".split(), 1),
-    **dict.fromkeys("ReduceL2 ReduceSumSquare ReduceLogSum ReduceLogSumExp".split(), 2),
-    **dict.fromkeys("ArgMax ArgMin TopK GlobalAveragePool GlobalMaxPool".split(), 1),
+    **dict.fromkeys(
+        ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1"], 1
+    ),
+    **dict.fromkeys(["ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"], 2),
+    **dict.fromkeys(["ArgMax", "ArgMin", "TopK", "GlobalAveragePool", "GlobalMaxPool"], 1),
     "GlobalLpPool": 2,
     "QLinearGlobalAveragePool": 1,
 }
@@ -136,9 +199,8 @@ _KNOWN_MS = frozenset(
 def kind_of(node: ir.Node) -> str:
     """``free``, ``view``, ``move``, ``compute`` or ``unknown`` for ``node``."""
     op = node.op_type
-    if node.domain not in ("", "ai.onnx"):
-        if node.domain != _MS or op not in _KNOWN_MS:
-            return "unknown"
+    if node.domain not in ("", "ai.onnx") and (node.domain != _MS or op not in _KNOWN_MS):
+        return "unknown"
     if op in FREE_OPS:
         return "free"
     if op in VIEW_OPS:
@@ -158,13 +220,7 @@ def kind_of(node: ir.Node) -> str:
     return "unknown"
 
 
-def _dims(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.shape is None:
-        return None
-    dims = value.shape.dims
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    return [int(d) for d in dims]
+_dims = static_dims
 
 
 def _numel(value: ir.Value | None) -> int | None:
@@ -181,7 +237,7 @@ def _matmul(node: ir.Node) -> tuple[int, int] | None:
     if a is None or out is None or not a:
         return None
     k = a[-1]
-    if node.op_type == "FusedMatMul" and node.attributes.get_int("transA", 0) and len(a) >= 2:
+    if node.op_type == "FusedMatMul" and node.attributes.get_int("transA") and len(a) >= 2:
         k = a[-2]
     return 2 * out * k, out * k
 

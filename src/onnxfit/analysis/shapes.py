@@ -4,12 +4,15 @@
 
 1. Graph inputs: the first dim of every input of rank >= 2 becomes ``batch`` when it is symbolic
    or unknown; a symbol used there is replaced by ``batch`` wherever else it appears.
-   ``input_shapes={"name": [1, 3, 224, 224]}`` overrides whole shapes. A first dim fixed to 1
-   is moved to ``batch`` only when ``batch > 1`` is asked for; the graph is then checked to
-   accept it (a Reshape with a hard-coded batch of 1 does not, and the error says which).
+   ``input_shapes={"name": [1, 3, 224, 224]}`` overrides whole shapes. In a fixed-batch export
+   (no input has a dynamic first dim) a first dim fixed to 1 is moved to ``batch`` when
+   ``batch > 1`` is asked for; the graph is then checked to accept it (a Reshape with a
+   hard-coded batch of 1 does not, and the error says which).
 2. ONNX shape inference (``onnx.shape_inference.infer_shapes``, strict mode and data
    propagation; non-strict as a fallback) runs on the copy with large initializers lifted out,
-   so models above protobuf's 2 GiB limit work too.
+   so models above protobuf's 2 GiB limit work too. When it leaves tensors unresolved in a
+   graph with non-ONNX ops (``com.microsoft`` contrib ops), onnxruntime's symbolic shape
+   inference fills the gaps (:mod:`onnxfit.analysis.shape_engines`).
 3. Every tensor must end with a static shape and a dtype, or :class:`InputError` names the
    unresolved ones (first few + count) and where they start. Tensors downstream of ops whose
    output shape depends on the data (NonZero, NonMaxSuppression, Loop, ...) may stay dynamic:
@@ -25,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import onnx
 import onnx_ir as ir
 
-from onnxfit import io
+from onnxfit.analysis import shape_engines as engines
 from onnxfit.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -44,8 +47,6 @@ DATA_DEPENDENT_OPS = frozenset(
         "RegexFullMatch",
     }
 )
-#: Initializers above this size are lifted out before serializing for shape inference.
-_BIG_TENSOR = 1024
 _SHOW = 5
 
 
@@ -53,10 +54,22 @@ def is_static(value: ir.Value | None) -> bool:
     """True when ``value`` has a dtype and a shape made only of integers."""
     return (
         value is not None
-        and value.dtype is not None
+        and value.dtype not in (None, ir.DataType.UNDEFINED)
         and value.shape is not None
         and all(isinstance(d, int) for d in value.shape.dims)
     )
+
+
+def static_dims(value: ir.Value | None) -> list[int] | None:
+    """The dims of ``value`` as integers, or None when the shape is missing or symbolic."""
+    if value is None or value.shape is None:
+        return None
+    out: list[int] = []
+    for d in value.shape.dims:
+        if not isinstance(d, int):
+            return None
+        out.append(d)
+    return out
 
 
 def fmt_shape(shape: ir.Shape | Sequence[object] | None) -> str:
@@ -96,22 +109,27 @@ def _fix_inputs(
     model: ir.Model, batch: int, input_shapes: Mapping[str, Sequence[int]]
 ) -> list[str]:
     """Set input dims in place; return the names of inputs whose *static* dims changed."""
-    inputs = {v.name: v for v in _graph_inputs(model)}
+    inputs = {str(v.name): v for v in _graph_inputs(model)}
     unknown = sorted(set(input_shapes) - set(inputs))
     if unknown:
         raise InputError(
             f"--input-shape names no graph input: {', '.join(unknown)}",
             hint=f"the model's inputs are: {', '.join(str(n) for n in inputs)}",
         )
-    # A symbol used as the batch dim means "batch" wherever it appears.
+    # A symbol used as the batch dim means "batch" wherever it appears. A fixed leading 1
+    # is only taken for the batch when no input has a dynamic one (a fixed-batch export).
     batch_symbols: set[str] = set()
+    dynamic_batch = False
     for name, value in inputs.items():
         shape = value.shape
         if name in input_shapes or shape is None or len(shape) < 2:
             continue
         first = shape.dims[0]
-        if not isinstance(first, int) and first.value is not None:
-            batch_symbols.add(first.value)
+        if not isinstance(first, int):
+            dynamic_batch = True
+            if first.value is not None:
+                batch_symbols.add(first.value)
+    move_fixed = batch != 1 and not dynamic_batch
     static_changed: list[str] = []
     for name, value in inputs.items():
         old = value.shape
@@ -134,7 +152,7 @@ def _fix_inputs(
         dims: list[int | str | None] = []
         for i, d in enumerate(old.dims):
             if isinstance(d, int):
-                if i == 0 and len(old) >= 2 and d == 1 and batch != 1:
+                if i == 0 and len(old) >= 2 and d == 1 and move_fixed:
                     dims.append(batch)
                     static_changed.append(str(name))
                 else:
@@ -162,72 +180,6 @@ def _forget_inferred(model: ir.Model) -> dict[str, ir.Shape]:
     return old
 
 
-def _run_onnx_inference(model: ir.Model, *, strict: bool) -> onnx.ModelProto:
-    """ONNX shape inference on ``model`` with its big initializers lifted into inputs.
-
-    The lifted initializers are put back (same objects, same tensors) before returning.
-    """
-    graph = model.graph
-    n_inputs = len(graph.inputs)
-    lifted: list[tuple[ir.Value, ir.TensorProtocol]] = []
-    try:
-        for value in list(graph.initializers.values()):
-            tensor = value.const_value
-            if tensor is None or tensor.nbytes <= _BIG_TENSOR:
-                continue
-            if value.shape is None:
-                value.shape = ir.Shape(tensor.shape)
-            if value.dtype is None:
-                value.dtype = tensor.dtype
-            lifted.append((value, tensor))
-            graph.initializers.pop(str(value.name))
-            value.const_value = None
-            if value not in graph.inputs:
-                graph.inputs.append(value)
-        proto = io.to_proto(model)
-    finally:
-        kept = list(graph.inputs[:n_inputs])
-        graph.inputs.clear()
-        graph.inputs.extend(kept)
-        for value, tensor in lifted:
-            value.const_value = tensor
-            graph.register_initializer(value)
-    return onnx.shape_inference.infer_shapes(
-        proto, check_type=True, strict_mode=strict, data_prop=True
-    )
-
-
-def _merge(model: ir.Model, inferred: onnx.ModelProto) -> None:
-    """Copy inferred shapes/dtypes (main graph) into ``model``'s values, by name."""
-    types: dict[str, onnx.TypeProto] = {}
-    for info in (*inferred.graph.value_info, *inferred.graph.output):
-        if info.type.HasField("tensor_type"):
-            types[info.name] = info.type
-    for node in model.graph:
-        for value in node.outputs:
-            _apply_type(value, types.get(str(value.name)))
-    for value in model.graph.outputs:
-        _apply_type(value, types.get(str(value.name)))
-
-
-def _apply_type(value: ir.Value, type_proto: onnx.TypeProto | None) -> None:
-    if type_proto is None:
-        return
-    tensor_type = type_proto.tensor_type
-    if tensor_type.elem_type and value.dtype is None:
-        value.dtype = ir.DataType(tensor_type.elem_type)
-    if tensor_type.HasField("shape"):
-        dims: list[int | str | None] = []
-        for d in tensor_type.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        value.shape = ir.Shape(dims)
-
-
 def _check_reshapes(model: ir.Model, changed: list[str], batch: int) -> None:
     """Refuse a graph that breaks under the new dims (a Reshape with a hard-coded batch).
 
@@ -239,12 +191,11 @@ def _check_reshapes(model: ir.Model, changed: list[str], batch: int) -> None:
         if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
             continue
         x, y = node.inputs[0], node.outputs[0]
-        if not (is_static(x) and is_static(y)):
+        x_dims, y_dims = static_dims(x), static_dims(y)
+        if x_dims is None or y_dims is None or x is None:
             continue
-        assert x is not None and x.shape is not None and y.shape is not None
-        n_in = math.prod(int(d) for d in x.shape.dims)
-        n_out = math.prod(int(d) for d in y.shape.dims)
-        folds = bool(changed) and x.shape.dims[:1] == (batch,) and y.shape.dims[:1] == (1,)
+        n_in, n_out = math.prod(x_dims), math.prod(y_dims)
+        folds = bool(changed) and x_dims[:1] == [batch] and y_dims[:1] == [1]
         if n_in == n_out and not folds:
             continue
         const = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] else None
@@ -252,12 +203,12 @@ def _check_reshapes(model: ir.Model, changed: list[str], batch: int) -> None:
         if n_in != n_out:
             why = (
                 f"the graph hard-codes shape {target} in Reshape {node.name!r}, which gets a "
-                f"tensor of shape {fmt_shape(x.shape)} ({n_in:,} elements, {n_out:,} expected)"
+                f"tensor of shape {fmt_shape(x_dims)} ({n_in:,} elements, {n_out:,} expected)"
             )
         else:
             why = (
                 f"Reshape {node.name!r} hard-codes shape {target}: it folds the batch of "
-                f"{fmt_shape(x.shape)} into {fmt_shape(y.shape)}, mixing samples"
+                f"{fmt_shape(x_dims)} into {fmt_shape(y_dims)}, mixing samples"
             )
         if changed:
             raise InputError(
@@ -326,7 +277,8 @@ def _roots(unresolved: Sequence[ir.Value]) -> list[str]:
             roots.append(f"input {value.name!r} {fmt_shape(value.shape)}")
         elif not any(v in bad for v in node.inputs if v is not None):
             where = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
-            text = f"{where}{node.op_type} node {node.name!r}"
+            label = f"node {node.name!r}" if node.name else "(unnamed node)"
+            text = f"{where}{node.op_type} {label}"
             if text not in roots:
                 roots.append(text)
     return roots
@@ -360,19 +312,25 @@ def infer_shapes(
         logger.info("overriding fixed input dims of %s", ", ".join(changed))
     old = _forget_inferred(out)
     strict_error: str | None = None
+    proto = engines.lifted_proto(out)
     try:
         try:
-            inferred = _run_onnx_inference(out, strict=True)
+            inferred = engines.onnx_infer(proto, strict=True)
         except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
             strict_error = str(exc).strip().splitlines()[-1][:300]
             logger.info("strict shape inference failed (%s); retrying non-strict", strict_error)
-            inferred = _run_onnx_inference(out, strict=False)
+            inferred = engines.onnx_infer(proto, strict=False)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
         raise InputError(
             f"ONNX shape inference failed: {str(exc).strip().splitlines()[-1][:300]}",
             hint="check --input-shape / --batch against the model's inputs",
         ) from None
-    _merge(out, inferred)
+    engines.merge(out, inferred)
+    if _unresolved(out) and any(n.domain not in ("", "ai.onnx") for n in out.graph):
+        logger.info("ONNX left shapes unresolved; trying onnxruntime symbolic shape inference")
+        ort_inferred = engines.ort_symbolic_infer(inferred)
+        if ort_inferred is not None:
+            engines.merge(out, ort_inferred, only_missing=True)
     if not changed:  # shapes a previous tool stored stay valid when no static dim moved
         for node in out.graph:
             for value in node.outputs:
@@ -416,6 +374,13 @@ def infer_shapes(
     return out
 
 
-def has_static_shapes(model: ir.Model) -> bool:
-    """True when every graph input and every node output that is used has a static shape."""
-    return not _unresolved(model)
+def has_static_shapes(model: ir.Model, *, allow_data_dependent: bool = False) -> bool:
+    """True when every graph input and used node output has a static shape and a dtype.
+
+    ``allow_data_dependent`` ignores values downstream of data-dependent ops (NonZero, ...).
+    """
+    unresolved = _unresolved(model)
+    if allow_data_dependent and unresolved:
+        tainted = _downstream_of_data_dependent(model)
+        unresolved = [v for v in unresolved if v not in tainted]
+    return not unresolved

@@ -66,7 +66,7 @@ class Detections:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``[N, M]`` of xyxy boxes ``a [N, 4]`` and ``b [M, 4]`` (0 where both are empty)."""
+    """IoU matrix ``[N, M]`` of xyxy boxes ``a [N, 4]``, ``b [M, 4]`` (0 where both are empty)."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
     area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)

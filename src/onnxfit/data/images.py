@@ -1,7 +1,8 @@
 """Image preprocessing: decode, resize, crop or letterbox, normalize, straight into a batch buffer.
 
 One pass per image, no intermediate float image: the file is decoded with Pillow (JPEG DCT
-scaling via ``draft`` only when the source is at least 4x the network size), resized with
+scaling via ``draft`` only when asked, and only when the source is at least 4x the resized
+size: it is faster on camera-size photos but not bit-exact with the reference), resized with
 Pillow's antialiased bilinear filter *only over the region that survives the crop* (``resize(box=)``
 gives the same pixels as resize-then-crop), and the uint8 result is scaled, normalized and
 transposed HWC -> CHW by one fused multiply-add per channel written into the caller's buffer.
@@ -56,6 +57,7 @@ __all__ = [
     "preprocess",
     "preprocess_into",
     "preprocess_with_meta",
+    "resize_geometry",
     "scan_images",
 ]
 
@@ -169,16 +171,22 @@ class ImageMeta:
         return asdict(self)
 
 
-def _geometry(w: int, h: int, preset: Preset) -> tuple[tuple[int, int], tuple[float, ...], Any]:
-    """(resized w,h), (sx, sy, ox, oy) and the source box for ``resize``; see :class:`ImageMeta`."""
+def resize_geometry(
+    w: int, h: int, preset: Preset
+) -> tuple[tuple[int, int], tuple[float, ...], Any]:
+    """For an image of ``w x h``: the (width, height) it is resized to, ``(sx, sy, ox, oy)``
+    with ``input_xy = original_xy * s + o`` (see :class:`ImageMeta`), and in crop mode the
+    source box whose resize gives exactly the crop (``None`` for letterbox)."""
     out_h, out_w = preset.size
     if preset.mode == "crop":
         short = preset.resize_to
-        # torchvision Resize(int): the shorter side becomes `short`, the longer truncates
+        # the shorter side becomes `short` and the longer one is *rounded* — the SOURCES.md
+        # reference (top-1 77.80 % on imagenet-sample) does this; torchvision's Resize(int)
+        # truncates instead, one pixel less on some images, which moved that top-1 by -0.6 pt
         if w <= h:
-            rw, rh = short, int(short * h / w)
+            rw, rh = short, round(short * h / w)
         else:
-            rw, rh = int(short * w / h), short
+            rw, rh = round(short * w / h), short
         top = round((rh - out_h) / 2.0)
         left = round((rw - out_w) / 2.0)
         sx, sy = rw / w, rh / h
@@ -190,7 +198,9 @@ def _geometry(w: int, h: int, preset: Preset) -> tuple[tuple[int, int], tuple[fl
         ox, oy = (out_w - rw) // 2, (out_h - rh) // 2
     else:
         ox, oy = 0, 0
-    return (rw, rh), (rw / w, rh / h, float(ox), float(oy)), None
+    # boxes map back by dividing by r itself (YOLOX's convention, and SOURCES.md's reference
+    # decode: 52.06 % mAP@0.5; the exact per-axis rw / w, rh / h moved it to 51.67 %)
+    return (rw, rh), (r, r, float(ox), float(oy)), None
 
 
 def preprocess_into(
@@ -199,12 +209,14 @@ def preprocess_into(
     out: np.ndarray,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
+    draft: bool = False,
 ) -> ImageMeta:
     """Preprocess one image file into ``out`` (float32 ``[3, H, W]``, e.g. one row of a batch).
 
-    Returns the :class:`ImageMeta` that maps boxes back to the original image. ``draft=False``
-    always decodes JPEGs at full size (``draft`` only acts on sources >= 4x the resized size).
+    Returns the :class:`ImageMeta` that maps boxes back to the original image. ``draft=True``
+    lets JPEGs at least 4x larger than the resized size decode at 1/2, 1/4 or 1/8 scale (much
+    faster on camera-size photos; a small deviation from the full-decode reference, measured in
+    ``benchmarks/bench_preprocess.py``); the default decodes at full size.
     """
     pre = get_preset(preset)
     out_h, out_w = pre.size
@@ -214,10 +226,10 @@ def preprocess_into(
         )
 
     def needed(w: int, h: int) -> tuple[int, int]:
-        return _geometry(w, h, pre)[0]
+        return resize_geometry(w, h, pre)[0]
 
     im, (w, h) = decode(path, max_pixels=max_pixels, needed=needed if draft else None)
-    (rw, rh), (sx, sy, ox, oy), box = _geometry(w, h, pre)
+    (rw, rh), (sx, sy, ox, oy), box = resize_geometry(w, h, pre)
     a, b = pre.channel_coefficients()
     if pre.mode == "crop":
         fx, fy = im.size[0] / w, im.size[1] / h  # < 1 after a JPEG draft
@@ -250,7 +262,7 @@ def preprocess_with_meta(
     preset: str | Preset,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
+    draft: bool = False,
 ) -> tuple[np.ndarray, ImageMeta]:
     """One image as float32 ``[3, H, W]`` plus the :class:`ImageMeta` (letterbox / crop info)."""
     pre = get_preset(preset)
@@ -310,7 +322,7 @@ class Preprocessor:
         workers: int | None = None,
         target: str | Target | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        draft: bool = True,
+        draft: bool = False,
     ) -> None:
         self.preset = get_preset(preset)
         if workers is None:

@@ -91,9 +91,7 @@ def quantize_array(
     s = _broadcast_scale(np.asarray(scale), x.shape, axis, block_size)
     q = np.rint(x.astype(np.float32) / s).astype(np.int64)
     if zero_point is not None:
-        q = q + _broadcast_scale(np.asarray(zero_point), x.shape, axis, block_size).astype(
-            np.int64
-        )
+        q = q + _broadcast_scale(np.asarray(zero_point), x.shape, axis, block_size).astype(np.int64)
     return np.clip(q, lo, hi)
 
 
@@ -106,28 +104,3 @@ def quant_type(node: ir.Node) -> ir.DataType | None:
     if out_dtype is not None and out_dtype.as_int() != 0:
         return ir.DataType(out_dtype.as_int())
     return ir.DataType.UINT8 if zp is None else None
-
-
-def clips_at_zero(node: ir.Node) -> bool | None:
-    """Whether a QuantizeLinear's representable range starts exactly at 0 (a hidden ReLU).
-
-    True when every zero point equals the type's minimum (uint8 with zero point 0, int8 with
-    -128): then ``(qmin - zero_point) * scale == 0`` and negatives are clipped to 0. False when
-    none does; None when unknown (computed zero point, float8, or mixed per-channel).
-    """
-    qtype = quant_type(node)
-    if qtype not in QRANGE:
-        return None
-    qmin = QRANGE[qtype][0]
-    zp_value = node.inputs[2] if len(node.inputs) > 2 else None
-    if zp_value is None:
-        return qmin == 0
-    zp = const_array(zp_value)
-    if zp is None:
-        return None
-    hits = zp.astype(np.int64) == qmin
-    if hits.all():
-        return True
-    if not hits.any():
-        return False
-    return None

@@ -9,8 +9,11 @@ Rewrites it makes (each an existing onnx-ir / onnxscript pass, in this order):
    model stays INT8);
 3. ``y = Identity(x)`` nodes whose output is not a graph output are removed;
 4. unused nodes, initializers and opset imports are removed;
-5. initializers with equal dtype, shape and bytes are merged (``DeduplicateHashedInitializersPass``);
-6. ``Constant`` nodes become initializers (all of them with ``lift_constants``).
+5. initializers with equal dtype, shape and bytes are merged
+   (``DeduplicateHashedInitializersPass``);
+6. ``Constant`` nodes become initializers (all of them with ``lift_constants``);
+7. every unnamed node and value gets a unique name (``NameFixPass``), so that later passes
+   and reports (the fp16 block list, per-node stats) can refer to them.
 
 Portable: it only removes work, every execution provider runs the result.
 Stats: ``nodes_before``/``nodes_after``, ``initializers_before``/``initializers_after``,
@@ -79,7 +82,7 @@ class CleanupPass(OnnxfitPass):
             passes.append(common.DeduplicateHashedInitializersPass())
         if self.lift_constants:
             passes.append(common.LiftConstantsToInitializersPass(lift_all_constants=True))
-        passes.append(common.RemoveUnusedNodesPass())
+        passes += [common.RemoveUnusedNodesPass(), common.NameFixPass()]
         for p in passes:
             modified = p(model).modified or modified
         self.stats["nodes_before"] = nodes_before

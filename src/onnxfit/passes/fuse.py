@@ -129,8 +129,8 @@ class _ActivationFusion(RewriteRuleClassBase):
                 attrs["activation_params"] = params
             fused_op = "FusedConv"
         else:
-            for key, attr in act.attributes.items():
-                attrs[f"activation_{key}"] = attr.value
+            for key, act_attr in act.attributes.items():
+                attrs[f"activation_{key}"] = act_attr.value
             fused_op = "FusedGemm"
         return op.op(fused_op, *inner.inputs, _domain=MS_DOMAIN, **attrs)
 

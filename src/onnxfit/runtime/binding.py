@@ -80,6 +80,18 @@ def static_output_shapes(
     return out
 
 
+def _run_options() -> ort.RunOptions:
+    """RunOptions, made once per binding, with ``gpu_graph_id`` at its default 0.
+
+    0 is the CUDA graph id captured and replayed (ORT CUDA EP docs; -1 would skip capture). Set
+    explicitly, the per-call lookup in onnxruntime 1.32's ``run_with_iobinding`` finds it instead
+    of raising and swallowing a RuntimeError on every run.
+    """
+    options = ort.RunOptions()
+    options.add_run_config_entry("gpu_graph_id", "0")
+    return options
+
+
 _CONTROL_FLOW = {"If", "Loop", "Scan"}
 
 
@@ -146,6 +158,7 @@ class PooledBinding:
         self._own_pool = pool is None
         self.pool: MemoryPool | None = pool
         self._binding = sess.io_binding()
+        self._run_options = _run_options()
         self._blocks: list[Block] = []
         self._signature: tuple[tuple[int, ...], ...] | None = None
         self.input_views: dict[str, np.ndarray] = {}
@@ -160,7 +173,7 @@ class PooledBinding:
                 view, arr = self.input_views[name], arrays[name]
                 if arr is not view:
                     np.copyto(view, arr)
-            self._sess.run_with_iobinding(self._binding)
+            self._sess.run_with_iobinding(self._binding, self._run_options)
         if copy:
             return {n: v.copy() for n, v in self.output_views.items()}
         return dict(self.output_views)
@@ -173,7 +186,9 @@ class PooledBinding:
             b.bind_cpu_input(name, np.ascontiguousarray(arrays[name]))
         for name in self._out_names:
             b.bind_output(name, "cpu")
-        self._sess.run_with_iobinding(b)  # learns the output shapes; its results are kept
+        self._sess.run_with_iobinding(
+            b, self._run_options
+        )  # learns the output shapes; its results are kept
         first = dict(zip(self._out_names, b.copy_outputs_to_cpu(), strict=True))
         self._free_blocks()
         tensors = [(n, arrays[n]) for n in self._in_names] + list(first.items())
@@ -233,6 +248,7 @@ class StaticBinding:
         _numeric([*inputs, *outputs], "cuda_graph")
         self._sess = sess
         self._binding = sess.io_binding()
+        self._run_options = _run_options()
         self._inputs: dict[str, Any] = {}
         self._outputs: dict[str, Any] = {}
         for spec in [*inputs, *outputs]:
@@ -256,7 +272,7 @@ class StaticBinding:
     def run(self, arrays: Mapping[str, np.ndarray], *, copy: bool = True) -> dict[str, np.ndarray]:
         for name, value in self._inputs.items():
             value.update_inplace(np.ascontiguousarray(arrays[name]))
-        self._sess.run_with_iobinding(self._binding)
+        self._sess.run_with_iobinding(self._binding, self._run_options)
         return {n: np.array(v.numpy(), copy=True) for n, v in self._outputs.items()}
 
     def release(self) -> None:
@@ -277,6 +293,7 @@ class DeviceBinding:
     ) -> None:
         self._sess = sess
         self._binding = sess.io_binding()
+        self._run_options = _run_options()
         self._out_names = [s.name for s in outputs]
         for name in self._out_names:
             self._binding.bind_output(name, device_type, device_id)
@@ -286,7 +303,7 @@ class DeviceBinding:
         b.clear_binding_inputs()
         for name, arr in arrays.items():
             b.bind_cpu_input(name, np.ascontiguousarray(arr))
-        self._sess.run_with_iobinding(b)
+        self._sess.run_with_iobinding(b, self._run_options)
         return dict(zip(self._out_names, b.copy_outputs_to_cpu(), strict=True))
 
     def release(self) -> None:

@@ -35,9 +35,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from onnxfit import io
-from onnxfit.errors import InputError
+from onnxfit.errors import InputError, ModelLoadError
 from onnxfit.runtime.binding import (
     DeviceBinding,
     PooledBinding,
@@ -59,6 +60,15 @@ __all__ = ["Session", "TensorSpec", "deploy_settings", "plan_session"]
 logger = logging.getLogger(__name__)
 
 Dim = int | str | None
+_ORT_ERRORS: tuple[type[Exception], ...] = (
+    RuntimeError,
+    _ort_state.Fail,
+    _ort_state.InvalidGraph,
+    _ort_state.InvalidArgument,
+    _ort_state.InvalidProtobuf,
+    _ort_state.NotImplemented,
+    _ort_state.RuntimeException,
+)
 
 _ORT_DTYPES: dict[str, np.dtype] = {
     f"tensor({k})": np.dtype(v)
@@ -153,8 +163,17 @@ def check_feeds(feeds: Mapping[str, Any], inputs: Sequence[TensorSpec]) -> dict[
     symbols: dict[str, tuple[str, int]] = {}
     for spec in inputs:
         arr = feeds[spec.name]
-        if not isinstance(arr, np.ndarray):
-            arr = np.asarray(arr)
+        if not isinstance(
+            arr, np.ndarray
+        ):  # a list or scalar has no dtype of its own: take the input's
+            known = spec.dtype != np.dtype(np.void)
+            try:
+                arr = np.asarray(arr, dtype=spec.dtype if known else None)
+            except (TypeError, ValueError) as exc:
+                raise InputError(
+                    f"input {spec.name!r}: cannot convert the given {type(arr).__name__} to "
+                    f"{spec.dtype} ({exc})"
+                ) from None
         if spec.dtype != np.dtype(np.void) and arr.dtype != spec.dtype:
             raise InputError(
                 f"input {spec.name!r}: expected dtype {spec.dtype}, given {arr.dtype}",
@@ -210,6 +229,10 @@ class Session:
         serialize_runs: bool | None = None,
     ) -> None:
         self.target = get_target(target)
+        if pool is not None and io_binding is None:
+            io_binding = True  # a pool is only used for bound buffers
+        elif pool is not None and not io_binding:
+            raise InputError("pool= is used for IO binding; drop io_binding=False")
         self.plan: SessionPlan = plan_session(
             self.target,
             providers=providers,
@@ -222,17 +245,21 @@ class Session:
             serialize_runs=serialize_runs,
         )
         proto = _load_proto(model)
+        self._check_free_dim_names(proto)
         graph_shapes = (
             graph_capture_shapes(proto, self.plan.free_dims) if self.plan.cuda_graph else {}
         )
         try:
-            self._sess = ort.InferenceSession(
+            self._sess: Any = ort.InferenceSession(
                 io.to_bytes(proto),
                 sess_options=build_session_options(self.plan),
                 providers=[(n, dict(o)) for n, o in self.plan.providers],
             )
-        except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError) as exc:
-            raise InputError(f"onnxruntime cannot create the session: {exc}") from None
+        except _ORT_ERRORS as exc:
+            raise ModelLoadError(
+                f"onnxruntime cannot create a session for the model: {exc}",
+                hint="check the model with onnx.checker; an op or opset may be unsupported",
+            ) from None
         running = self._sess.get_providers()[0]
         if running != self.plan.provider:  # listed as available but failed to start
             msg = f"{self.plan.provider} did not start; {running} runs instead"
@@ -243,7 +270,6 @@ class Session:
         fd = self.plan.free_dims
         self.inputs: list[TensorSpec] = [_spec(a, fd) for a in self._sess.get_inputs()]
         self.outputs: list[TensorSpec] = [_spec(a, fd) for a in self._sess.get_outputs()]
-        self._check_free_dim_names(proto)
         self._output_names = [s.name for s in self.outputs]
         self._lock = threading.Lock()  # guards the binding; also serializes runs when asked
         self._closed = False
@@ -259,6 +285,10 @@ class Session:
         elif self.plan.io_binding and self.plan.device_type == "cpu":
             self._binding = PooledBinding(self._sess, self.inputs, self.outputs, pool=pool)
         elif self.plan.io_binding:
+            if pool is not None:
+                logger.warning(
+                    "pool= is used for CPU IO binding only; ignored on %s", self.provider
+                )
             self._binding = DeviceBinding(
                 self._sess, self.outputs, self.plan.device_type, self.plan.device_id
             )
@@ -294,14 +324,18 @@ class Session:
 
     # -- running --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
+    def _running(self) -> Iterator[Any]:
+        """Yields the ORT session; holds the lock for the whole run when runs are serialized
+        or a binding (shared state) is used, else only while checking the session is open."""
         if self.plan.serialize_runs or self._binding is not None:
             with self._lock:
                 self._check_open()
-                yield
+                yield self._sess
         else:
-            self._check_open()
-            yield
+            with self._lock:
+                self._check_open()
+                sess = self._sess  # a close() meanwhile cannot pull it from under this run
+            yield sess
 
     def _check_open(self) -> None:
         if self._closed:
@@ -314,10 +348,10 @@ class Session:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run once; returns ``{output name: array}`` (arrays the caller owns)."""
         arrays = self.check_feeds(feeds)
-        with self._running():
+        with self._running() as sess:
             if self._binding is not None:
                 return self._binding.run(arrays, copy=True)
-            values = self._sess.run(self._output_names, arrays)
+            values = sess.run(self._output_names, arrays)
         return dict(zip(self._output_names, values, strict=True))
 
     def run_bound(self, feeds: Mapping[str, Any], *, copy: bool = True) -> dict[str, np.ndarray]:
@@ -329,14 +363,18 @@ class Session:
         the pool that the NEXT run overwrites — copy what you keep. Once the input shapes have
         been seen, a run allocates no new buffers.
         """
+        self._check_open()
         if not isinstance(self._binding, PooledBinding | StaticBinding):
             raise InputError(
-                "run_bound needs preallocated buffers",
-                hint="create the Session with io_binding=True (CPU) or cuda_graph=True (CUDA)",
+                "run_bound needs preallocated buffers: create the Session with io_binding=True"
+                " (CPU) or cuda_graph=True (CUDA)",
+                hint="or call run(), which needs none",
             )
         arrays = self.check_feeds(feeds)
         with self._running():
-            return self._binding.run(arrays, copy=copy)
+            binding = self._binding
+            assert isinstance(binding, PooledBinding | StaticBinding)  # not closed meanwhile
+            return binding.run(arrays, copy=copy)
 
     def input_buffers(self) -> dict[str, np.ndarray]:
         """The bound input buffers (after a first :meth:`run_bound`): write into them and pass
@@ -364,7 +402,7 @@ class Session:
             if self._binding is not None:
                 self._binding.release()
             self._binding = None
-            del self._sess
+            self._sess = None  # ORT frees it when the last run holding it ends
 
     def __enter__(self) -> Session:
         return self

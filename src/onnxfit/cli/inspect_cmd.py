@@ -1,0 +1,103 @@
+"""``onnxfit inspect``: size, cost, memory plan and fit verdict of a model on a target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxfit.cli._common import (
+    console,
+    echo_json,
+    guarded,
+    json_option,
+    parse_shapes,
+    progress,
+    target_option,
+)
+from onnxfit.errors import InputError
+
+_PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@target_option()
+@click.option("--batch", "-b", type=int, default=1, show_default=True, help="Batch size.")
+@click.option(
+    "--top", "-k", type=int, default=10, show_default=True, help="Nodes listed by projected time."
+)
+@click.option(
+    "--input-shape",
+    "input_shape",
+    multiple=True,
+    metavar="NAME=1x3x224x224",
+    help="Full shape of an input (repeatable); overrides --batch for that input.",
+)
+@click.option(
+    "--plot-memory",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw the memory plan (lifetime across, offset up) to this .png/.svg/.pdf.",
+)
+@click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
+@json_option
+@guarded
+def inspect_cmd(
+    model: Path,
+    target: str,
+    batch: int,
+    top: int,
+    input_shape: tuple[str, ...],
+    plot_memory: Path | None,
+    markdown: bool,
+    as_json: bool,
+) -> None:
+    """Inspect MODEL: parameters, size, GFLOPs, projected latency, memory plan, fit verdict.
+
+    The latency is a roofline projection per node (FLOPs at the target's peak for the node's
+    precision vs bytes at its bandwidth, plus a dispatch overhead); the activation arena comes
+    from a greedy-by-size offset plan; the verdict adds weights + arena + inputs/outputs and
+    compares them with the target's memory budget.
+
+    \b
+    Examples:
+      onnxfit inspect resnet18.onnx
+      onnxfit inspect resnet18.onnx --target cpu --batch 8 --top 5
+      onnxfit inspect detector.onnx --input-shape images=1x3x640x640 --json
+      onnxfit inspect yolo.onnx --plot-memory yolo-memory.png
+    """
+    from onnxfit.analysis.inspect import inspect
+    from onnxfit.targets import get_target
+
+    if batch <= 0:
+        raise InputError(f"--batch must be a positive integer, got {batch}", hint="--batch 1")
+    if top < 0:
+        raise InputError(f"--top must be >= 0, got {top}", hint="--top 10")
+    if plot_memory is not None and plot_memory.suffix.lower() not in _PLOT_SUFFIXES:
+        raise InputError(
+            f"--plot-memory {plot_memory}: unsupported image type",
+            hint=f"give a file ending in {', '.join(_PLOT_SUFFIXES)}",
+        )
+    shapes = parse_shapes(input_shape)
+    tgt = get_target(target)
+    with progress() as bar:
+        bar.add_task(f"inspecting {model.name}", total=None)
+        result = inspect(model, target=tgt, batch=batch, input_shapes=shapes or None)
+    if plot_memory is not None:
+        from onnxfit.report.memory import plot_memory_plan
+
+        plot_memory.parent.mkdir(parents=True, exist_ok=True)
+        plot_memory_plan(result.memory, plot_memory)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    if markdown:
+        from onnxfit.report.inspect import to_markdown
+
+        click.echo(to_markdown(result, top=top))
+    else:
+        from onnxfit.report.inspect import render_inspect
+
+        console.print(render_inspect(result, top=top))
+    if plot_memory is not None:
+        console.print(f"memory plan drawn to {plot_memory}")

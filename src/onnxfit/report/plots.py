@@ -1,0 +1,253 @@
+"""Plots of measurements (matplotlib, Agg backend, no pyplot state): latency distributions,
+per-operator time bars coloured by bound, and roofline charts.
+
+Each ``*_figure`` function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure` writes
+one atomically (temporary file in the same folder, then rename) and :func:`png_bytes` gives the
+PNG bytes for inlining in HTML. The memory-plan picture is
+:func:`onnxfit.report.memory.plot_memory_plan`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxfit.errors import InputError
+from onnxfit.profiling.ortprofile import OrtProfile
+from onnxfit.targets import Target, get_target
+
+_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+BOUND_COLORS = {"compute": "tab:orange", "memory": "tab:blue", None: "0.6"}
+_PREC_STYLE = {"fp32": "-", "fp16": "--", "int8": ":"}
+
+
+def _figure(w: float, h: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=110, layout="constrained")
+
+
+def check_plot_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it ends in .png/.svg/.pdf and its folder exists, else InputError."""
+    out = Path(path)
+    if out.suffix.lower() not in _FORMATS:
+        raise InputError(
+            f"cannot write a plot to {out.name!r}", hint=f"use one of {', '.join(_FORMATS)}"
+        )
+    if not out.parent.is_dir():
+        raise InputError(f"folder {str(out.parent)!r} does not exist", hint="create it first")
+    return out
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` to ``path`` (.png/.svg/.pdf) atomically; returns the path."""
+    out = check_plot_path(path)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=_FORMATS[out.suffix.lower()])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def png_bytes(fig: Any) -> bytes:
+    """``fig`` as PNG bytes."""
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def sibling(path: str | os.PathLike[str], tag: str) -> Path:
+    """``plots/x.png`` + ``ops`` -> ``plots/x-ops.png``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}-{tag}{p.suffix}")
+
+
+# ------------------------------------------------------------------------------ latency
+
+
+def latency_figure(series: Mapping[str, Sequence[float]], *, title: str = "Latency") -> Any:
+    """Per series (e.g. model or batch size): the empirical CDF and a box plot, in ms."""
+    import numpy as np
+
+    if not series:
+        raise InputError("no latency samples to plot")
+    fig = _figure(11, 0.9 + 0.55 * max(3, len(series)) + 2.2)
+    ax_cdf, ax_box = fig.subplots(1, 2, width_ratios=(3, 2))
+    labels = list(series)
+    data = [np.asarray(series[k], dtype=float) * 1e3 for k in labels]
+    for i, (k, xs) in enumerate(zip(labels, data, strict=True)):
+        s = np.sort(xs)
+        y = np.arange(1, len(s) + 1) / len(s)
+        ax_cdf.step(s, y, where="post", label=f"{k}: median {np.median(s):.2f} ms", color=f"C{i}")
+        ax_cdf.axvline(np.median(s), color=f"C{i}", linewidth=0.6, linestyle=":")
+    ax_cdf.set_xlabel("latency (ms)")
+    ax_cdf.set_ylabel("fraction of runs ≤ x")
+    ax_cdf.set_ylim(0, 1.02)
+    ax_cdf.grid(linewidth=0.3, alpha=0.6)
+    ax_cdf.legend(fontsize=8, loc="lower right")
+    ax_cdf.set_title(title, fontsize=10)
+    bp = ax_box.boxplot(data, vert=False, whis=(1, 99), showfliers=True, patch_artist=True)
+    for i, patch in enumerate(bp["boxes"]):
+        patch.set_facecolor(f"C{i}")
+        patch.set_alpha(0.5)
+    ax_box.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax_box.invert_yaxis()
+    ax_box.set_xlabel("latency (ms); whiskers p1-p99")
+    ax_box.grid(axis="x", linewidth=0.3, alpha=0.6)
+    return fig
+
+
+# ---------------------------------------------------------------------------- operators
+
+
+def op_time_figure(profile: OrtProfile, *, top: int = 25, title: str | None = None) -> Any:
+    """Horizontal bars: the ``top`` operators' time per run, coloured by bound."""
+    from matplotlib.patches import Patch
+
+    ops = profile.top(top)
+    if not ops:
+        raise InputError("the profile has no operators to plot")
+    runs = max(1, profile.runs)
+    fig = _figure(11, 1.2 + 0.28 * len(ops))
+    ax = fig.add_subplot()
+    ys = range(len(ops))
+    vals = [o.total_s / runs * 1e3 for o in ops]
+    ax.barh(list(ys), vals, color=[BOUND_COLORS.get(o.bound, "0.6") for o in ops])
+    ax.set_yticks(list(ys), [f"{o.node} ({o.op_type})"[:60] for o in ops], fontsize=7)
+    ax.invert_yaxis()
+    for y, v, o in zip(ys, vals, ops, strict=True):
+        ax.text(v, y, f" {100 * o.share:.1f} %", va="center", fontsize=7)
+    ax.set_xlabel("time per run (ms)")
+    ax.set_xlim(0, max(vals) * 1.15)
+    ax.grid(axis="x", linewidth=0.3, alpha=0.6)
+    ax.legend(
+        handles=[
+            Patch(color=BOUND_COLORS["compute"], label="compute-bound"),
+            Patch(color=BOUND_COLORS["memory"], label="memory-bound"),
+            Patch(color=BOUND_COLORS[None], label="not in the model (inserted by ORT)"),
+        ],
+        fontsize=8,
+        loc="lower right",
+    )
+    ax.set_title(
+        title or f"Operator time ({profile.runs} runs; bound from the roofline of "
+        f"{profile.roofline_target or '?'})",
+        fontsize=10,
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    """One operator on a roofline chart: intensity (FLOP/byte) and performance (FLOP/s)."""
+
+    label: str
+    intensity: float
+    flops_s: float
+    weight: float  # marker size: share of time
+    bound: str | None
+    precision: str = "fp32"
+
+
+def points_from_profile(profile: OrtProfile) -> list[RooflinePoint]:
+    """Measured points: every matched operator with FLOPs (achieved FLOP/s per call)."""
+    return [
+        RooflinePoint(o.node, o.intensity, o.achieved_flops_s, o.share, o.bound, o.precision or "fp32")
+        for o in profile.ops
+        if o.flops and o.intensity and o.achieved_flops_s
+    ]
+
+
+def points_from_cost(cost: Any) -> list[RooflinePoint]:
+    """Projected points from a :class:`~onnxfit.analysis.cost.CostReport`: where each node
+    would sit on the target (FLOPs / projected time without the dispatch overhead)."""
+    total = cost.time_s or 1.0
+    out = []
+    for n in cost.nodes:
+        if n.flops and n.bytes and n.time_s > 0:
+            out.append(
+                RooflinePoint(
+                    n.name, n.intensity, n.flops / n.time_s, n.time_s / total, n.bound, n.precision
+                )
+            )
+    return out
+
+
+def roofline_figure(
+    points: Sequence[RooflinePoint],
+    target: str | Target,
+    *,
+    title: str | None = None,
+    labels: int = 6,
+) -> Any:
+    """Log-log roofline of ``target`` (one roof per precision present) with ``points``."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    tgt = get_target(target)
+    fig = _figure(9, 6)
+    ax = fig.add_subplot()
+    xs = [p.intensity for p in points] or [1.0]
+    lo = min(min(xs) / 3, 0.1)
+    ridge = max(tgt.peak(p) for p in ("fp32", "fp16", "int8")) / tgt.memory_bandwidth
+    hi = max(max(xs) * 3, ridge * 4)
+    grid = np.logspace(np.log10(lo), np.log10(hi), 200)
+    precisions = sorted({p.precision for p in points} | {"fp32"}, key=list(_PREC_STYLE).index)
+    handles = []
+    for prec in precisions:
+        roof = np.minimum(tgt.peak(prec), grid * tgt.memory_bandwidth)
+        ax.plot(grid, roof, color="black", linestyle=_PREC_STYLE[prec], linewidth=1.2)
+        handles.append(
+            Line2D([], [], color="black", linestyle=_PREC_STYLE[prec],
+                   label=f"{prec} roof: {tgt.peak(prec) / 1e12:.2f} TFLOP/s")  # fmt: skip
+        )
+    for bound in ("compute", "memory"):
+        sel = [p for p in points if p.bound == bound]
+        if sel:
+            ax.scatter(
+                [p.intensity for p in sel],
+                [p.flops_s for p in sel],
+                s=[20 + 600 * p.weight for p in sel],
+                color=BOUND_COLORS[bound],
+                alpha=0.6,
+                edgecolors="black",
+                linewidths=0.4,
+            )
+            handles.append(
+                Line2D([], [], marker="o", linestyle="", color=BOUND_COLORS[bound],
+                       label=f"{bound}-bound ({len(sel)})")  # fmt: skip
+            )
+    for p in sorted(points, key=lambda p: -p.weight)[:labels]:
+        ax.annotate(p.label[:28], (p.intensity, p.flops_s), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("FLOP/s")
+    ax.grid(which="both", linewidth=0.3, alpha=0.5)
+    handles.append(
+        Line2D([], [], color="none",
+               label=f"bandwidth {tgt.memory_bandwidth / 1e9:.0f} GB/s; marker area: time share")  # fmt: skip
+    )
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set_title(title or f"Roofline: {tgt.name}", fontsize=10)
+    return fig
