@@ -351,9 +351,7 @@ def test_zoo_models_sync_and_async(fixture: str, request: pytest.FixtureRequest)
         _assert_same(engine.run(items), ref)
 
         async def main() -> list[dict[str, Any]]:
-            return await asyncio.wait_for(
-                asyncio.gather(*(engine.submit(it) for it in items)), 60
-            )
+            return await asyncio.wait_for(asyncio.gather(*(engine.submit(it) for it in items)), 60)
 
         _assert_same(asyncio.run(main()), ref)
 

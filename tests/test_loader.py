@@ -271,3 +271,28 @@ def test_empty_paths() -> None:
 def test_bad_options(kwargs: dict) -> None:
     with pytest.raises(InputError):
         AsyncLoader(_paths(1), **kwargs)
+
+
+def test_loader_with_image_preprocessing(tmp_path: Path) -> None:
+    import functools
+
+    import numpy as np
+    from PIL import Image
+
+    from onnxfit.data.images import preprocess_with_meta
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (60 + i, 80, 3), np.uint8)).save(p)
+        paths.append(p)
+    paths[2].write_bytes(paths[2].read_bytes()[:50])  # truncated PNG
+    load = functools.partial(preprocess_with_meta, preset="yolox")
+    with AsyncLoader(paths, load=load, max_concurrent=2, prefetch=2) as loader:
+        items = list(loader)
+    assert [it.path.name for it in items] == ["img0.png", "img1.png", "img3.png", "img4.png"]
+    x, meta = items[0].value
+    assert x.shape == (3, 416, 416) and meta.size == (80, 60)
+    assert [e.path.name for e in loader.errors] == ["img2.png"]
+    assert loader.errors[0].reason.startswith("cannot decode")

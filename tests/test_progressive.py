@@ -1,7 +1,8 @@
-"""ProgressiveLoader and section planning: sectioned outputs equal the whole model's, budgets hold."""
+"""ProgressiveLoader and section planning: sectioned outputs equal the whole model's, in budget."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -60,16 +61,25 @@ def _save(proto: onnx.ModelProto, path: Path, *, external: bool = True) -> Path:
     return path
 
 
+_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
 def _reference(path: Path, feeds: dict[str, np.ndarray], *, level: str = "all") -> dict[str, Any]:
+    """Outputs of one plain ORT session over the whole model."""
     so = ort.SessionOptions()
-    if level == "basic":
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.graph_optimization_level = _LEVELS[level]
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds), strict=True))
 
 
 def _assert_same(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
+    """rtol 1e-5 (absolute 1e-6 of the largest magnitude for values near zero). References run
+    at the loader's ORT optimization level: plain sessions of YOLOX-Nano at BASIC and ALL differ
+    by 1e-4 from each other, more than the tolerance, while sections match their level exactly."""
     assert set(got) == set(ref)
     for k, r in ref.items():
         assert got[k].shape == r.shape
@@ -102,7 +112,7 @@ def test_sections_are_contiguous_and_fit(tmp_path: Path) -> None:
     sections = plan_sections(info, budget)
     assert len(sections) >= 4
     assert sections[0].start == 0 and sections[-1].stop == len(info.nodes)
-    for a, b in zip(sections, sections[1:], strict=False):
+    for a, b in itertools.pairwise(sections):
         assert a.stop == b.start
     assert all(s.cost_bytes <= budget for s in sections)
     assert sum(s.weight_bytes for s in sections) == info.weight_bytes  # no shared weights here
@@ -125,7 +135,7 @@ def test_streamed_sections_match_whole_model_and_stay_in_budget(tmp_path: Path) 
         assert len(inits) == 8
         assert all(t.data_location == TensorProto.EXTERNAL and not t.raw_data for t in inits)
         for _ in range(2):
-            _assert_same(loader.run(feeds), _reference(path, feeds))
+            _assert_same(loader.run(feeds), _reference(path, feeds, level=loader.optimization))
         stats = loader.stats
         assert stats.peak_held_bytes <= budget
         assert stats.loads >= 2 * len(plan.sections) - 1  # reloaded for the second run
@@ -142,7 +152,7 @@ def test_resident_sections_load_once(tmp_path: Path) -> None:
         assert loader.plan.sectioned and loader.plan.resident
         assert loader.wait_loaded(30)
         for _ in range(3):
-            _assert_same(loader.run(feeds), _reference(path, feeds))
+            _assert_same(loader.run(feeds), _reference(path, feeds, level=loader.optimization))
         assert loader.stats.loads == len(loader.plan.sections)
         assert loader.stats.releases == 0
 
@@ -152,7 +162,7 @@ def test_small_model_is_one_section(tmp_path: Path) -> None:
     feeds = _x(batch=3)  # another batch than planned for: sections have no fixed shapes
     with ProgressiveLoader(path) as loader:
         assert not loader.plan.sectioned and len(loader.plan.sections) == 1
-        _assert_same(loader.run(feeds), _reference(path, feeds))
+        _assert_same(loader.run(feeds), _reference(path, feeds, level=loader.optimization))
 
 
 def test_embedded_weights_are_spilled_to_a_temp_folder(tmp_path: Path) -> None:
@@ -162,7 +172,7 @@ def test_embedded_weights_are_spilled_to_a_temp_folder(tmp_path: Path) -> None:
     loader = ProgressiveLoader(path, budget_bytes=2 * MIB, batch=2)
     tmpdir = Path(loader._tmpdir or "")
     assert tmpdir.is_dir() and tmpdir != path.parent
-    _assert_same(loader.run(feeds), _reference(path, feeds))
+    _assert_same(loader.run(feeds), _reference(path, feeds, level=loader.optimization))
     loader.close()
     assert not tmpdir.exists()
     assert not loader._thread.is_alive()
@@ -197,7 +207,7 @@ def test_errors_do_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_concurrent_runs_are_serialized(tmp_path: Path) -> None:
     path = _save(_mlp(), tmp_path / "mlp.onnx")
     feeds = _x()
-    ref = _reference(path, feeds)
+    ref = _reference(path, feeds, level="basic")  # the sectioned default
     errors: list[BaseException] = []
     with ProgressiveLoader(path, budget_bytes=700 * KIB, batch=2) as loader:
 
@@ -230,12 +240,13 @@ def test_resnet18_under_40_percent_of_its_weights(zoo_resnet18: Path, tmp_path: 
     io.save(io.load(zoo_resnet18), path, external_threshold=0)  # weights left on disk
     budget = int(0.4 * _weights(path))
     feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)}
-    ref = _reference(path, feeds)
+    ref = _reference(path, feeds, level="basic")  # the sectioned default
     malloc_trim()
     with PeakRSS() as rss, ProgressiveLoader(path, budget_bytes=budget) as loader:
         for _ in range(2):
             _assert_same(loader.run(feeds), ref)
     plan, stats = loader.plan, loader.stats
+    assert loader.optimization == "basic"
     assert plan.sectioned and not plan.resident and len(plan.sections) > 2
     assert stats.peak_held_bytes <= budget  # own accounting: no overhead at all
     if rss.method != "none":
@@ -245,38 +256,38 @@ def test_resnet18_under_40_percent_of_its_weights(zoo_resnet18: Path, tmp_path: 
 
 @pytest.mark.slow
 def test_yolov3_tiny_sectioned(zoo_yolov3_tiny: Path) -> None:
-    # at 416x416 the first layers' activations (21 MiB live) outweigh 40 % of the weights, so
-    # the budget is 40 % of the weights on top of the peak activations
+    # At 416x416 the first layers' activations (21 MiB live) outweigh 40 % of the weights, so the
+    # budget is 40 % of the weights on top of the peak activations. The section budget leaves room
+    # for the first Conv and its BatchNormalization together: cut apart, ORT cannot fuse them and
+    # the outputs move by 2e-5 (more than the tolerance).
     info = analyze_graph(io.load_proto(zoo_yolov3_tiny, with_external=False))
-    budget = int(0.4 * info.weight_bytes) + info.peak_activation_bytes  # embedded: spilled first
+    act, weights = info.peak_activation_bytes, info.weight_bytes
+    budget, section_budget = act + int(0.4 * weights), act + int(0.2 * weights)
     feeds = {"input": np.random.default_rng(1).standard_normal((1, 3, 416, 416), np.float32)}
-    with ProgressiveLoader(zoo_yolov3_tiny, budget_bytes=budget) as loader:
+    with ProgressiveLoader(
+        zoo_yolov3_tiny, budget_bytes=budget, section_budget_bytes=section_budget
+    ) as loader:  # embedded weights: spilled to a temp folder first
         assert loader.plan.sectioned and len(loader.plan.sections) > 2
         out = loader.run(feeds)
         assert loader.stats.peak_held_bytes <= budget
-    _assert_same(out, _reference(zoo_yolov3_tiny, feeds))
+    _assert_same(out, _reference(zoo_yolov3_tiny, feeds, level=loader.optimization))
 
 
 @pytest.mark.needs_data
 @pytest.mark.parametrize(
-    ("name", "input_name", "size", "level"),
-    [
-        # a QDQ model: ORT's EXTENDED/ALL levels fuse Q/DQ pairs into int8 kernels that round
-        # differently; the sections run at BASIC, so the reference does too
-        ("shufflenet-v2-12-qdq.onnx", "input", 224, "basic"),
-        ("yolox_nano.onnx", "images", 416, "all"),
-    ],
+    ("name", "input_name", "size"),
+    [("shufflenet-v2-12-qdq.onnx", "input", 224), ("yolox_nano.onnx", "images", 416)],
 )
-def test_real_models_sectioned(
-    shared_data: Path, name: str, input_name: str, size: int, level: str
-) -> None:
+def test_real_models_sectioned(shared_data: Path, name: str, input_name: str, size: int) -> None:
     path = shared_data / "models" / name
     info = analyze_graph(io.load_proto(path, with_external=False))
     budget = int(0.5 * info.weight_bytes) + info.peak_activation_bytes
     section_budget = max(max_node_cost(info), budget // 3)
     feeds = {input_name: np.random.default_rng(2).standard_normal((1, 3, size, size), np.float32)}
-    with ProgressiveLoader(path, budget_bytes=budget, section_budget_bytes=section_budget) as loader:
+    with ProgressiveLoader(
+        path, budget_bytes=budget, section_budget_bytes=section_budget
+    ) as loader:
         assert loader.plan.sectioned and len(loader.plan.sections) > 2
         out = loader.run(feeds)
         assert loader.stats.peak_held_bytes <= budget
-    _assert_same(out, _reference(path, feeds, level=level))
+    _assert_same(out, _reference(path, feeds, level=loader.optimization))

@@ -34,9 +34,7 @@ class Factory:
 def _manager(budget_mib: int = 100, **kw: Any) -> tuple[ResourceManager, Factory, list[Event]]:
     events: list[Event] = []
     factory = Factory()
-    mgr = ResourceManager(
-        budget_mib * MIB, session_factory=factory, on_event=events.append, **kw
-    )
+    mgr = ResourceManager(budget_mib * MIB, session_factory=factory, on_event=events.append, **kw)
     return mgr, factory, events
 
 
@@ -98,7 +96,7 @@ def test_request_never_evicts_higher_priority_or_pinned() -> None:
     assert _loaded(mgr) == {"m", "l1"}
     pinned = mgr.acquire("l1")  # pinned now
     assert pinned is not None
-    with pytest.raises(BudgetExceededError, match="l1 .*pinned"):
+    with pytest.raises(BudgetExceededError, match=r"l1 .*pinned"):
         _load(mgr, "l2")  # only l1 could go, and it is pinned
     mgr.release("l1")
     _load(mgr, "l2")

@@ -251,7 +251,9 @@ def test_directml_plan_settings() -> None:
 
 def test_cuda_plan_settings_and_graph_capture_rules(caplog: pytest.LogCaptureFixture) -> None:
     plan = plan_session("cuda", available=[CUDA, CPU])
-    assert plan.provider == CUDA and plan.io_binding and plan.device_type == "cuda"
+    # numpy in/out goes through plain run (measured faster); binding is for graphs / run_device
+    assert plan.provider == CUDA and not plan.io_binding and plan.device_type == "cuda"
+    assert plan_session("cuda", available=[CUDA, CPU], io_binding=True).io_binding
     assert plan.enable_mem_pattern and not plan.cuda_graph and not plan.serialize_runs
     g = plan_session("cuda", available=[CUDA, CPU], cuda_graph=True, free_dims={"batch": 1})
     assert (
@@ -572,3 +574,21 @@ def test_zoo_models_match_plain_onnxruntime(
         assert s.inputs[0].shape[0] == 2
         _assert_same(s.run({"input": x}), want)
         _assert_same(s.run_bound({"input": x}, copy=False), want)
+
+
+def test_run_device_keeps_ortvalues(mlp_path: Path) -> None:
+    """run_device takes and returns OrtValues (on CPU here) with the same numbers as run()."""
+    import onnxruntime as ort
+
+    with Session(mlp_path) as s:
+        spec = s.inputs[0]
+        shape = [d if isinstance(d, int) else 2 for d in spec.shape]
+        x = np.random.default_rng(1).standard_normal(shape).astype(spec.dtype)
+        want = s.run({spec.name: x})
+        got = s.run_device({spec.name: ort.OrtValue.ortvalue_from_numpy(x)})
+        assert set(got) == set(want)
+        for name, value in got.items():
+            assert isinstance(value, ort.OrtValue)
+            np.testing.assert_allclose(value.numpy(), want[name], rtol=1e-6)
+        with pytest.raises(InputError, match="missing"):
+            s.run_device({})

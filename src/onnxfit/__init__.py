@@ -38,6 +38,11 @@ _API: dict[str, str] = {
     "plan_memory": "onnxfit.analysis.memory",
     "MemoryPlan": "onnxfit.analysis.memory",
     "estimate_runtime_memory": "onnxfit.analysis.memory",
+    "AsyncLoader": "onnxfit.data.loader",
+    "Preprocessor": "onnxfit.data.images",
+    "preprocess": "onnxfit.data.images",
+    "list_images": "onnxfit.data.images",
+    "DetectionEvaluator": "onnxfit.data.metrics",
 }
 
 __all__ = sorted(_API)

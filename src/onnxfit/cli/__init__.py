@@ -19,6 +19,8 @@ _COMMANDS: dict[str, str] = {
     "targets": "onnxfit.cli.targets_cmd:targets",
     "zoo": "onnxfit.cli.zoo_cmd:zoo",
     "inspect": "onnxfit.cli.inspect_cmd:inspect_cmd",
+    "bench": "onnxfit.cli.bench_cmd:bench",
+    "compare": "onnxfit.cli.compare_cmd:compare",
 }
 
 

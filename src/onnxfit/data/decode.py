@@ -123,7 +123,7 @@ def decode(
 
 
 def _orientation(im: Image.Image) -> int:
-    if "exif" not in im.info and im.format != "PNG":
+    if "exif" not in im.info and im.format not in ("PNG", "TIFF", "WEBP"):
         return 1
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1))

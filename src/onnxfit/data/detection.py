@@ -10,8 +10,9 @@ decoding, original-image pixels after :func:`detect` with an :class:`ImageMeta`)
   objectness x class score.
 * YOLOv3-tiny (darknet ``yolov3-tiny.cfg``): two heads ``[3 * (5 + C), h, w]``, channel
   ``a * (5 + C) + k``; anchors (pixels at 416) 13x13 head: (81,82), (135,169), (344,319); 26x26
-  head: (10,14), (23,27), (37,58); ``x = (sigmoid(tx) + cx) * W / w``, ``w = exp(tw) * anchor_w``,
-  sigmoid on objectness and classes (independent logistic classes, as darknet).
+  head: (10,14), (23,27), (37,58) (masks 3,4,5 and 0,1,2; AlexeyAB's fork of the cfg uses
+  1,2,3 for the fine head — pass ``anchors=`` for such weights); ``x = (sigmoid(tx) + cx) * W / w``,
+  ``w = exp(tw) * anchor_w``, sigmoid on objectness and classes (independent logistic classes).
 * NMS: greedy, per class (boxes of different classes never suppress each other), vectorized
   over the remaining boxes at each step.
 """

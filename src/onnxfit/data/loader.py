@@ -222,7 +222,7 @@ class AsyncLoader(Generic[T]):
             try:
                 result: Any = self.load(self.paths[idx])
             except Exception as exc:
-                result = _Failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                result = _Failed(_reason(exc))
             with self._cond:
                 self._running.discard(idx)
                 if self._closed:
@@ -344,6 +344,15 @@ class AsyncLoader(Generic[T]):
                 raise TimeoutError(
                     f"timed out after {self.timeout:g} s waiting for {waiting}"
                 ) from None
+
+
+def _reason(exc: Exception) -> str:
+    """Why a load failed: an ImageError's own reason (it already names the path), else
+    ``Type: message``."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -61,7 +62,7 @@ def _noise_text(b: BatchResult) -> str:
 
 
 def bench_rows(result: BenchResult) -> Rows:
-    """One row per batch size: timings, throughput, measured vs planned memory, projection."""
+    """Timing per batch size: session creation, first run, latency percentiles, throughput."""
     headers = (
         "batch",
         "provider / threads",
@@ -74,17 +75,10 @@ def bench_rows(result: BenchResult) -> Rows:
         "p99",
         "max",
         "items/s",
-        "peak RSS (+added)",
-        "device mem",
-        "arena (plan)",
-        "weights+arena+IO",
-        f"projected ({result.target})",
-        "noise",
     )
     rows = []
     for b in result.batches:
         lat = b.latency
-        delta = f" (+{fmt_bytes(b.rss_delta)})" if b.rss_delta is not None else ""
         rows.append(
             (
                 str(b.batch),
@@ -98,22 +92,52 @@ def bench_rows(result: BenchResult) -> Rows:
                 fmt_time(lat.p99),
                 fmt_time(lat.max),
                 f"{b.throughput:,.1f}",
-                fmt_bytes(b.peak_rss) + delta,
-                fmt_bytes(b.device_bytes),
-                fmt_bytes(b.static.arena_bytes),
-                fmt_bytes(b.static.runtime_bytes),
-                fmt_time(b.static.projected_s),
-                _noise_text(b),
             )
         )
     first = result.batches[0]
-    iso = "fresh process per batch size" if first.isolated else "in this process"
+    iso = "a fresh process per batch size" if first.isolated else "in this process"
     caption = (
         f"{first.latency.count} timed runs after {first.warmup} warm-up runs, {iso}; "
-        f"file {fmt_bytes(result.file_bytes)}, {fmt_count(result.parameters)} parameters; "
-        "percentiles by linear interpolation"
+        f"{Path(result.model).name}: {fmt_bytes(result.file_bytes)}, "
+        f"{fmt_count(result.parameters)} parameters; percentiles by linear interpolation"
     )
-    return Rows(f"bench {result.model}", headers, tuple(rows), caption)
+    return Rows(f"bench {Path(result.model).name} ({result.runtime})", headers, tuple(rows), caption)
+
+
+def bench_memory_rows(result: BenchResult) -> Rows:
+    """Memory per batch size, measured beside planned, the projection, and the noise."""
+    headers = (
+        "batch",
+        "peak RSS",
+        "RSS before session",
+        "added by the model",
+        "device memory",
+        "arena (plan)",
+        "weights+arena+IO (plan)",
+        "median (measured)",
+        f"projected on {result.target}",
+        "noise (probe drift, others' CPU)",
+    )
+    rows = tuple(
+        (
+            str(b.batch),
+            fmt_bytes(b.peak_rss),
+            fmt_bytes(b.rss_baseline),
+            fmt_bytes(b.rss_delta),
+            fmt_bytes(b.device_bytes),
+            fmt_bytes(b.static.arena_bytes),
+            fmt_bytes(b.static.runtime_bytes),
+            fmt_time(b.latency.median),
+            fmt_time(b.static.projected_s),
+            _noise_text(b),
+        )
+        for b in result.batches
+    )
+    caption = (
+        "peak RSS is the measuring process's high-water mark (VmHWM); the plan counts weights, "
+        "the activation arena and inputs/outputs only, not the runtime's own memory"
+    )
+    return Rows("memory and projection", headers, rows, caption)
 
 
 def profile_rows(profile: OrtProfile, *, top: int = 15) -> Rows:
@@ -301,7 +325,7 @@ def markdown(t: Rows) -> str:
 
 def bench_tables(result: BenchResult, *, top: int = 15) -> list[Rows]:
     """Every table of a bench result: the batches, then each batch's profile."""
-    tables = [bench_rows(result)]
+    tables = [bench_rows(result), bench_memory_rows(result)]
     for b in result.batches:
         if b.profile is not None:
             prof = profile_rows(b.profile, top=top)

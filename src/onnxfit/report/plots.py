@@ -102,7 +102,13 @@ def latency_figure(series: Mapping[str, Sequence[float]], *, title: str = "Laten
     ax_cdf.grid(linewidth=0.3, alpha=0.6)
     ax_cdf.legend(fontsize=8, loc="lower right")
     ax_cdf.set_title(title, fontsize=10)
-    bp = ax_box.boxplot(data, vert=False, whis=(1, 99), showfliers=True, patch_artist=True)
+    import matplotlib
+
+    mpl = tuple(int(v) for v in matplotlib.__version__.split(".")[:2])
+    horiz: dict[str, Any] = (
+        {"orientation": "horizontal"} if mpl >= (3, 10) else {"vert": False}
+    )
+    bp = ax_box.boxplot(data, whis=(1, 99), showfliers=True, patch_artist=True, **horiz)
     for i, patch in enumerate(bp["boxes"]):
         patch.set_facecolor(f"C{i}")
         patch.set_alpha(0.5)
@@ -236,7 +242,14 @@ def roofline_figure(
                 Line2D([], [], marker="o", linestyle="", color=BOUND_COLORS[bound],
                        label=f"{bound}-bound ({len(sel)})")  # fmt: skip
             )
-    for p in sorted(points, key=lambda p: -p.weight)[:labels]:
+    placed: list[tuple[float, float]] = []
+    for p in sorted(points, key=lambda p: -p.weight):
+        if len(placed) >= labels:
+            break
+        x, y = np.log10(p.intensity), np.log10(p.flops_s)
+        if any(abs(x - a) < 0.35 and abs(y - b) < 0.12 for a, b in placed):
+            continue  # a label is already there: skip rather than overprint
+        placed.append((x, y))
         ax.annotate(p.label[:28], (p.intensity, p.flops_s), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
@@ -251,3 +264,146 @@ def roofline_figure(
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     ax.set_title(title or f"Roofline: {tgt.name}", fontsize=10)
     return fig
+
+
+# --------------------------------------------------------------------------- collections
+
+
+def _memory_figure_png(model: Any, batch: int, title: str) -> bytes | None:
+    """The memory-plan picture (report.memory.plot_memory_plan) of ``model`` at ``batch``."""
+    from onnxfit.analysis.memory import plan_memory
+    from onnxfit.analysis.shapes import infer_shapes
+    from onnxfit.report.memory import plot_memory_plan
+
+    try:
+        plan = plan_memory(infer_shapes(model, batch=batch), batch=batch)
+    except InputError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="onnxfit-plot-") as tmp:
+        out = plot_memory_plan(plan, Path(tmp) / "memory.png", title=title)
+        return out.read_bytes()
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A named picture: ``tag`` (file-name suffix), caption, PNG bytes (and the figure)."""
+
+    tag: str
+    caption: str
+    png: bytes
+    figure: Any = None
+
+
+def _plot(tag: str, caption: str, fig: Any) -> Plot:
+    return Plot(tag, caption, png_bytes(fig), fig)
+
+
+def bench_plots(result: Any, *, model: Any = None, target: str | None = None) -> list[Plot]:
+    """Every picture of a :class:`~onnxfit.profiling.bench.BenchResult`: latency distribution per
+    batch size; per batch with a profile, operator bars and the measured roofline; with the
+    model (an ``onnx_ir.Model``), the projected roofline on the target and the memory plan of
+    the first batch size."""
+    plots = [
+        _plot(
+            "latency",
+            "Latency distribution per batch size",
+            latency_figure(
+                {f"batch {b.batch}": b.samples for b in result.batches},
+                title=f"Latency: {Path(result.model).name}",
+            ),
+        )
+    ]
+    for b in result.batches:
+        if b.profile is not None and b.profile.ops:
+            plots.append(
+                _plot(f"ops-b{b.batch}", f"Operator time, batch {b.batch}", op_time_figure(b.profile))
+            )
+            pts = points_from_profile(b.profile)
+            if pts and b.profile.roofline_target:
+                plots.append(
+                    _plot(
+                        f"roofline-measured-b{b.batch}",
+                        f"Measured operators on the roofline of {b.profile.roofline_target}, "
+                        f"batch {b.batch}",
+                        roofline_figure(
+                            pts,
+                            b.profile.roofline_target,
+                            title=f"Measured roofline ({b.profile.roofline_target}, batch {b.batch})",
+                        ),
+                    )
+                )
+    if model is not None:
+        plots += model_plots(model, batch=result.batches[0].batch, target=target or result.target)
+    return plots
+
+
+def model_plots(model: Any, *, batch: int, target: str, name: str = "") -> list[Plot]:
+    """The projected roofline on ``target`` and the memory plan of ``model`` at ``batch``."""
+    from onnxfit.analysis.cost import analyze_cost
+    from onnxfit.analysis.shapes import infer_shapes
+
+    out = []
+    try:
+        cost = analyze_cost(infer_shapes(model, batch=batch), target=target)
+    except InputError:
+        cost = None
+    label = f" {name}" if name else ""
+    if cost is not None and points_from_cost(cost):
+        out.append(
+            _plot(
+                f"roofline-{target}",
+                f"Operators{label} projected on {target} (cost model), batch {batch}",
+                roofline_figure(
+                    points_from_cost(cost), target, title=f"Projected roofline{label}: {target}"
+                ),
+            )
+        )
+    mem = _memory_figure_png(model, batch, f"Activation memory plan{label}, batch {batch}")
+    if mem is not None:
+        out.append(Plot("memory", f"Activation memory plan{label}, batch {batch}", mem))
+    return out
+
+
+def compare_plots(result: Any, *, models: Sequence[Any] = ()) -> list[Plot]:
+    """Pictures of a :class:`~onnxfit.profiling.compare.CompareResult`: the latency distribution
+    of every model; with the models (``onnx_ir.Model``, same order), each one's projected
+    roofline and memory plan."""
+    plots = [
+        _plot(
+            "latency",
+            "Latency distribution per model (interleaved runs)",
+            latency_figure({m.name: m.samples for m in result.models}, title="Latency per model"),
+        )
+    ]
+    for m, model in zip(result.models, models, strict=False):
+        for p in model_plots(model, batch=result.batch, target=result.target, name=m.name):
+            plots.append(Plot(f"{p.tag}-{Path(m.name).stem}", p.caption, p.png, p.figure))
+    return plots
+
+
+def write_plots(plots: Sequence[Plot], path: str | os.PathLike[str]) -> list[Path]:
+    """The first plot to ``path``, the others beside it as ``<stem>-<tag><suffix>``."""
+    out = check_plot_path(path)
+    written = []
+    for i, p in enumerate(plots):
+        dest = out if i == 0 else sibling(out, p.tag)
+        if p.figure is not None:
+            written.append(save_figure(p.figure, dest))
+        elif dest.suffix.lower() == ".png":
+            written.append(_write_bytes(dest, p.png))
+    return written
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -247,6 +247,7 @@ class StaticBinding:
     ) -> None:
         _numeric([*inputs, *outputs], "cuda_graph")
         self._sess = sess
+        self._host = device_type == "cpu"
         self._binding = sess.io_binding()
         self._run_options = _run_options()
         self._inputs: dict[str, Any] = {}
@@ -273,7 +274,9 @@ class StaticBinding:
         for name, value in self._inputs.items():
             value.update_inplace(np.ascontiguousarray(arrays[name]))
         self._sess.run_with_iobinding(self._binding, self._run_options)
-        return {n: np.array(v.numpy(), copy=True) for n, v in self._outputs.items()}
+        if self._host:  # numpy() is a view of the bound buffer: copy unless told not to
+            return {n: np.array(v.numpy(), copy=copy) for n, v in self._outputs.items()}
+        return {n: v.numpy() for n, v in self._outputs.items()}  # a device->host copy already
 
     def release(self) -> None:
         self._binding.clear_binding_inputs()

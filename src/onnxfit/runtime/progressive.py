@@ -276,8 +276,8 @@ class ProgressiveLoader:
             return False
         if self._load_seq >= self._run_seq + len(self.plan.sections):
             return False  # never more than one cycle ahead of the runner
-        if self._weights_loaded == 0:
-            return True
+        if not self._sessions and not self._loading:
+            return True  # alone it fits: its cost is within the section budget
         return self._weights_loaded + sec.weight_bytes + self._max_act <= self.plan.budget_bytes
 
     def _try_load_next(self, *, wait: bool) -> bool:

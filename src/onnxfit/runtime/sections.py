@@ -8,8 +8,9 @@ and each tensor's size (ONNX shape inference with the batch dimension fixed), th
 *live activation bytes*: the tensors produced before or at that node and still needed at or after
 it (graph inputs included). :func:`plan_sections` cuts the order into contiguous runs whose cost,
 ``weights of the section + peak live activations inside it``, stays within a section budget,
-choosing (by dynamic programming over cut points) the fewest sections and, among those, the fewest
-tensors crossing the cuts.
+choosing (by dynamic programming over cut points) the fewest sections; among those, the fewest
+cuts between two ops ORT would fuse (Conv | BatchNormalization, Conv | Relu, ...: a cut there
+changes rounding), then the fewest tensors crossing the cuts.
 """
 
 from __future__ import annotations
@@ -301,13 +302,52 @@ def max_node_cost(info: GraphInfo) -> int:
     )
 
 
-def _crossing(info: GraphInfo, cut: int) -> list[str]:
-    """Activations that must be streamed across a cut before node position ``cut``."""
-    return sorted(
-        t
-        for t, p in info.producer.items()
-        if p < cut <= info.last_use.get(t, p) and t not in info.init_bytes
-    )
+#: ops whose output ORT fuses with the op that consumes it (Conv+BatchNormalization, Conv+Relu,
+#: MatMul+Add -> Gemm, ...). Cutting between such a pair stops the fusion and changes rounding.
+_FUSE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "BatchNormalization"})
+_FUSE_CONSUMERS = frozenset(
+    {
+        "BatchNormalization",
+        "Relu",
+        "LeakyRelu",
+        "Clip",
+        "Sigmoid",
+        "HardSigmoid",
+        "Tanh",
+        "Add",
+        "Mul",
+        "HardSwish",
+        "Transpose",
+    }
+)
+
+
+def _per_cut(info: GraphInfo, spans: list[tuple[int, int]]) -> np.ndarray:
+    """How many of the spans ``(p, end)`` each cut position 0..n crosses (p < cut <= end)."""
+    n = len(info.nodes)
+    diff = np.zeros(n + 2, dtype=np.int64)
+    for p, end in spans:
+        end = min(end, n)
+        if end > p:
+            diff[p + 1] += 1
+            diff[end + 1] -= 1
+    return np.cumsum(diff)[: n + 1]
+
+
+def _fusion_spans(info: GraphInfo) -> list[tuple[int, int]]:
+    consumers: dict[str, list[int]] = {}
+    for pos, reads in enumerate(info.node_inputs):
+        for x in reads:
+            consumers.setdefault(x, []).append(pos)
+    spans = []
+    for pos, node in enumerate(info.nodes):
+        if node.op_type not in _FUSE_PRODUCERS:
+            continue
+        for out in node.output:
+            users = consumers.get(out, [])
+            if len(users) == 1 and info.nodes[users[0]].op_type in _FUSE_CONSUMERS:
+                spans.append((pos, users[0]))
+    return spans
 
 
 def plan_sections(info: GraphInfo, section_budget: int) -> list[Section]:
@@ -318,18 +358,13 @@ def plan_sections(info: GraphInfo, section_budget: int) -> list[Section]:
     n = len(info.nodes)
     if n == 0:
         return []
-    cut_count = np.zeros(n + 1, dtype=np.int64)
-    for t, p in info.producer.items():
-        end = min(info.last_use.get(t, p), n)
-        if end > p:  # crosses every cut in (p, end]
-            cut_count[p + 1] += 1
-            if end + 1 <= n:
-                cut_count[end + 1] -= 1
-    cuts = np.cumsum(cut_count)
-    inf = (n + 1, 0)
-    best: list[tuple[int, int]] = [inf] * (n + 1)
+    spans = [(p, info.last_use.get(t, p)) for t, p in info.producer.items()]
+    cuts = _per_cut(info, spans)  # tensors streamed across each cut
+    breaks = _per_cut(info, _fusion_spans(info))  # fusable pairs each cut would separate
+    inf = (n + 1, 0, 0)
+    best: list[tuple[int, int, int]] = [inf] * (n + 1)
     prev = [-1] * (n + 1)
-    best[0] = (0, 0)
+    best[0] = (0, 0, 0)
     for i in range(n):
         if best[i] == inf:
             continue
@@ -353,7 +388,12 @@ def plan_sections(info: GraphInfo, section_budget: int) -> list[Section]:
                         hint="raise the budget, or quantize / split that layer first",
                     )
                 break
-            cand = (best[i][0] + 1, best[i][1] + (int(cuts[j]) if j < n else 0))
+            inner = j < n
+            cand = (
+                best[i][0] + 1,
+                best[i][1] + (int(breaks[j]) if inner else 0),
+                best[i][2] + (int(cuts[j]) if inner else 0),
+            )
             if cand < best[j]:
                 best[j] = cand
                 prev[j] = i

@@ -354,6 +354,30 @@ class Session:
             values = sess.run(self._output_names, arrays)
         return dict(zip(self._output_names, values, strict=True))
 
+    def run_device(self, feeds: Mapping[str, ort.OrtValue]) -> dict[str, ort.OrtValue]:
+        """Run on ``OrtValue`` inputs (e.g. already on the GPU); outputs stay on the device.
+
+        The path for a game whose frame is already in GPU memory and whose result is consumed
+        there: no host copies at all. Measured on an H100 with YOLOv3-tiny at batch 64: 7.5 ms
+        device-resident vs 28-31 ms numpy in / numpy out (benchmarks/results/gpu.md). Names are
+        checked; shapes and dtypes are checked by ONNX Runtime.
+        """
+        unknown = sorted(set(feeds) - {s.name for s in self.inputs})
+        missing = sorted({s.name for s in self.inputs} - set(feeds))
+        if unknown or missing:
+            raise InputError(
+                f"run_device feeds: missing {missing or 'none'}, unknown {unknown or 'none'}",
+                hint=f"inputs are {', '.join(s.name for s in self.inputs)}",
+            )
+        with self._running() as sess:
+            binding = sess.io_binding()
+            for name, value in feeds.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in self._output_names:
+                binding.bind_output(name, self.plan.device_type, self.plan.device_id)
+            sess.run_with_iobinding(binding)
+            return dict(zip(self._output_names, binding.get_outputs(), strict=True))
+
     def run_bound(self, feeds: Mapping[str, Any], *, copy: bool = True) -> dict[str, np.ndarray]:
         """Run through the preallocated, bound buffers (needs ``io_binding=True`` on CPU).
 

@@ -17,8 +17,13 @@ Facts the plans rest on (ONNX Runtime documentation, "DirectML Execution Provide
 * A model optimised *offline* above the BASIC level for DirectML may hold CPU/CUDA-only fused ops
   (e.g. ``FusedConv``), so offline optimisation stays at BASIC for DirectML (FINDINGS.md).
 
-CUDA ("CUDA Execution Provider", "I/O Binding" pages): inputs and outputs bound with IO binding
-avoid per-run host copies; ``enable_cuda_graph`` captures the whole run as one CUDA graph, which
+CUDA ("CUDA Execution Provider", "I/O Binding" pages): IO binding pays when inputs and outputs
+stay on the device (:meth:`Session.run_device`). For numpy in / numpy out it does not: measured on
+an H100 (benchmarks/results/gpu.md, onnxruntime-gpu 1.31), YOLOv3-tiny at batch 64 took 28-31 ms
+through plain ``run`` and 41-47 ms bound, because ``OrtValue.update_inplace`` and
+``copy_outputs_to_cpu`` copy through pageable memory while ``run`` stages its own copies. So host
+arrays go through plain ``run`` by default, and IO binding is on for CUDA graphs (which need it)
+or when asked for. ``enable_cuda_graph`` captures the whole run as one CUDA graph, which
 needs IO binding with fixed input/output addresses, shapes that never change, every node on the
 CUDA EP and no control-flow ops (If, Loop, Scan).
 """
@@ -249,7 +254,7 @@ def plan_session(
         graph_optimization_level="all",
         free_dims=fdims,
         serialize_runs=(is_dml or cuda_graph) if serialize_runs is None else bool(serialize_runs),
-        io_binding=is_cuda if io_binding is None else bool(io_binding),
+        io_binding=cuda_graph if io_binding is None else bool(io_binding),
         cuda_graph=cuda_graph,
         device_type=DEVICE_TYPES.get(provider, "cpu"),
         device_id=device_id,

@@ -1,0 +1,133 @@
+"""The options of ``onnxfit optimize``, in one dataclass that ``plan`` and ``optimize`` share.
+
+Adding a pipeline feature (e.g. pruning) is: a field here (validated in :meth:`check`), a step
+in :func:`onnxfit.optimizer.plan.default_steps`, and a CLI flag in ``cli/optimize_cmd.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from onnxfit.errors import InputError
+
+PrecisionArg = Literal["auto", "fp32", "fp16", "int8"]
+PRECISION_ARGS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
+FuseEmit = Literal["none", "fusedconv"]
+CalibMethod = Literal["minmax", "entropy", "percentile"]
+
+#: Bounded back-off: at most this many retries after the first attempt (kept set doubles).
+DEFAULT_MAX_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Everything that shapes the plan and the run, besides the model, output and target.
+
+    * ``precision``: ``auto`` (the target's best: FP16 on GPUs, INT8 on CPUs with VNNI, else
+      FP32) or a forced ``fp32`` / ``fp16`` / ``int8``.
+    * ``passes``: registry names that replace the default pipeline (``--passes a,b,c``).
+    * ``calibrate``: image folder or ``.npy``/``.npz`` inputs for INT8 calibration and FP16
+      activation ranges (and verification when there is no ``eval``); ``calib_count`` images.
+    * ``eval``: folder of images + ``labels.tsv``: verification with top-1/top-5 of both
+      models; ``eval_count`` images at most (None: all).
+    * ``max_accuracy_drop``: the budget in points (see :mod:`onnxfit.optimizer.gate`).
+    * ``min_cosine``: cosine floor when no accuracy or agreement applies (None:
+      ``1 - max_accuracy_drop / 100``).
+    * ``max_rounds``: back-off retries (each doubles the nodes kept in higher precision).
+    * ``preset``: image preprocessing preset (None: guessed from the input shape).
+    * ``method``: INT8 calibration method; ``fuse``: what the fuse step emits.
+    * ``measure_runs``: timed runs for the measured latency on this host (0: skip).
+    * ``synthetic_count``: samples of seeded noise when no data is given; ``seed``.
+    """
+
+    precision: PrecisionArg = "auto"
+    passes: tuple[str, ...] | None = None
+    calibrate: str | None = None
+    eval: str | None = None
+    max_accuracy_drop: float = 1.0
+    min_cosine: float | None = None
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    preset: str | None = None
+    calib_count: int = 100
+    eval_count: int | None = None
+    method: CalibMethod = "minmax"
+    fuse: FuseEmit = "none"
+    measure_runs: int = 20
+    synthetic_count: int = 16
+    seed: int = 0
+
+    @classmethod
+    def build(cls, **values: Any) -> OptimizeOptions:
+        """Options from keyword values; unknown names raise :class:`InputError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(
+                f"unknown optimize option(s): {', '.join(unknown)}",
+                hint=f"known options: {', '.join(sorted(known))}",
+            )
+        passes = values.get("passes")
+        if isinstance(passes, str):
+            values["passes"] = parse_pass_list(passes)
+        elif passes is not None:
+            values["passes"] = tuple(passes)
+        for key in ("calibrate", "eval"):
+            if values.get(key) is not None:
+                values[key] = os.fspath(values[key])
+        options = cls(**values)
+        options.check()
+        return options
+
+    @property
+    def cosine_floor(self) -> float:
+        """Lowest acceptable per-sample cosine similarity when the budget falls back to it."""
+        if self.min_cosine is not None:
+            return self.min_cosine
+        return 1.0 - self.max_accuracy_drop / 100.0
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for a value out of range."""
+        if self.precision not in PRECISION_ARGS:
+            raise InputError(
+                f"unknown precision {self.precision!r}",
+                hint=f"use one of {', '.join(PRECISION_ARGS)}",
+            )
+        if not math.isfinite(self.max_accuracy_drop) or self.max_accuracy_drop < 0:
+            raise InputError(
+                f"--max-accuracy-drop must be a number >= 0, got {self.max_accuracy_drop}",
+                hint="points of top-1 accuracy, e.g. --max-accuracy-drop 1.0",
+            )
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise InputError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
+        for name, low in (("max_rounds", 0), ("calib_count", 1), ("measure_runs", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                flag = "--" + name.replace("_", "-")
+                raise InputError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if self.synthetic_count < 1:
+            raise InputError(f"synthetic_count must be >= 1, got {self.synthetic_count}")
+        if self.eval_count is not None and self.eval_count < 1:
+            raise InputError(f"--eval-count must be >= 1, got {self.eval_count}")
+        if self.method not in ("minmax", "entropy", "percentile"):
+            raise InputError(
+                f"unknown calibration method {self.method!r}",
+                hint="use minmax, entropy or percentile",
+            )
+        if self.fuse not in ("none", "fusedconv"):
+            raise InputError(f"unknown fuse mode {self.fuse!r}", hint="use none or fusedconv")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passes"] = list(self.passes) if self.passes is not None else None
+        return d
+
+
+def parse_pass_list(text: str) -> tuple[str, ...]:
+    """``"cleanup, fp16"`` -> ("cleanup", "fp16"); an empty list raises InputError."""
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise InputError("--passes is empty", hint="e.g. --passes cleanup,fold-batchnorm,fp16")
+    return names
