@@ -1,4 +1,4 @@
-"""Runtime benchmark on this host's CPU: batching, IO binding, dynamic batching, progressive loading.
+"""Runtime benchmark on this CPU: batching, IO binding, dynamic batching, progressive loading.
 
 All on the zoo ResNet-18 (fp32, seed 0), side by side with a plain onnxruntime session, in one run:
 
@@ -44,6 +44,7 @@ from onnxfit.report.common import fmt_bytes, markdown_table
 from onnxfit.runtime.batching import BatchEngine
 from onnxfit.runtime.memstat import PeakRSS, malloc_trim
 from onnxfit.runtime.progressive import ProgressiveLoader
+from onnxfit.runtime.sections import analyze_graph
 from onnxfit.runtime.session import Session
 from onnxfit.targets import detect_cpu
 
@@ -254,7 +255,7 @@ def child(mode: str, path: str, budget: int, runs: int) -> None:
 
 
 def bench_progressive(path: Path, quick: bool) -> dict[str, Any]:
-    weights = sum(t.nbytes for t in (v.const_value for v in io.load(path).graph.initializers.values()) if t is not None)
+    weights = analyze_graph(io.load_proto(path, with_external=False)).weight_bytes
     budget = int(0.4 * weights)
     runs = 3 if quick else 10
     rows = {}
@@ -293,15 +294,20 @@ def render(machine: dict[str, Any], r1: dict, r2: dict, r3: dict, r4: dict, cmd:
     t = r1["tuning"]
     cap = t["latency_cap_ms"]
     lines.append(
-        f"\nTuner (`batch_size=\"auto\"`, latency cap {cap if cap is not None else 'none'}): "
+        f'\nTuner (`batch_size="auto"`, latency cap {cap if cap is not None else "none"}): '
         f"chose **{t['chosen']}**.\n\n"
     )
     lines.append(
         markdown_table(
             ["batch", "runs", "median ms", "p90 ms", "items/s"],
             [
-                [m["batch"], m["runs"], f"{m['median_ms']:.2f}", f"{m['p90_ms']:.2f}",
-                 f"{m['items_per_s']:.1f}"]
+                [
+                    m["batch"],
+                    m["runs"],
+                    f"{m['median_ms']:.2f}",
+                    f"{m['p90_ms']:.2f}",
+                    f"{m['items_per_s']:.1f}",
+                ]
                 for m in t["measurements"]
             ],
         )
@@ -314,8 +320,10 @@ def render(machine: dict[str, Any], r1: dict, r2: dict, r3: dict, r4: dict, cmd:
     lines.append(
         markdown_table(
             ["run", "median ms", "p90 ms", "min ms"],
-            [[k, f"{a * 1e3:.2f}", f"{b * 1e3:.2f}", f"{c * 1e3:.2f}"]
-             for k, (a, b, c) in r2["rows"].items()],
+            [
+                [k, f"{a * 1e3:.2f}", f"{b * 1e3:.2f}", f"{c * 1e3:.2f}"]
+                for k, (a, b, c) in r2["rows"].items()
+            ],
         )
     )
 
@@ -327,8 +335,13 @@ def render(machine: dict[str, Any], r1: dict, r2: dict, r3: dict, r4: dict, cmd:
         markdown_table(
             ["run", "images/s", "vs alone", "CPU ms/img", "mean batch"],
             [
-                [k, f"{r3['items'] / w:.1f}", f"{alone / w:.2f}x",
-                 f"{c / r3['items'] * 1e3:.1f}", f"{mb:.1f}"]
+                [
+                    k,
+                    f"{r3['items'] / w:.1f}",
+                    f"{alone / w:.2f}x",
+                    f"{c / r3['items'] * 1e3:.1f}",
+                    f"{mb:.1f}",
+                ]
                 for k, (w, c, mb) in r3["rows"].items()
             ],
         )
@@ -345,13 +358,23 @@ def render(machine: dict[str, Any], r1: dict, r2: dict, r3: dict, r4: dict, cmd:
         markdown_table(
             ["run", "create s", "first run ms", "median run ms", "own peak", "peak RSS growth"],
             [
-                ["plain ORT session", f"{p['create_s']:.2f}", f"{p['first_s'] * 1e3:.1f}",
-                 f"{p['median_s'] * 1e3:.1f}", "-", fmt_bytes(p["rss_growth_bytes"])],
-                [f"ProgressiveLoader ({plan['sections']} sections, "
-                 f"{'resident' if plan['resident'] else 'streamed'})",
-                 f"{g['create_s']:.2f}", f"{g['first_s'] * 1e3:.1f}",
-                 f"{g['median_s'] * 1e3:.1f}", fmt_bytes(g["peak_held_bytes"]),
-                 fmt_bytes(g["rss_growth_bytes"])],
+                [
+                    "plain ORT session",
+                    f"{p['create_s']:.2f}",
+                    f"{p['first_s'] * 1e3:.1f}",
+                    f"{p['median_s'] * 1e3:.1f}",
+                    "-",
+                    fmt_bytes(p["rss_growth_bytes"]),
+                ],
+                [
+                    f"ProgressiveLoader ({plan['sections']} sections, "
+                    f"{'resident' if plan['resident'] else 'streamed'})",
+                    f"{g['create_s']:.2f}",
+                    f"{g['first_s'] * 1e3:.1f}",
+                    f"{g['median_s'] * 1e3:.1f}",
+                    fmt_bytes(g["peak_held_bytes"]),
+                    fmt_bytes(g["rss_growth_bytes"]),
+                ],
             ],
         )
     )

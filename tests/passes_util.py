@@ -73,7 +73,10 @@ def run(
 
 
 def max_abs(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    return max(float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) for x, y in zip(a, b))
+    return max(
+        float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max())
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 @functools.lru_cache(maxsize=2)

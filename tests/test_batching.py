@@ -126,8 +126,13 @@ def test_items_are_checked() -> None:
         engine.run([{"x": np.zeros((2, 4), np.float32)}])
     with pytest.raises(InputError, match="missing"):
         engine.run([{"nope": np.zeros((1, 4), np.float32)}])
+    with pytest.raises(InputError, match="dtype float64"):
+        engine.submit_future({"x": np.zeros((1, 4))})  # refused at once, before any batch
+    with pytest.raises(InputError, match="expected"):
+        engine.submit_future({"x": np.zeros((1, 5), np.float32)})
     with pytest.raises(InputError):
         BatchEngine(Session(_linear_model()), batch_size=0)
+    engine.close()
     assert engine.run([]) == []
 
 

@@ -17,7 +17,8 @@ from onnxfit import io
 from onnxfit.cli import main
 from onnxfit.errors import InputError, ModelLoadError
 from onnxfit.profiling.bench import BenchResult, bench, parse_batches, pin_cpus
-from onnxfit.profiling.worker import LocalWorker, SubprocessWorker, free_dims_for, make_feeds
+from onnxfit.profiling.client import LocalWorker, SubprocessWorker
+from onnxfit.profiling.feeds import free_dims_for, make_feeds
 
 
 def _tiny(batch_dim: str | int = "batch") -> onnx.ModelProto:
@@ -51,7 +52,7 @@ def test_parse_batches() -> None:
     assert parse_batches(" 4 , 4,2") == (4, 2)
     assert parse_batches([1, 2]) == (1, 2)
     for bad in ("0", "x", "1,,2", "-1", "", "1.5"):
-        with pytest.raises(InputError, match="bad batch size|no batch"):
+        with pytest.raises(InputError, match=r"bad batch size|no batch"):
             parse_batches(bad)
 
 
@@ -84,9 +85,16 @@ def test_pin_cpus_never_exceeds_allowed() -> None:
 
 def test_bench_in_process(tiny_path: Path) -> None:
     res = bench(
-        tiny_path, target="cpu", batches=[1, 3], warmup=2, iterations=12, isolated=False,
-        profile=True, profile_runs=5, noise=False,
-    )  # fmt: skip
+        tiny_path,
+        target="cpu",
+        batches=[1, 3],
+        warmup=2,
+        iterations=12,
+        isolated=False,
+        profile=True,
+        profile_runs=5,
+        noise=False,
+    )
     assert [b.batch for b in res.batches] == [1, 3]
     for b in res.batches:
         assert b.pid == os.getpid() and not b.isolated
@@ -138,7 +146,9 @@ def test_subprocess_worker_is_another_process_and_maps_errors(tmp_path: Path) ->
 def test_local_worker_run_counts(tiny_path: Path) -> None:
     with LocalWorker() as w:
         info = w.call("load", model=str(tiny_path), batch=2, runtime="ort")
-        assert info["provider"] == "CPUExecutionProvider" and info["inputs"] == {"x": [2, 3, 16, 16]}
+        assert info["provider"] == "CPUExecutionProvider" and info["inputs"] == {
+            "x": [2, 3, 16, 16]
+        }
         assert len(w.call("run", iterations=7)["times"]) == 7
         with pytest.raises(InputError, match="unknown runtime"):
             w.call("load", model=str(tiny_path), runtime="tvm")
@@ -170,8 +180,12 @@ def test_cli_bench_bad_batch(tiny_path: Path, batch: str) -> None:
 
 def test_cli_bench_bad_inputs(tmp_path: Path, tiny_path: Path) -> None:
     runner = CliRunner()
-    assert "no such file" in _one_line_error(runner.invoke(main, ["bench", str(tmp_path / "m.onnx")]))
-    assert "--iterations" in _one_line_error(runner.invoke(main, ["bench", str(tiny_path), "-n", "0"]))
+    assert "no such file" in _one_line_error(
+        runner.invoke(main, ["bench", str(tmp_path / "m.onnx")])
+    )
+    assert "--iterations" in _one_line_error(
+        runner.invoke(main, ["bench", str(tiny_path), "-n", "0"])
+    )
     both = runner.invoke(main, ["bench", str(tiny_path), "-n", "5", "--duration", "1"])
     assert "not both" in _one_line_error(both)
     plot = runner.invoke(main, ["bench", str(tiny_path), "--plot", str(tmp_path / "x.txt")])
@@ -185,10 +199,28 @@ def test_cli_bench_json_and_files(tmp_path: Path, tiny_path: Path) -> None:
     plot, page = tmp_path / "b.png", tmp_path / "b.html"
     out = CliRunner().invoke(
         main,
-        ["bench", str(tiny_path), "--target", "cpu", "-b", "1,2", "-n", "8", "--warmup", "1",
-         "--in-process", "--profile", "--profile-runs", "3", "--json", "--plot", str(plot),
-         "--html", str(page)],
-    )  # fmt: skip
+        [
+            "bench",
+            str(tiny_path),
+            "--target",
+            "cpu",
+            "-b",
+            "1,2",
+            "-n",
+            "8",
+            "--warmup",
+            "1",
+            "--in-process",
+            "--profile",
+            "--profile-runs",
+            "3",
+            "--json",
+            "--plot",
+            str(plot),
+            "--html",
+            str(page),
+        ],
+    )
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert [b["batch"] for b in data["batches"]] == [1, 2]

@@ -296,3 +296,36 @@ def test_loader_with_image_preprocessing(tmp_path: Path) -> None:
     assert x.shape == (3, 416, 416) and meta.size == (80, 60)
     assert [e.path.name for e in loader.errors] == ["img2.png"]
     assert loader.errors[0].reason.startswith("cannot decode")
+
+
+def test_async_cancel_then_continue() -> None:
+    gate = threading.Event()
+
+    def load(p: Path) -> str:
+        if p.name == "f000.bin":
+            assert gate.wait(10)
+        return p.name
+
+    async def main() -> list[str]:
+        async with AsyncLoader(_paths(3), load=load) as loader:
+            task = asyncio.ensure_future(loader.__anext__())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert loader._waiters == []  # the cancelled wait left nothing behind
+            gate.set()
+            return [it.value async for it in loader]
+
+    assert asyncio.run(main()) == ["f000.bin", "f001.bin", "f002.bin"]
+
+
+def test_load_raising_base_exception_does_not_stall() -> None:
+    def load(p: Path) -> str:
+        if p.name == "f001.bin":
+            raise SystemExit("worker asked to exit")
+        return p.name
+
+    with AsyncLoader(_paths(3), load=load, timeout=10) as loader:
+        assert [it.value for it in loader] == ["f000.bin", "f002.bin"]
+    assert loader.errors[0].reason == "SystemExit: worker asked to exit"

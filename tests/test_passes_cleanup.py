@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 from onnx import helper as oh
-from passes_util import check, copy, max_abs, model, ops, run, tensor, vinfo
 
 from onnxfit.passes.cleanup import CleanupPass
+from passes_util import check, copy, max_abs, model, ops, run, tensor, vinfo
 
 
 def _graph():  # type: ignore[no-untyped-def]

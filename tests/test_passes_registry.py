@@ -6,11 +6,11 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import helper as oh
-from passes_util import model, ops, tensor, vinfo
 
 from onnxfit.errors import InputError
 from onnxfit.passes.base import OnnxfitPass, PassReport, count_ops, run_passes
 from onnxfit.passes.registry import PASSES, make_pass, pass_options
+from passes_util import model, ops, tensor, vinfo
 
 
 def _tiny() -> ir.Model:

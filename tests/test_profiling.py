@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxfit import io
 from onnxfit.errors import InputError
-from onnxfit.profiling.ortprofile import base_name, join_cost, match_nodes, parse_profile
+from onnxfit.profiling.opcost import base_name, join_cost, match_nodes
+from onnxfit.profiling.ortprofile import parse_profile
 from onnxfit.profiling.stats import percentile, summarize
 from onnxfit.profiling.tracker import Tracker
 
@@ -281,3 +282,50 @@ def test_join_cost_matches_fused_conv(tmp_path: Path) -> None:
     assert 0 < prof.matched_share < 1
     again = type(prof).from_dict(json.loads(json.dumps(prof.to_dict())))
     assert again.ops == prof.ops and again.run_s == prof.run_s
+
+
+# ------------------------------------------------------------------------------ system
+
+
+def test_peak_rss_grows_with_a_big_allocation() -> None:
+    from onnxfit.profiling import system
+
+    before = system.peak_rss_bytes()
+    rss = system.rss_bytes()
+    assert before > 0 and (rss is None or rss <= before)
+    block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB, touched
+    after = system.peak_rss_bytes()
+    assert after >= before and after >= (system.rss_bytes() or 0)
+    assert block.sum() > 0
+
+
+def test_noise_figures() -> None:
+    from onnxfit.profiling.system import CpuMonitor, Noise, noise_probe
+
+    assert noise_probe(repeats=3) > 0
+    share = CpuMonitor().stop()
+    assert share is None or 0.0 <= share <= 1.0
+    n = Noise(probe_before_s=0.010, probe_after_s=0.0115, other_cpu_share=0.05, load_average=1.0)
+    assert n.drift == pytest.approx(0.15) and not n.quiet
+    assert Noise(0.010, 0.0105, 0.05, None).quiet
+    assert not Noise(0.010, 0.010, 0.30, None).quiet
+    assert Noise.from_dict(n.to_dict()) == n
+
+
+def test_match_prefers_the_longest_name_that_exists() -> None:
+    from onnxfit.profiling.opcost import name_candidates
+
+    assert name_candidates("Conv_0_quant_token_1") == [
+        "Conv_0_quant_token_1",
+        "Conv_0_quant",
+        "Conv_0",
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="Conv_0_quant")], "g", [x], [y], [w]
+    )
+    model = io.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    groups = match_nodes({"Conv_0_quant_token_1": "QLinearConv"}, model)
+    assert [n.name for n in groups["Conv_0_quant_token_1"]] == ["Conv_0_quant"]

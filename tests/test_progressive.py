@@ -204,6 +204,34 @@ def test_errors_do_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert not loader._thread.is_alive()
 
 
+def test_a_failed_run_does_not_break_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save(_mlp(), tmp_path / "mlp.onnx")
+    feeds = _x()
+    with ProgressiveLoader(path, budget_bytes=700 * KIB, batch=2) as loader:
+        ref = _reference(path, feeds, level=loader.optimization)
+        with pytest.raises(Exception, match=r"(?i)type|invalid"):
+            loader.run({"x": feeds["x"].astype(np.float64)}, timeout=30)  # fails in section 0
+        _assert_same(loader.run(feeds, timeout=30), ref)
+        real_wait = ProgressiveLoader._wait_for
+        calls = {"n": 0}
+
+        def flaky_wait(self: ProgressiveLoader, index: int, timeout: float | None) -> Any:
+            if index == 2 and calls["n"] == 0:
+                calls["n"] += 1
+                raise RuntimeError("boom mid-run")
+            return real_wait(self, index, timeout)
+
+        monkeypatch.setattr(ProgressiveLoader, "_wait_for", flaky_wait)
+        with pytest.raises(RuntimeError, match="boom"):
+            loader.run(feeds, timeout=30)  # fails after two sections ran
+        for _ in range(2):
+            _assert_same(loader.run(feeds, timeout=30), ref)
+        assert loader.stats.peak_held_bytes <= loader.plan.budget_bytes
+        assert loader.stats.held_bytes <= loader.plan.budget_bytes
+
+
 def test_concurrent_runs_are_serialized(tmp_path: Path) -> None:
     path = _save(_mlp(), tmp_path / "mlp.onnx")
     feeds = _x()

@@ -105,7 +105,9 @@ def test_compare_accuracy_and_agreement_match_numpy(rng: np.random.Generator) ->
     x = rng.standard_normal((40, 4)).astype(np.float32)
     labels = (x.astype(np.float64) @ w).argmax(axis=1)
     labels[:10] = (labels[:10] + 1) % 10  # the reference gets 75 % right
-    r = verify.compare_models(_linear(w), _linear(w2), [{"x": x[:25]}, {"x": x[25:]}], labels=labels)
+    r = verify.compare_models(
+        _linear(w), _linear(w2), [{"x": x[:25]}, {"x": x[25:]}], labels=labels
+    )
     ref_pred, cand_pred = (x @ w).argmax(1), (x @ w2).argmax(1)
     assert r.agreement == pytest.approx(np.mean(ref_pred == cand_pred))
     assert r.reference_accuracy["top1"] == pytest.approx(0.75)
@@ -114,6 +116,27 @@ def test_compare_accuracy_and_agreement_match_numpy(rng: np.random.Generator) ->
     assert set(r.reference_accuracy) == {"top1", "top5"}
     assert r.max_abs_error > 0 and r.cosine_min < 1.0
     assert r.to_dict()["accuracy_drop_pts"] == pytest.approx(r.accuracy_drop)
+
+
+def test_compare_top1_top5_hand_made() -> None:
+    """Identity vs negation on hand-made scores: every accuracy is countable by hand."""
+
+    def scores(op: str) -> ir.Model:
+        return _model(
+            [oh.make_node(op, ["x"], ["logits"], name="op")],
+            [oh.make_tensor_value_info("x", F, ["N", 8])],
+            [oh.make_tensor_value_info("logits", F, ["N", 8])],
+        )
+
+    x = np.array([np.arange(8.0), np.arange(8.0)[::-1], np.arange(8.0)], np.float32)
+    # ranks in x: row 0 and 2 best class 7 (top-5 = 3..7), row 1 best class 0 (top-5 = 0..4)
+    labels = [7, 2, 0]  # top-1 hit, top-5 hit, miss
+    r = verify.compare_models(scores("Identity"), scores("Neg"), x, labels=labels)
+    assert r.reference_accuracy == pytest.approx({"top1": 1 / 3, "top5": 2 / 3})
+    # negated: row 0 and 2 best class 0 (top-5 = 0..4), row 1 best class 7 (top-5 = 3..7)
+    assert r.candidate_accuracy == pytest.approx({"top1": 1 / 3, "top5": 1 / 3})
+    assert r.agreement == 0.0 and r.cosine_min == pytest.approx(-1.0)
+    assert r.accuracy_drop == pytest.approx(0.0)
 
 
 def test_compare_bad_labels(rng: np.random.Generator) -> None:
@@ -174,6 +197,29 @@ def test_sensitivity_ranks_the_perturbed_node_first(rng: np.random.Generator) ->
     assert set(drifts2[0].nodes) == {"a", "r"}  # its consumer r keeps the tensor float
 
 
+def test_sensitivity_non_finite_candidate(rng: np.random.Generator) -> None:
+    """An overflowing node (inf/nan, as fp16 can give) ranks first with an infinite error."""
+    w1, w2 = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    cand = _model(
+        [
+            oh.make_node("MatMul", ["x", "w1"], ["h"], name="a"),
+            oh.make_node("Relu", ["h"], ["hr"], name="r"),
+            oh.make_node("Div", ["hr", "zero"], ["y"], name="b"),
+        ],
+        [oh.make_tensor_value_info("x", F, ["N", 4])],
+        [oh.make_tensor_value_info("y", F, ["N", 4])],
+        [
+            nh.from_array(w1.astype(np.float32), "w1"),
+            nh.from_array(np.zeros(4, np.float32), "zero"),
+        ],
+    )
+    drifts = verify.per_node_sensitivity(_chain(w1, w2), cand, x)
+    assert drifts[0].node == "b" and math.isinf(drifts[0].rel_error)
+    assert math.isinf(drifts[0].added) and drifts[0].cosine == 0.0
+    assert all(not math.isnan(d.added) for d in drifts)
+
+
 # ----------------------------------------------------------------------------- eval sets
 
 
@@ -205,7 +251,7 @@ def test_load_eval_set_errors(tmp_path: Path, rng: np.random.Generator) -> None:
     with pytest.raises(InputError, match="10 classes"):
         verify.load_eval_set(root, "imagenet", num_classes=10)
     (root / "images" / "img0.png").write_bytes(b"")  # unreadable: skipped, the rest loads
-    x, y = verify.load_eval_set(root, "imagenet")
+    _, y = verify.load_eval_set(root, "imagenet")
     assert y.tolist() == [1, 900]
     with pytest.raises(InputError, match=r"no labels\.tsv"):
         verify.load_eval_set(tmp_path, "imagenet")

@@ -19,8 +19,11 @@ _COMMANDS: dict[str, str] = {
     "targets": "onnxfit.cli.targets_cmd:targets",
     "zoo": "onnxfit.cli.zoo_cmd:zoo",
     "inspect": "onnxfit.cli.inspect_cmd:inspect_cmd",
+    "optimize": "onnxfit.cli.optimize_cmd:optimize",
     "bench": "onnxfit.cli.bench_cmd:bench",
     "compare": "onnxfit.cli.compare_cmd:compare",
+    "run": "onnxfit.cli.run_cmd:run",
+    "eval": "onnxfit.cli.eval_cmd:eval_cmd",
 }
 
 

@@ -72,8 +72,12 @@ def progress_callback(bar: Any) -> Any:
 @click.option("--in-process", is_flag=True, help="Measure in this process (no fresh child).")
 @click.option("--no-pin", is_flag=True, help="Do not pin the child to the cores it uses.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Plots (.png).")
-@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="One self-contained HTML page with the tables and plots.")  # fmt: skip
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="One self-contained HTML page with the tables and plots.",
+)
 @click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
 @json_option
 @guarded

@@ -34,15 +34,23 @@ from onnxfit.cli._common import (
     help="onnxfit or ort (plain onnxruntime defaults); one, or a comma list, one per model.",
 )
 @click.option("--names", help="Comma list of names for the models (default: file names).")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
-              help="Evaluation folder: labels.tsv (top-1/5) or images/ + labels/ (mAP).")  # fmt: skip
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(path_type=Path),
+    help="Evaluation folder: labels.tsv (top-1/5) or images/ + labels/ (mAP).",
+)
 @click.option("--eval-limit", type=int, help="Use at most this many evaluation images.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=1x3x224x224")
 @click.option("--in-process", is_flag=True, help="Measure in this process (no fresh children).")
 @click.option("--no-pin", is_flag=True, help="Do not pin the children to the cores they use.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Plots (.png).")
-@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="One self-contained HTML page with the table and plots.")  # fmt: skip
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="One self-contained HTML page with the table and plots.",
+)
 @click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
 @json_option
 @guarded

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxfit.data.images import ImageMeta
+from onnxfit.data.presets import ImageMeta
 from onnxfit.errors import InputError
 
 #: darknet yolov3-tiny.cfg anchors, coarse head (13x13 at 416) first.

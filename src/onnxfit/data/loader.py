@@ -24,6 +24,7 @@ event loop without blocking it (workers wake it with ``call_soon_threadsafe``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -221,7 +222,7 @@ class AsyncLoader(Generic[T]):
                 self._running.add(idx)
             try:
                 result: Any = self.load(self.paths[idx])
-            except Exception as exc:
+            except BaseException as exc:  # whatever load raises, the stream must go on
                 result = _Failed(_reason(exc))
             with self._cond:
                 self._running.discard(idx)
@@ -237,7 +238,9 @@ class AsyncLoader(Generic[T]):
         self._cond.notify_all()
         waiters, self._waiters = self._waiters, []
         for loop, fut in waiters:
-            loop.call_soon_threadsafe(_wake, fut)
+            # RuntimeError: that event loop is closed, nobody waits there any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_wake, fut)
 
     # -- consumer -------------------------------------------------------------------------
     def _take(self) -> tuple[int, Any] | None:
@@ -344,9 +347,12 @@ class AsyncLoader(Generic[T]):
                 raise TimeoutError(
                     f"timed out after {self.timeout:g} s waiting for {waiting}"
                 ) from None
+            finally:  # timed out or cancelled: forget this waiter
+                with self._cond:
+                    self._waiters = [w for w in self._waiters if w[1] is not fut]
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
     """Why a load failed: an ImageError's own reason (it already names the path), else
     ``Type: message``."""
     reason = getattr(exc, "reason", None)

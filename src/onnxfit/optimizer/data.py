@@ -13,7 +13,6 @@ Everything is read before any pass runs, so bad data fails fast and nothing is w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,9 +92,9 @@ def num_classes(model: ir.Model) -> int | None:
     """C of the first output shaped [N, C] (or [N, C, 1, 1]) with a fixed C > 1, else None."""
     for out in model.graph.outputs:
         dims = _dims(out)
-        if len(dims) >= 2 and isinstance(dims[1], int) and dims[1] > 1:
-            if all(d == 1 for d in dims[2:]):
-                return dims[1]
+        c = dims[1] if len(dims) >= 2 else None
+        if isinstance(c, int) and c > 1 and all(d == 1 for d in dims[2:]):
+            return c
     return None
 
 
@@ -116,9 +115,7 @@ def guess_model_preset(model: ir.Model, preset: str | None) -> str:
     return guess_preset(_dims(specs[0]), output_shapes=outputs)
 
 
-def load_run_data(
-    model: ir.Model, options: OptimizeOptions, *, progress: Any = None
-) -> RunData:
+def load_run_data(model: ir.Model, options: OptimizeOptions, *, progress: Any = None) -> RunData:
     """Read the calibration / evaluation data the options name (see the module docstring).
 
     ``progress(label)`` is called before each read. Bad folders raise :class:`InputError`.
@@ -151,6 +148,14 @@ def load_run_data(
         if not src.exists():
             raise InputError(f"{src}: calibration data not found", hint="check --calibrate")
         say(f"reading calibration data ({src})")
+        if src.is_dir() and not _has_arrays(src):
+            from onnxfit.data.images import list_images
+
+            if not list_images(src):
+                raise InputError(
+                    f"{src}: no image files in the calibration folder",
+                    hint="put .jpg/.png images there, or give .npy/.npz inputs",
+                )
         if preset is None and src.is_dir() and not _has_arrays(src):
             preset = guess_model_preset(model, options.preset)
         calibration = load_calibration(
@@ -167,7 +172,9 @@ def load_run_data(
         calib_source = f"{options.eval} (first {len(part)} evaluation images)"
     else:
         calibration = synthetic_inputs(model, options.synthetic_count, seed=options.seed)
-        calib_source = f"synthetic: {options.synthetic_count} samples of N(0, 1), seed {options.seed}"
+        calib_source = (
+            f"synthetic: {options.synthetic_count} samples of N(0, 1), seed {options.seed}"
+        )
     if eval_x is not None:
         verify: CalibrationData | np.ndarray = eval_x
         verify_source = f"{options.eval} ({len(eval_x)} labelled images, preset {preset})"
@@ -188,8 +195,3 @@ def load_run_data(
 
 def _has_arrays(folder: Path) -> bool:
     return any(p.suffix.lower() in (".npy", ".npz") for p in folder.iterdir())
-
-
-def batches(feeds: list[dict[str, np.ndarray]]) -> Iterator[Mapping[str, np.ndarray]]:
-    """The feeds one by one (a generator, for activation statistics)."""
-    yield from feeds

@@ -38,7 +38,7 @@ class GateResult:
     value: float
     limit: float
     passed: bool
-    reference: str  # "original" or "dequantized"
+    reference: str  # e.g. "original model", "dequantized model, float16 storage emulated"
     finite: bool = True
 
     def describe(self) -> str:
@@ -51,10 +51,10 @@ class GateResult:
         if self.metric == "disagreement":
             return (
                 f"top-1 disagreement {self.value:.2f} % {ok} {self.limit:.2f} % "
-                f"(vs {self.reference} model)"
+                f"(vs {self.reference})"
             )
         ok = ">=" if self.passed else "<"
-        return f"worst cosine {self.value:.6f} {ok} {self.limit:.6f} (vs {self.reference} model)"
+        return f"worst cosine {self.value:.6f} {ok} {self.limit:.6f} (vs {self.reference})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,7 +77,7 @@ def check(
     *,
     max_drop: float,
     cosine_floor: float,
-    reference: str = "original",
+    reference: str = "original model",
 ) -> GateResult:
     """Judge ``result`` (candidate vs reference) against the budget (module docstring)."""
     finite = _finite(result)

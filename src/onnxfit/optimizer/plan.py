@@ -191,9 +191,7 @@ def default_steps(
     steps = [PlanStep("cleanup", {}, "fold constants, drop dead code, name every node")]
     if model_prec == "int8" and precision != "int8":
         steps.append(
-            PlanStep(
-                "dequantize", {}, f"the input is INT8 (QDQ/QOperator); {precision} wanted"
-            )
+            PlanStep("dequantize", {}, f"the input is INT8 (QDQ/QOperator); {precision} wanted")
         )
     steps.append(
         PlanStep("fold-batchnorm", {}, "BatchNormalization folded into Conv/Gemm (portable)")

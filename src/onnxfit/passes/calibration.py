@@ -1,54 +1,39 @@
-"""Calibration data for INT8 quantization, and the ranges collected from it.
+"""Calibration data for INT8 quantization (and verification): feeds from real or made-up inputs.
 
-Two halves joined by a typed hand-off (DESIGN habit 3)::
+Calibration is two halves joined by a typed hand-off (DESIGN habit 3)::
 
-    CalibrationData (feeds) --collect_ranges--> Ranges --int8.quantize_with_ranges--> model
+    CalibrationData (feeds) --ranges.collect_ranges--> Ranges --int8.quantize_with_ranges--> model
 
-* :class:`CalibrationData` holds ready-to-run feed dicts. Build it with :func:`from_images`
-  (an image folder, preprocessed by :mod:`onnxfit.data.images`; unreadable files are skipped and
-  listed with their reason), :func:`from_arrays` (a ``.npy`` / ``.npz`` file or a folder of them),
-  :func:`synthetic_inputs` (seeded noise when the user gives no data; ``synthetic=True`` so that
-  every report built on it says so), or :func:`load_calibration`, which picks one of those.
-  :meth:`CalibrationData.reader` gives an ``onnxruntime.quantization.CalibrationDataReader``.
-* :func:`collect_ranges` runs onnxruntime's calibrator (MinMax, Entropy or Percentile) over the
-  data and returns :class:`Ranges`, keyed by tensor name of the model it ran on. The quantizer
-  takes them through ORT's public calibration cache (``quantize_static(calibration_cache_path=)``,
-  ORT >= 1.32), so calibration and quantization stay separate and ranges can be reused while
-  backing off. Ranges are only valid for the very model they were collected on (tensor names).
+This module is the first half. :class:`CalibrationData` holds ready-to-run feed dicts; build it
+with :func:`from_images` (an image folder, preprocessed by :mod:`onnxfit.data.images`;
+unreadable files are skipped and listed with their reason; none usable raises
+:class:`InputError`), :func:`from_arrays` (a ``.npy`` / ``.npz`` file or a folder of them),
+:func:`synthetic_inputs` (seeded noise when the user gives no data; ``synthetic=True`` so that
+every report built on it says so), or :func:`load_calibration`, which picks one of those.
+:meth:`CalibrationData.reader` gives an ``onnxruntime.quantization.CalibrationDataReader``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
-from onnxruntime.quantization.calibrate import (
-    TensorsData,
-    create_calibrator,
-    save_tensors_data,
-)
+from onnxruntime.quantization import CalibrationDataReader
 
-from onnxfit import io
 from onnxfit.errors import InputError, OnnxfitError
+
+if TYPE_CHECKING:
+    from onnxfit.data.images import Preset
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["minmax", "entropy", "percentile"]
-METHODS: dict[str, CalibrationMethod] = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
 _ARRAY_SUFFIXES = (".npy", ".npz")
-_NP_FLOAT = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
 
 
 @dataclass(frozen=True)
@@ -63,7 +48,7 @@ class Skipped:
 class CalibrationData:
     """Feed dicts (input name -> array with batch axis) for calibration or verification."""
 
-    feeds: list[dict[str, np.ndarray]]
+    feeds: list[dict[str, np.ndarray]] = field(repr=False)
     source: str
     synthetic: bool = False
     skipped: list[Skipped] = field(default_factory=list)
@@ -121,7 +106,9 @@ class FeedReader(CalibrationDataReader):
 
 
 @dataclass(frozen=True)
-class _Input:
+class InputSpec:
+    """A model input: name, shape (ints, symbolic names or None) and numpy dtype."""
+
     name: str
     shape: tuple[int | str | None, ...]
     dtype: np.dtype[Any]
@@ -133,7 +120,8 @@ def _dims(shape: ir.Shape | None) -> tuple[int | str | None, ...]:
     return tuple(d if isinstance(d, int) else d.value for d in shape)
 
 
-def _model_inputs(model: ir.Model) -> list[_Input]:
+def model_inputs(model: ir.Model) -> list[InputSpec]:
+    """The model's real inputs (graph inputs that are not initializers)."""
     initializers = set(model.graph.initializers)
     out = []
     for value in model.graph.inputs:
@@ -141,7 +129,7 @@ def _model_inputs(model: ir.Model) -> list[_Input]:
             continue
         dims = _dims(value.shape)
         dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else np.dtype(np.float32)
-        out.append(_Input(value.name or "", dims, dtype))
+        out.append(InputSpec(value.name or "", dims, dtype))
     return out
 
 
@@ -169,16 +157,17 @@ def from_images(
     *,
     input_name: str,
     input_shape: Sequence[int | str | None] | None = None,
-    preset: str | None = None,
+    preset: str | Preset | None = None,
     limit: int | None = 100,
     batch: int = 1,
     output_shapes: Sequence[Sequence[int | str | None]] | None = None,
 ) -> CalibrationData:
     """Preprocess up to ``limit`` images of ``folder`` into feeds for input ``input_name``.
 
-    The preset comes from ``preset`` or ``onnxfit.data.images.guess_preset(input_shape)``.
-    Unreadable images are skipped, counted and listed (path, reason) in ``skipped``; a folder
-    without one usable image raises :class:`InputError`.
+    The preset comes from ``preset`` or ``onnxfit.data.images.guess_preset(input_shape)``, resized
+    (``Preset.with_size``) to the input's fixed height and width when they differ. Unreadable
+    images are skipped, counted and listed (path, reason) in ``skipped``; a folder without one
+    usable image raises :class:`InputError`.
     """
     from onnxfit.data import images  # lazy: the image stack is heavy
 
@@ -195,6 +184,11 @@ def from_images(
                 hint="pass --preset (e.g. imagenet)",
             )
         preset = images.guess_preset(tuple(input_shape), output_shapes=output_shapes)
+    pre = images.get_preset(preset)
+    if input_shape is not None and len(input_shape) == 4:
+        h, w = input_shape[2], input_shape[3]
+        if isinstance(h, int) and isinstance(w, int) and (h, w) != pre.size:
+            pre = pre.with_size(h, w)
     files = images.list_images(path)
     if not files:
         raise InputError(
@@ -207,7 +201,7 @@ def from_images(
         if limit is not None and len(samples) >= limit:
             break
         try:
-            samples.append(np.asarray(images.preprocess(file, preset), dtype=np.float32))
+            samples.append(np.asarray(images.preprocess(file, pre), dtype=np.float32))
         except (OnnxfitError, OSError, ValueError, SyntaxError) as exc:
             skipped.append(Skipped(str(file), str(exc) or type(exc).__name__))
             logger.debug("skipped %s: %s", file, exc)
@@ -226,8 +220,8 @@ def from_images(
         )
     batch_dim = input_shape[0] if input_shape else None
     feeds = [{input_name: b} for b in _batched(samples, batch_dim, batch)]
-    logger.info("calibration: %d images from %s (preset %s)", len(samples), path, preset)
-    return CalibrationData(feeds, str(path), False, skipped, preset)
+    logger.info("calibration: %d images from %s (preset %s)", len(samples), path, pre.name)
+    return CalibrationData(feeds, str(path), False, skipped, pre.name)
 
 
 def _array_files(path: Path) -> list[Path]:
@@ -315,7 +309,7 @@ def synthetic_inputs(
     :class:`InputError`. The result has ``synthetic=True``: callers must say so in reports.
     """
     rng = np.random.default_rng(seed)
-    specs = _model_inputs(model)
+    specs = model_inputs(model)
     feeds = []
     for _ in range(n):
         feed = {}
@@ -345,7 +339,7 @@ def load_calibration(
     model: ir.Model,
     source: str | os.PathLike[str] | None = None,
     *,
-    preset: str | None = None,
+    preset: str | Preset | None = None,
     limit: int | None = 100,
     seed: int = 0,
     synthetic_count: int = 8,
@@ -356,7 +350,7 @@ def load_calibration(
     ``.npy``/``.npz`` files and no images, or such a file, goes to :func:`from_arrays`; any other
     folder to :func:`from_images` (for a single-input model).
     """
-    specs = _model_inputs(model)
+    specs = model_inputs(model)
     if source is None:
         return synthetic_inputs(model, synthetic_count, seed=seed)
     src = Path(source)
@@ -379,134 +373,3 @@ def load_calibration(
         limit=limit,
         output_shapes=outputs,
     )
-
-
-# ---------------------------------------------------------------------------- ranges
-
-
-@dataclass
-class Ranges:
-    """Activation ranges per tensor name, from one calibration run on one model."""
-
-    method: Method
-    samples: int
-    data: TensorsData = field(repr=False)
-    synthetic: bool = False
-
-    @property
-    def tensors(self) -> dict[str, tuple[float, float]]:
-        """tensor name -> (lowest, highest)."""
-        out = {}
-        for name, td in self.data.items():
-            lo, hi = td.range_value
-            out[name] = (float(np.min(lo)), float(np.max(hi)))
-        return out
-
-    def write_cache(self, path: str | os.PathLike[str]) -> None:
-        """Write onnxruntime's calibration cache JSON (``quantize_static`` reads it)."""
-        save_tensors_data(self.data, Path(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "samples": self.samples,
-            "synthetic": self.synthetic,
-            "tensors": len(self.data.data),
-        }
-
-
-class _Chunk(CalibrationDataReader):
-    """At most ``size`` feeds of a reader, so ORT's calibrator holds few outputs at once."""
-
-    def __init__(self, source: Iterator[dict[str, np.ndarray]], size: int) -> None:
-        self._source, self._left = source, size
-        self.count = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:  # type: ignore[override]
-        if self._left <= 0:
-            return None
-        self._left -= 1
-        feed = next(self._source, None)
-        if feed is not None:
-            self.count += 1
-        return feed
-
-
-def _feed_iter(reader: CalibrationDataReader) -> Iterator[dict[str, np.ndarray]]:
-    while (feed := reader.get_next()) is not None:
-        yield feed
-
-
-def collect_ranges(
-    model: ir.Model,
-    data: CalibrationData | CalibrationDataReader,
-    *,
-    method: Method = "minmax",
-    op_types: Sequence[str] | None = None,
-    percentile: float = 99.999,
-    symmetric: bool | None = None,
-    chunk: int = 16,
-) -> Ranges:
-    """Run the calibrator over ``data`` and return the activation ranges of ``model``.
-
-    ``op_types``: the op types whose tensors are calibrated (default: every type onnxruntime
-    can quantize, as ``quantize_static`` does). ``percentile`` applies to ``"percentile"``;
-    ``symmetric`` forces symmetric ranges (default: ORT's per-method default, except
-    asymmetric for percentile, which suits uint8 activations). Feeds go to the calibrator
-    ``chunk`` at a time so memory stays bounded. All scratch files live in a temporary folder
-    that is removed, on success or failure.
-    """
-    from onnxfit.passes.int8 import default_op_types  # shared with the quantizer
-
-    if method not in METHODS:
-        raise InputError(
-            f"unknown calibration method {method!r}", hint=f"use one of {', '.join(METHODS)}"
-        )
-    reader = data.reader() if isinstance(data, CalibrationData) else data
-    synthetic = data.synthetic if isinstance(data, CalibrationData) else False
-    extra: dict[str, Any] = {}
-    if method == "percentile":
-        extra["percentile"] = percentile
-        extra["symmetric"] = False if symmetric is None else symmetric
-    elif symmetric is not None:
-        extra["symmetric"] = symmetric
-    with tempfile.TemporaryDirectory(prefix="onnxfit-calib-") as tmp:
-        model_path = Path(tmp) / "model.onnx"
-        io.save(model, model_path, force=True)
-        calibrator = create_calibrator(
-            model_path,
-            list(op_types) if op_types is not None else default_op_types(),
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=METHODS[method],
-            extra_options=extra,
-        )
-        feeds = _feed_iter(reader)
-        total = 0
-        while True:  # ORT's calibrators merge the ranges/histograms of successive calls
-            part = _Chunk(feeds, max(1, chunk))
-            first = part.get_next()
-            if first is None:  # they refuse an empty call
-                break
-            calibrator.collect_data(_Prepend(first, part))
-            total += part.count
-            if part.count < chunk:
-                break
-        if total == 0:
-            raise InputError("the calibration data is empty", hint="give at least one input")
-        tensors = calibrator.compute_data()
-    logger.info(
-        "calibration (%s): ranges of %d tensors from %d feeds", method, len(tensors.data), total
-    )
-    return Ranges(method, total, tensors, synthetic)
-
-
-class _Prepend(CalibrationDataReader):
-    def __init__(self, first: dict[str, np.ndarray], rest: _Chunk) -> None:
-        self._first: dict[str, np.ndarray] | None = first
-        self._rest = rest
-
-    def get_next(self) -> dict[str, np.ndarray] | None:  # type: ignore[override]
-        if self._first is not None:
-            feed, self._first = self._first, None
-            return feed
-        return self._rest.get_next()

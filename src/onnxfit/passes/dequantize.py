@@ -7,7 +7,8 @@ Rewrites, in order:
 
 1. QOperator nodes become QDQ form (:mod:`onnxfit.passes.qoperator`: QLinearConv,
    QLinearMatMul, QLinearAdd/Mul, QGemm, ..., and the MatMulInteger / ConvInteger chain of
-   ``quantize_dynamic``).
+   ``quantize_dynamic``); DequantizeLinear nodes move above integer data-movement ops
+   (Reshape, Flatten, MaxPool, Concat...) so that every Q meets its DQ.
 2. Weights: ``QuantizeLinear`` of a constant is evaluated, and ``DequantizeLinear`` of a
    constant (per-tensor, per-axis with ``axis``, or blocked with ``block_size``) becomes a float
    initializer ``(q - zero_point) * scale``. Weights keep the values the INT8 model used.
@@ -27,9 +28,10 @@ Rewrites, in order:
    DequantizeLinear, which ORT's per-channel quantization needs, FINDINGS.md) is converted
    with the onnxscript version converter, after the Q/DQ nodes are gone.
 
-Q/DQ nodes that are not a pair (a quantized graph input or output, DQ of a computed value)
-stay and are counted in ``stats["qdq_left"]``. Stats: ``qoperator_converted`` (per op),
-``weights_folded``, ``pairs_removed``, ``relu_inserted``, ``clip_inserted``, ``scale_mismatch``,
+A graph output keeps its name. Q/DQ nodes that are not a pair (a quantized graph input or
+output, DQ of a computed value) stay and are counted in ``stats["qdq_left"]``. Stats:
+``qoperator_converted`` (per op), ``dq_moved``, ``weights_folded``, ``pairs_removed``,
+``relu_inserted``, ``clip_inserted``, ``scale_mismatch``,
 ``unsupported`` (ops left quantized), ``opset`` (before -> after).
 """
 
@@ -53,13 +55,18 @@ from onnxfit.passes._quant import (
     quantize_array,
 )
 from onnxfit.passes.base import OnnxfitPass
-from onnxfit.passes.qoperator import qoperator_to_qdq
+from onnxfit.passes.qoperator import qoperator_to_qdq, sink_dequantize
 
 logger = logging.getLogger(__name__)
 
 
 def _is_onnx(node: ir.Node) -> bool:
     return node.domain in ("", "ai.onnx")
+
+
+def _can_take_name(value: ir.Value) -> bool:
+    """A value that may be renamed into a graph output (not an input, output or constant)."""
+    return not (value.is_graph_input() or value.is_graph_output() or value.is_initializer())
 
 
 def _axis_block(node: ir.Node) -> tuple[int, int]:
@@ -117,9 +124,11 @@ class DequantizePass(OnnxfitPass):
         qop = qoperator_to_qdq(model)
         self.stats["qoperator_converted"] = qop.converted
         common.TopologicalSortPass()(model)
+        self.stats["dq_moved"] = sink_dequantize(graph)
         folded = self._fold_constant_q(graph) + self._fold_constant_dq(graph)
         pairs, relus, clips, mismatch = self._remove_pairs(graph)
         common.RemoveUnusedNodesPass()(model)
+        common.NameFixPass()(model)
         self.stats["weights_folded"] = folded
         self.stats["pairs_removed"] = pairs
         self.stats["relu_inserted"] = relus
@@ -227,7 +236,13 @@ class DequantizePass(OnnxfitPass):
                 if q_scale is None or dq_scale is None or not np.array_equal(q_scale, dq_scale):
                     mismatch += 1
                 out = dq.outputs[0]
-                if out.is_graph_output():  # keep the output's name: Identity(value)
+                if out.is_graph_output() and _can_take_name(value):
+                    out.replace_all_uses_with(value, replace_graph_outputs=True)
+                    name, out.name = out.name, None
+                    value.name = name
+                    value.type = value.type or out.type
+                    value.shape = value.shape or out.shape
+                elif out.is_graph_output():  # keep the output's name: Identity(value)
                     ident = ir.node("Identity", [value])
                     graph.insert_before(dq, ident)
                     new_out = ident.outputs[0]

@@ -8,7 +8,7 @@ Rewrites:
   ``Cast(to=FLOAT)`` among them becomes ``Cast(to=FLOAT16)``;
 * inputs whose schema allows only float32 stay float32 (Resize ``scales``, and by rule also
   Resize ``roi`` and Upsample ``scales``), and so does the shape-like subgraph that computes
-  them (nodes whose float outputs feed only such inputs);
+  them (nodes whose float outputs feed only such inputs or Range);
 * nodes stay float32 when their schema has no float16 (Range, NonMaxSuppression, the Random*
   ops...), when they are not in the ONNX domain (com.microsoft ops: their CPU kernels are
   float32, e.g. FusedConv), when they carry subgraphs (If/Loop/Scan), when their output types
@@ -21,155 +21,39 @@ Rewrites:
 
 On CPU this saves disk only (ORT converts back at load and wraps fp16 ops without CPU kernels
 in Casts, FINDINGS.md); on DirectML and CUDA it halves weight and activation memory.
-Stats: ``nodes_fp16``, ``nodes_fp32`` (names kept float32, with the reason counted in
-``kept_reasons``), ``casts_inserted``, ``casts_removed``, ``weights_converted``,
-``weights_clamped``, ``weights_underflow``.
+Stats: ``already_float16`` (nothing float32 left, float16 weights present), ``nodes_fp16``,
+``nodes_fp32`` (names kept float32, with the reason counted in ``kept_reasons``),
+``casts_inserted``, ``casts_removed``, ``weights_converted``, ``weights_clamped``,
+``weights_underflow``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from onnxfit.passes._fp16_plan import F16, F32, Plan, infer_dtypes
 from onnxfit.passes.base import OnnxfitPass
+
+__all__ = [
+    "F16",
+    "F32",
+    "FP16_MAX",
+    "FP16_TINY",
+    "Fp16Pass",
+    "infer_dtypes",
+    "remove_redundant_casts",
+    "to_fp16_array",
+]
 
 logger = logging.getLogger(__name__)
 
-F32, F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
 FP16_MAX = 65504.0
 FP16_TINY = 2.0**-24  # smallest subnormal: smaller magnitudes become 0
-
-#: Inputs kept float32 although the schema would allow float16 (shape-like semantics).
-SHAPE_LIKE_INPUTS: dict[str, frozenset[int]] = {
-    "Resize": frozenset({1, 2}),
-    "Upsample": frozenset({1}),
-}
-#: Ops kept float32 whatever the schema says.
-KEEP_FP32_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
-)
-
-
-def _allowed(schema: onnx.defs.OpSchema, type_str: str) -> set[str]:
-    for c in schema.type_constraints:
-        if c.type_param_str == type_str:
-            return set(c.allowed_type_strs)
-    return {type_str}
-
-
-def _formal(params: Sequence[Any], i: int) -> Any:
-    return params[min(i, len(params) - 1)] if params else None
-
-
-class _Plan:
-    """Which nodes compute in float16 and which of their inputs stay float32."""
-
-    def __init__(self, model: ir.Model, block_list: frozenset[str]) -> None:
-        self.opset = model.opset_imports.get("", 13)
-        self.fp16: set[ir.Node] = set()
-        self.fp32_inputs: dict[ir.Node, set[int]] = {}
-        self.kept: dict[str, str] = {}  # node name -> reason
-        for node in model.graph:
-            reason = self._check(node, block_list)
-            if reason is None:
-                self.fp16.add(node)
-            elif reason != "no float":
-                self.kept[node.name or node.op_type] = reason
-        self._keep_shape_subgraphs()
-
-    def _check(self, node: ir.Node, block_list: frozenset[str]) -> str | None:
-        floats_in = [i for i, v in enumerate(node.inputs) if v is not None and v.dtype == F32]
-        floats_out = [i for i, v in enumerate(node.outputs) if v.dtype == F32]
-        if not floats_in and not floats_out:
-            return "no float"
-        if node.name in block_list:
-            return "block_list"
-        if node.domain not in ("", "ai.onnx"):
-            return "not ONNX domain"
-        if node.op_type in KEEP_FP32_OPS:
-            return "op kept float32"
-        if any(
-            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-            for a in node.attributes.values()
-        ):
-            return "has subgraphs"
-        if any(v.dtype is None for v in node.outputs):
-            return "unknown output type"
-        try:
-            schema = onnx.defs.get_schema(node.op_type, self.opset, "")
-        except onnx.defs.SchemaError:
-            return "no schema"
-        for i in floats_out:
-            formal = _formal(schema.outputs, i)
-            if formal is None or "tensor(float16)" not in _allowed(schema, formal.type_str):
-                return "no float16 in schema"
-        fp32_in = set(SHAPE_LIKE_INPUTS.get(node.op_type, ()))
-        for i in floats_in:
-            formal = _formal(schema.inputs, i)
-            if formal is None or "tensor(float16)" not in _allowed(schema, formal.type_str):
-                fp32_in.add(i)
-        if not floats_out and set(floats_in) <= fp32_in:
-            return "no float16 in schema"
-        self.fp32_inputs[node] = fp32_in
-        return None
-
-    def wants_fp16(self, node: ir.Node, index: int) -> bool:
-        return node in self.fp16 and index not in self.fp32_inputs.get(node, ())
-
-    def _keep_shape_subgraphs(self) -> None:
-        """fp16 nodes whose float outputs only feed float32 inputs stay float32 (scales...)."""
-        changed = True
-        while changed:
-            changed = False
-            for node in list(self.fp16):
-                outs = [v for v in node.outputs if v.dtype == F32]
-                if not outs or any(v.is_graph_output() for v in outs):
-                    continue
-                uses = [u for v in outs for u in v.uses()]
-                if uses and not any(self.wants_fp16(user, idx) for user, idx in uses):
-                    self.fp16.discard(node)
-                    self.kept[node.name or node.op_type] = "feeds float32 inputs only"
-                    changed = True
-
-
-def infer_dtypes(model: ir.Model) -> None:
-    """Fill in value dtypes: ONNX shape inference, then per-node inference for the gaps."""
-    common.ShapeInferencePass(strict_mode=False, data_prop=False)(model)
-    opset = model.opset_imports.get("", 13)
-    for node in model.graph:
-        if all(v.dtype is not None for v in node.outputs):
-            continue
-        if node.domain not in ("", "ai.onnx"):
-            # contrib ops (FusedConv, QLinear*...) mostly keep their first input's type
-            first = node.inputs[0] if node.inputs else None
-            if first is not None and first.dtype is not None and len(node.outputs) == 1:
-                node.outputs[0].dtype = first.dtype
-            continue
-        _infer_node(node, opset)
-
-
-def _infer_node(node: ir.Node, opset: int) -> None:
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opset, "")
-        types = {}
-        for v in node.inputs:
-            if v is not None and v.name and v.dtype is not None:
-                types[v.name] = onnx.helper.make_tensor_type_proto(v.dtype.value, None)
-        proto = ir.serde.serialize_node(node)
-        out = onnx.shape_inference.infer_node_outputs(schema, proto, types)
-    except Exception:  # inference of one node is best effort
-        return
-    for v in node.outputs:
-        if v.dtype is None and v.name in out:
-            elem = out[v.name].tensor_type.elem_type
-            if elem:
-                v.dtype = ir.DataType(elem)
 
 
 def to_fp16_array(array: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -206,7 +90,11 @@ class Fp16Pass(OnnxfitPass):
         missing = sorted(self.block_list - {n.name for n in graph if n.name})
         if missing:
             logger.warning("fp16: block_list names not in the model: %s", missing[:10])
-        plan = _Plan(model, self.block_list)
+        already = not any(v.dtype == F32 for v in self._float32_values(graph)) and any(
+            v.dtype == F16 for v in graph.initializers.values()
+        )
+        self.stats["already_float16"] = already
+        plan = Plan(model, self.block_list)
         self._weights = {"converted": 0, "clamped": 0, "underflow": 0}
         self._casts: dict[tuple[ir.Value, ir.DataType], ir.Value] = {}
         self._new_nodes = 0
@@ -226,6 +114,7 @@ class Fp16Pass(OnnxfitPass):
         removed = remove_redundant_casts(model)
         common.TopologicalSortPass()(model)
         common.RemoveUnusedNodesPass()(model)
+        common.NameFixPass()(model)  # new Cast / copy names never collide with old ones
         self.stats["nodes_fp16"] = len(plan.fp16)
         self.stats["nodes_fp32"] = sorted(plan.kept)
         reasons: dict[str, int] = {}
@@ -255,7 +144,7 @@ class Fp16Pass(OnnxfitPass):
         return list(seen)
 
     @staticmethod
-    def _retype_outputs(plan: _Plan) -> set[ir.Value]:
+    def _retype_outputs(plan: Plan) -> set[ir.Value]:
         out = set()
         for node in plan.fp16:
             for v in node.outputs:
@@ -264,7 +153,7 @@ class Fp16Pass(OnnxfitPass):
                     out.add(v)
         return out
 
-    def _connect(self, graph: ir.Graph, plan: _Plan, value: ir.Value, is_fp16: bool) -> None:
+    def _connect(self, graph: ir.Graph, plan: Plan, value: ir.Value, is_fp16: bool) -> None:
         """Give every use of ``value`` the dtype it wants, through a Cast or a weight copy."""
         uses = list(value.uses())
         want = [(user, idx, plan.wants_fp16(user, idx)) for user, idx in uses]
@@ -368,6 +257,13 @@ def remove_redundant_casts(model: ir.Model) -> int:
     """Drop Casts to a value's own dtype and lossless round trips (fp16 -> fp32 -> fp16)."""
     removed = 0
     widening = {(F16, F32), (F16, ir.DataType.DOUBLE), (F32, ir.DataType.DOUBLE)}
+
+    def dtype_of(value: ir.Value) -> ir.DataType | None:
+        producer = value.producer()
+        if value.dtype is None and producer is not None and producer.op_type == "Cast":
+            return ir.DataType(producer.attributes["to"].as_int())
+        return value.dtype
+
     for node in list(model.graph):
         if node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
             continue
@@ -377,13 +273,13 @@ def remove_redundant_casts(model: ir.Model) -> int:
             continue
         to = ir.DataType(node.attributes["to"].as_int())
         replacement = None
-        if src.dtype == to:
+        if dtype_of(src) == to:
             replacement = src
         else:
             first = src.producer()
             if first is not None and first.op_type == "Cast" and first.inputs[0] is not None:
                 origin = first.inputs[0]
-                if origin.dtype == to and (origin.dtype, src.dtype) in widening:
+                if dtype_of(origin) == to and (to, dtype_of(src)) in widening:
                     replacement = origin
         if replacement is not None:
             out.replace_all_uses_with(replacement)

@@ -4,7 +4,7 @@ Static INT8 is three steps, each usable alone (DESIGN habit 3)::
 
     prepare_for_quantization(model)              -> prepared fp32 model (opset >= 13, BN folded,
                                                     shapes inferred, every node named)
-    calibration.collect_ranges(prepared, data)   -> Ranges (activation ranges by tensor name)
+    ranges.collect_ranges(prepared, data)        -> Ranges (activation ranges by tensor name)
     quantize_with_ranges(prepared, ranges, ...)  -> QDQ int8 model
 
 :class:`Int8StaticPass` runs all three. Its rewrites: weights of Conv/Gemm/MatMul/... become
@@ -24,8 +24,9 @@ project's AVX-512 VNNI CPU):
 * ``quant_pre_process`` runs with ``auto_merge=True`` (YOLOv3-tiny fails symbolic shape inference
   without it) and, on failure, again without symbolic shape inference. ORT's symbolic shape
   inference writes ``sym_shape_infer_temp.onnx`` (+ a ~35 MB ``.data``) into the *current
-  directory* when it fails, so every ORT tool call here runs with the working directory set to a
+  directory* when it fails, so ``quant_pre_process`` runs with the working directory set to a
   private temporary folder (guarded by a lock), which is removed afterwards, success or failure.
+  Every other ORT tool call gets explicit paths in a temporary folder, removed the same way.
 
 Models go to ORT's tools as files in that temporary folder (written with :func:`onnxfit.io.save`)
 and come back through :func:`onnxfit.io.load_proto` / :func:`onnxfit.io.from_proto`.
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -45,19 +45,12 @@ from typing import Literal
 import onnx
 import onnx_ir as ir
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from onnxfit import io
 from onnxfit.errors import InputError
 from onnxfit.passes.base import OnnxfitPass, count_ops
-from onnxfit.passes.calibration import (
-    METHODS,
-    CalibrationData,
-    Method,
-    Ranges,
-    collect_ranges,
-    synthetic_inputs,
-)
+from onnxfit.passes.calibration import CalibrationData, synthetic_inputs
+from onnxfit.passes.ranges import METHODS, Method, Ranges, collect_ranges, default_op_types
 
 logger = logging.getLogger(__name__)
 
@@ -69,25 +62,22 @@ _Q_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _CWD_LOCK = threading.Lock()
 
 
-def default_op_types() -> list[str]:
-    """Every op type ORT's static quantizer handles (what ``quantize_static`` uses by default)."""
-    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-
-
 @contextlib.contextmanager
-def scratch_dir(prefix: str = "onnxfit-int8-") -> Iterator[Path]:
-    """A temporary folder that is also the working directory while inside; always removed.
+def scratch_dir(*, chdir: bool = False, prefix: str = "onnxfit-int8-") -> Iterator[Path]:
+    """A temporary folder, removed on exit (success or failure).
 
-    ORT's quantization tools write stray files into the working directory on some failures;
-    this keeps them inside the folder. ``chdir`` is process-wide, hence the lock.
+    ``chdir=True`` also makes it the working directory while inside: ORT's symbolic shape
+    inference writes ``sym_shape_infer_temp.onnx`` (+ ``.data``) into the working directory when
+    it fails (onnxruntime/tools/symbolic_shape_infer.py, ``infer_shapes``). ``chdir`` is
+    process-wide, so that use holds a lock, and only :func:`prepare_for_quantization` asks for it.
     """
-    with _CWD_LOCK, tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        old = os.getcwd()
-        os.chdir(tmp)
-        try:
-            yield Path(tmp)
-        finally:
-            os.chdir(old)
+    with contextlib.ExitStack() as stack:
+        if chdir:
+            stack.enter_context(_CWD_LOCK)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        if chdir:
+            stack.enter_context(contextlib.chdir(tmp))
+        yield tmp
 
 
 def _opset(proto: onnx.ModelProto) -> int:
@@ -134,7 +124,7 @@ def prepare_for_quantization(
     _name_nodes(proto)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with scratch_dir() as tmp:
+    with scratch_dir(chdir=True) as tmp:
         src, dst = tmp / "input.onnx", tmp / "prepared.onnx"
         io.save(proto, src, force=True)
         try:
@@ -215,21 +205,42 @@ def _replace_contents(model: ir.Model, new: ir.Model) -> None:
     model.metadata_props.update(new.metadata_props)
 
 
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
 def float_nodes(model: ir.Model, op_types: Sequence[str] | None = None) -> list[str]:
-    """Names of quantizable nodes (``op_types``) that still take a float activation not fed by a
-    DequantizeLinear: they run in float (excluded, unsupported, or ranges missing)."""
-    wanted = set(op_types if op_types is not None else default_op_types())
+    """Names of quantizable nodes (``op_types``) that still read a float tensor (activation or
+    weight, bias aside) not produced by a DequantizeLinear: they run in float (excluded,
+    unsupported by ORT's quantizer, or without a range)."""
+    wanted = set(op_types if op_types is not None else default_op_types()) - set(_Q_OPS)
     out = []
     for node in model.graph:
-        if node.op_type not in wanted or node.op_type in _Q_OPS:
+        if node.op_type not in wanted:
             continue
-        first = node.inputs[0] if node.inputs else None
-        if first is None or first.is_initializer() or first.const_value is not None:
-            continue
-        producer = first.producer()
-        if producer is None or producer.op_type != "DequantizeLinear":
-            out.append(node.name or f"({node.op_type})")
+        bias = _BIAS_INPUT.get(node.op_type)
+        for i, value in enumerate(node.inputs):
+            if value is None or i == bias or value.dtype not in _FLOATS:
+                continue
+            producer = value.producer()
+            if producer is None or producer.op_type != "DequantizeLinear":
+                out.append(node.name or f"({node.op_type})")
+                break
     return out
+
+
+def _refuse_quantized(model: ir.Model) -> None:
+    """:class:`InputError` when ``model`` is already quantized (quantizing twice is wrong)."""
+    found = sorted(
+        op
+        for op in count_ops(model)
+        if op in _Q_OPS or op.startswith("QLinear") or op in ("MatMulInteger", "ConvInteger")
+    )
+    if found:
+        raise InputError(
+            f"the model is already quantized ({', '.join(found)})",
+            hint="run the dequantize pass first to re-quantize it, or keep it as it is",
+        )
 
 
 class Int8StaticPass(OnnxfitPass):
@@ -288,6 +299,7 @@ class Int8StaticPass(OnnxfitPass):
         self.seed = seed
 
     def run(self, model: ir.Model) -> bool:
+        _refuse_quantized(model)
         prepared = prepare_for_quantization(model) if self.prepare else model
         ranges = self.ranges
         if ranges is None:
@@ -359,6 +371,7 @@ class Int8DynamicPass(OnnxfitPass):
         self.prepare = prepare
 
     def run(self, model: ir.Model) -> bool:
+        _refuse_quantized(model)
         prepared = prepare_for_quantization(model) if self.prepare else model
         with scratch_dir() as tmp:
             src, dst = tmp / "prepared.onnx", tmp / "int8.onnx"

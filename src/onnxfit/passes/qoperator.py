@@ -15,6 +15,10 @@ schemas):
   ``Mul(Cast(MatMulInteger(DynamicQuantizeLinear(x), Wq, .., Wzp)), Mul(x_scale, Ws))`` ->
   ``MatMul(x, (Wq - Wzp) * Ws)``, and the same with ConvInteger -> Conv.
 
+Between QOperator nodes, QOperator models run data-movement ops (Reshape, Flatten, MaxPool,
+Concat...) on the integers; :func:`sink_dequantize` moves the DequantizeLinear above them so
+that the Q -> DQ pairs meet.
+
 Anything else (QLinearSoftmax, channels-last pooling, integer ops not in that chain) stays as
 it is and is named in the returned ``unsupported`` list.
 """
@@ -275,3 +279,86 @@ def qoperator_to_qdq(model: ir.Model) -> QOperatorResult:
     if result.unsupported:
         logger.warning("quantized ops left as they are: %s", ", ".join(result.unsupported))
     return result
+
+
+#: Ops that only move, select or compare elements: ``DQ(op(q)) == op(DQ(q))`` for a per-tensor
+#: DequantizeLinear with a positive scale (MaxPool: dequantization is increasing).
+MOVE_OPS = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Slice",
+        "Gather",
+        "Concat",
+        "MaxPool",
+        "GlobalMaxPool",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Tile",
+        "Expand",
+    }
+)
+
+
+def _same_dq(a: ir.Node, b: ir.Node) -> bool:
+    arrays = [(const_array(x.inputs[1]), const_array(_inp(x, 2))) for x in (a, b)]
+    (sa, za), (sb, zb) = arrays
+    if sa is None or sb is None or not np.array_equal(sa, sb):
+        return False
+    if za is None or zb is None:
+        return za is None and zb is None
+    return bool(np.array_equal(za, zb))
+
+
+def sink_dequantize(graph: ir.Graph) -> int:
+    """Move per-tensor DequantizeLinear nodes above integer data-movement ops (MOVE_OPS).
+
+    QOperator models run Reshape/Flatten/MaxPool/... on the int8 tensors between QLinear ops;
+    with the DQ moved above them the Q -> DQ pairs meet and can be removed. The op must have one
+    output read only by DQ nodes with the same scale and zero point. Returns the moves made.
+    """
+    moved = 0
+    changed = True
+    while changed:
+        changed = False
+        for dq in list(graph):
+            if dq.op_type != "DequantizeLinear" or dq.graph is None:
+                continue
+            x = dq.inputs[0]
+            op = x.producer() if x is not None else None
+            scale = const_array(dq.inputs[1])
+            if x is None or op is None or op.op_type not in MOVE_OPS:
+                continue
+            if op.domain not in ("", "ai.onnx"):
+                continue
+            if scale is None or scale.size != 1 or np.any(scale <= 0) or len(op.outputs) != 1:
+                continue
+            users = [u for u, _ in x.uses()]
+            if x.is_graph_output() or not all(
+                u.op_type == "DequantizeLinear"
+                and _same_dq(u, dq)
+                and not u.outputs[0].is_graph_output()
+                for u in users
+            ):
+                continue
+            data = range(len(op.inputs)) if op.op_type == "Concat" else range(1)
+            for i in data:
+                src = op.inputs[i]
+                if src is None:
+                    continue
+                new = ir.node("DequantizeLinear", [src, *dq.inputs[1:]])
+                if dq.outputs[0].dtype is not None:
+                    new.outputs[0].dtype = dq.outputs[0].dtype
+                graph.insert_before(op, new)
+                op.replace_input_with(i, new.outputs[0])
+            x.type = dq.outputs[0].type
+            for user in users:
+                user.outputs[0].replace_all_uses_with(x)
+                graph.remove(user, safe=True)
+            moved += 1
+            changed = True
+    return moved

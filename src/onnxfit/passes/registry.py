@@ -15,6 +15,10 @@ from onnxfit.passes.dequantize import DequantizePass
 from onnxfit.passes.fold_batchnorm import FoldBatchNormPass
 from onnxfit.passes.fp16 import Fp16Pass
 from onnxfit.passes.fuse import FusePass
+from onnxfit.passes.int8 import Int8DynamicPass, Int8StaticPass
+from onnxfit.passes.prune import PrunePass
+from onnxfit.passes.prune_channels import PruneChannelsPass
+from onnxfit.passes.sparse import SparseStoragePass
 
 #: Registry name -> pass class. Names are the ones the CLI and reports show.
 PASSES: dict[str, type[OnnxfitPass]] = {
@@ -23,6 +27,11 @@ PASSES: dict[str, type[OnnxfitPass]] = {
     "fuse": FusePass,
     "dequantize": DequantizePass,
     "fp16": Fp16Pass,
+    "int8": Int8StaticPass,
+    "int8-dynamic": Int8DynamicPass,
+    "prune": PrunePass,
+    "prune-channels": PruneChannelsPass,
+    "sparse-storage": SparseStoragePass,
 }
 
 

@@ -2,10 +2,15 @@
 
 * :mod:`onnxfit.profiling.stats` — percentiles (linear interpolation) and :class:`Summary`.
 * :mod:`onnxfit.profiling.tracker` — :class:`Tracker`: named, nested sections; wall and GPU time.
-* :mod:`onnxfit.profiling.ortprofile` — ORT's profile JSON -> per-operator table + cost model.
-* :mod:`onnxfit.profiling.worker` — one session in a fresh child process, timed on command.
-* :mod:`onnxfit.profiling.bench` — :func:`bench`: per-batch latency, throughput, memory.
-* :mod:`onnxfit.profiling.compare` — :func:`compare`: models interleaved, before/after table.
+* :mod:`onnxfit.profiling.ortprofile` — ORT's profile JSON -> per-operator table;
+  :mod:`onnxfit.profiling.opcost` joins it with the cost model (achieved vs roofline).
+* :mod:`onnxfit.profiling.worker` — one session, timed on command (the child's side);
+  :mod:`onnxfit.profiling.client` runs it in a fresh child process or in this one;
+  :mod:`onnxfit.profiling.feeds` makes its random inputs.
+* :mod:`onnxfit.profiling.bench` — :func:`bench`: per-batch latency, throughput, memory
+  (result types in :mod:`onnxfit.profiling.results`).
+* :mod:`onnxfit.profiling.compare` — :func:`compare`: models interleaved, before/after table;
+  :mod:`onnxfit.profiling.accuracy` — top-1/5 or mAP on an evaluation folder.
 * :mod:`onnxfit.profiling.system` — peak RSS, CPU-noise probe, machine description.
 
 Names are re-exported lazily so ``import onnxfit.profiling`` stays cheap.
@@ -25,10 +30,10 @@ _API: dict[str, str] = {
     "OrtProfile": "onnxfit.profiling.ortprofile",
     "OpTiming": "onnxfit.profiling.ortprofile",
     "parse_profile": "onnxfit.profiling.ortprofile",
-    "join_cost": "onnxfit.profiling.ortprofile",
+    "join_cost": "onnxfit.profiling.opcost",
     "bench": "onnxfit.profiling.bench",
-    "BenchResult": "onnxfit.profiling.bench",
-    "BatchResult": "onnxfit.profiling.bench",
+    "BenchResult": "onnxfit.profiling.results",
+    "BatchResult": "onnxfit.profiling.results",
     "compare": "onnxfit.profiling.compare",
     "CompareResult": "onnxfit.profiling.compare",
     "ModelStats": "onnxfit.profiling.compare",

@@ -62,9 +62,7 @@ class Accuracy:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Accuracy:
-        return cls(
-            d["task"], dict(d["metrics"]), d["samples"], d["dataset"], d.get("preset", "")
-        )
+        return cls(d["task"], dict(d["metrics"]), d["samples"], d["dataset"], d.get("preset", ""))
 
 
 def detect_task(folder: str | os.PathLike[str]) -> Task:
@@ -85,8 +83,9 @@ def detect_task(folder: str | os.PathLike[str]) -> Task:
 def _session(path: str, *, target: str, providers: Sequence[str] | None, threads: int | None):
     from onnxfit.runtime.session import Session
 
-    return Session(path, target=target, providers=list(providers) if providers else None,
-                   threads=threads)  # fmt: skip
+    return Session(
+        path, target=target, providers=list(providers) if providers else None, threads=threads
+    )
 
 
 def _preset_for(sess: Any) -> tuple[str, Any]:
@@ -139,14 +138,16 @@ def _classify(sess: Any, folder: Path, limit: int | None, cache: dict) -> Accura
         chunk = images[i : i + step]
         if isinstance(spec.shape[0], int) and len(chunk) < step:  # fixed batch: pad the tail
             pad = np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            logits.append(sess.run({spec.name: np.concatenate([chunk, pad])})[sess.outputs[0].name][: len(chunk)])
+            logits.append(
+                sess.run({spec.name: np.concatenate([chunk, pad])})[sess.outputs[0].name][
+                    : len(chunk)
+                ]
+            )
         else:
             logits.append(sess.run({spec.name: chunk})[sess.outputs[0].name])
     scores = np.concatenate(logits).reshape(len(images), -1)
     acc = topk_accuracy(scores, labels, ks=(1, 5))
-    return Accuracy(
-        "classify", {"top1": acc[1], "top5": acc[5]}, len(labels), str(folder), name
-    )
+    return Accuracy("classify", {"top1": acc[1], "top5": acc[5]}, len(labels), str(folder), name)
 
 
 def _label_path(folder: Path, image: Path) -> Path:

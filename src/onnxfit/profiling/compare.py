@@ -33,9 +33,10 @@ from onnxfit.profiling.bench import (
     pin_cpus,
     static_figures,
 )
+from onnxfit.profiling.client import open_worker
 from onnxfit.profiling.stats import Summary, summarize
 from onnxfit.profiling.system import CpuMonitor, Noise
-from onnxfit.profiling.worker import RUNTIMES, open_worker
+from onnxfit.profiling.worker import RUNTIMES
 from onnxfit.targets import get_target
 
 logger = logging.getLogger(__name__)
@@ -290,11 +291,11 @@ def compare(
     mems: list[dict[str, Any]] = []
     ran: list[int] = []
     with contextlib.ExitStack() as stack:
-        workers = []
+        workers: list[Any] = []
         for i, p in enumerate(paths):
             if on_progress:
                 on_progress(0, total, f"loading {labels[i]}")
-            w = stack.enter_context(open_worker(isolated=isolated))
+            w: Any = stack.enter_context(open_worker(isolated=isolated))
             workers.append(w)
             infos.append(
                 w.call(
@@ -343,10 +344,14 @@ def compare(
             on_progress(total, total, "accuracy")
         accs = list(
             evaluate(
-                paths, eval_data, target=tgt.name, providers=providers, threads=threads,
+                paths,
+                eval_data,
+                target=tgt.name,
+                providers=providers,
+                threads=threads,
                 limit=eval_limit,
             )
-        )  # fmt: skip
+        )
     stats = []
     for i, p in enumerate(paths):
         info, mem = infos[i], mems[i]

@@ -7,16 +7,7 @@ event named ``<node>_kernel_time`` per node execution (``dur`` in microseconds, 
 drops the first ``skip_runs`` runs (warm-up), and sums per node: calls, total and mean time,
 share of the summed kernel time.
 
-:func:`join_cost` maps each profiled node back to the nodes of the model the cost model saw.
-ORT renames nodes it rewrites: ``relu_nchwc`` (a Conv+BN+Relu fused and converted to NCHWc, named
-after the last node fused or its output tensor), ``Conv_0_quant_token_1`` (a QDQ Conv turned into
-QLinearConv), ``Mul_43/QuickGeluFusion/``. The suffixes are stripped, the rest is looked up as a
-node name, then as an output tensor name, and the match grows upstream to the node of the
-kernel's base op type (Conv for FusedConv / QLinearConv / NCHWc Conv), so a fused kernel is
-credited with the FLOPs of every node it replaced. Nodes ORT inserted (``ReorderOutput``, layout
-``Transpose``) stay unmatched. For each matched node the table gives achieved FLOP/s and bytes/s
-(per call) against the roofline of the device that ran it: attainable = min(peak, intensity x
-bandwidth) (Williams et al., CACM 2009), and ``efficiency`` = achieved / attainable.
+:func:`onnxfit.profiling.opcost.join_cost` adds the cost model's figures to every row.
 
 Caveat: on the CUDA and DirectML providers kernel launches are asynchronous, so ``dur`` is host
 time to enqueue, not device time; the per-operator split is then only indicative.
@@ -27,45 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnx_ir as ir
-
 from onnxfit.errors import InputError
-from onnxfit.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
 
 _KERNEL = "_kernel_time"
-_SUFFIXES = re.compile(r"(_nchwc|_token_\d+|_quant|/[A-Za-z0-9]+Fusion/?|_fused)$")
-#: ORT kernel op type -> the ONNX op type of the node that carries its FLOPs
-BASE_OP = {
-    "FusedConv": "Conv",
-    "QLinearConv": "Conv",
-    "ConvInteger": "Conv",
-    "NhwcFusedConv": "Conv",
-    "NhwcConv": "Conv",
-    "FusedGemm": "Gemm",
-    "FusedMatMul": "MatMul",
-    "QLinearMatMul": "MatMul",
-    "MatMulInteger": "MatMul",
-    "MatMulIntegerToFloat": "MatMul",
-    "DynamicQuantizeMatMul": "MatMul",
-    "NhwcMaxPool": "MaxPool",
-    "QLinearAveragePool": "AveragePool",
-    "QLinearGlobalAveragePool": "GlobalAveragePool",
-    "QLinearAdd": "Add",
-    "QLinearMul": "Mul",
-    "QLinearConcat": "Concat",
-    "QLinearSigmoid": "Sigmoid",
-    "QLinearLeakyRelu": "LeakyRelu",
-    "QuickGelu": "Mul",
-}
-_MAX_FUSED = 6
 
 
 @dataclass(frozen=True)
@@ -262,7 +224,11 @@ def parse_profile(
     if skip_runs >= len(runs):
         raise InputError(f"cannot skip {skip_runs} of the profile's {len(runs)} runs")
     init = next(
-        (e for e in events if e.get("cat") == "Session" and e.get("name") == "session_initialization"),
+        (
+            e
+            for e in events
+            if e.get("cat") == "Session" and e.get("name") == "session_initialization"
+        ),
         None,
     )
     kept = runs[skip_runs:]
@@ -316,109 +282,4 @@ def parse_profile(
         kernel_s=tuple(kernel),
         skipped_runs=skip_runs,
         session_init_s=int(init["dur"]) / 1e6 if init else None,
-    )
-
-
-def base_name(name: str) -> str:
-    """A profiled node name with ORT's rewrite suffixes (``_nchwc``, ``_token_N``...) removed."""
-    prev = None
-    while prev != name:
-        prev, name = name, _SUFFIXES.sub("", name)
-    return name
-
-
-def match_nodes(op_names: Mapping[str, str], model: ir.Model) -> dict[str, list[ir.Node]]:
-    """Profiled node name -> the model nodes it stands for (see the module docstring).
-
-    ``op_names`` maps each profiled node to its ORT op type.
-    """
-    by_name = {str(n.name): n for n in model.graph if n.name}
-    by_output = {str(v.name): n for n in model.graph for v in n.outputs if v.name}
-    out: dict[str, list[ir.Node]] = {}
-    for name, op_type in op_names.items():
-        key = base_name(name)
-        node = by_name.get(name) or by_name.get(key) or by_output.get(key)
-        if node is None:
-            continue
-        base = BASE_OP.get(op_type, op_type)
-        group = [node]
-        cur = node
-        while cur.op_type != base and len(group) < _MAX_FUSED:
-            producers = [
-                v.producer() for v in cur.inputs if v is not None and v.producer() is not None
-            ]
-            if len(producers) != 1:
-                break
-            cur = producers[0]  # type: ignore[assignment]
-            group.append(cur)
-        if group[-1].op_type != base:
-            group = [node]
-        out[name] = list(reversed(group))
-    return out
-
-
-def join_cost(profile: OrtProfile, model: ir.Model, *, target: str | Target) -> OrtProfile:
-    """``profile`` with cost-model figures on every node that matches ``model``.
-
-    ``model`` must be the model that was profiled, shape-inferred at the profiled batch
-    (:func:`onnxfit.analysis.shapes.infer_shapes`); ``target`` is the device that ran it.
-    """
-    from onnxfit.analysis.cost import node_cost
-
-    tgt = get_target(target)
-    groups = match_nodes({o.node: o.op_type for o in profile.ops}, model)
-    rows = []
-    for o in profile.ops:
-        group = groups.get(o.node)
-        if not group:
-            rows.append(o)
-            continue
-        costs = [node_cost(n, tgt) for n in group]
-        flops = sum(c.flops for c in costs)
-        nbytes = costs[0].bytes if len(costs) == 1 else costs[0].bytes_read + costs[-1].bytes_written
-        prec = max((c.precision for c in costs), key=lambda p: ("fp32", "fp16", "int8").index(p))
-        peak = tgt.peak(prec)
-        bw = tgt.memory_bandwidth
-        bound = "compute" if flops / peak > nbytes / bw else "memory"
-        attainable = min(peak, flops / nbytes * bw) if nbytes else peak
-        ach_f = flops / o.mean_s if o.mean_s > 0 else None
-        ach_b = nbytes / o.mean_s if o.mean_s > 0 else None
-        if ach_f is not None and flops > 0:
-            eff: float | None = ach_f / attainable
-        elif ach_b is not None:
-            eff = ach_b / bw
-        else:
-            eff = None
-        rows.append(
-            replace(
-                o,
-                matched=tuple(str(n.name) for n in group),
-                flops=flops,
-                bytes=nbytes,
-                precision=prec,
-                bound=bound,
-                achieved_flops_s=ach_f,
-                achieved_bytes_s=ach_b,
-                attainable_flops_s=attainable,
-                efficiency=eff,
-            )
-        )
-    matched = {n for g in groups.values() for n in g}
-    missing = [n for n in model.graph if n not in matched and n.op_type not in _FREE]
-    notes = list(profile.notes)
-    if missing:
-        notes.append(
-            f"{len(missing)} model nodes have no profiled kernel of their own (fused away or "
-            f"constant-folded by ORT), e.g. {', '.join(repr(str(n.name)) for n in missing[:3])}"
-        )
-    return replace(profile, ops=tuple(rows), roofline_target=tgt.name, notes=tuple(notes))
-
-
-_FREE = frozenset({"Constant", "Shape", "Identity", "Dropout"})
-
-
-def device_target(provider: str) -> str:
-    """The built-in target describing the device a provider runs on (for the roofline)."""
-    return {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "xbox-series-s"}.get(
-        provider, "cpu"
     )

@@ -106,7 +106,7 @@ def _workload() -> float:
     """~1-2 ms of single-threaded work: numpy elementwise math and a Python loop (no BLAS,
     whose thread pool would start lazily and measure itself)."""
     t0 = time.perf_counter()
-    b = _A
+    b: np.ndarray = _A
     for _ in range(8):
         b = np.sqrt(np.abs(b) + 1.0) * 0.5
     acc = 0

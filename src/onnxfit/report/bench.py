@@ -101,7 +101,9 @@ def bench_rows(result: BenchResult) -> Rows:
         f"{Path(result.model).name}: {fmt_bytes(result.file_bytes)}, "
         f"{fmt_count(result.parameters)} parameters; percentiles by linear interpolation"
     )
-    return Rows(f"bench {Path(result.model).name} ({result.runtime})", headers, tuple(rows), caption)
+    return Rows(
+        f"bench {Path(result.model).name} ({result.runtime})", headers, tuple(rows), caption
+    )
 
 
 def bench_memory_rows(result: BenchResult) -> Rows:
@@ -237,7 +239,11 @@ def compare_rows(result: CompareResult) -> Rows:
         ("latency median", "latency", [fmt_time(m.latency.median) for m in ms]),
         ("latency p90", "", [fmt_time(m.latency.p90) for m in ms]),
         ("throughput (items/s)", "throughput", [f"{m.throughput:,.1f}" for m in ms]),
-        (f"projected on {result.target}", "projected", [fmt_time(m.static.projected_s) for m in ms]),
+        (
+            f"projected on {result.target}",
+            "projected",
+            [fmt_time(m.static.projected_s) for m in ms],
+        ),
         ("session creation", "", [fmt_time(m.session_s) for m in ms]),
     ]
     if any(m.device_bytes for m in ms):
@@ -329,7 +335,9 @@ def bench_tables(result: BenchResult, *, top: int = 15) -> list[Rows]:
     for b in result.batches:
         if b.profile is not None:
             prof = profile_rows(b.profile, top=top)
-            tables.append(Rows(f"batch {b.batch}: {prof.title}", prof.headers, prof.rows, prof.caption))
+            tables.append(
+                Rows(f"batch {b.batch}: {prof.title}", prof.headers, prof.rows, prof.caption)
+            )
             tables.append(op_type_rows(b.profile))
     return tables
 
@@ -360,7 +368,14 @@ def compare_markdown(result: CompareResult) -> str:
 def machine_rows(machine: dict) -> Rows:
     """The machine description as (field, value) rows."""
     rows = tuple(
-        (k, ", ".join(map(str, v)) if isinstance(v, list) else fmt_bytes(v) if k.endswith("bytes") else str(v))
+        (
+            k,
+            ", ".join(map(str, v))
+            if isinstance(v, list)
+            else fmt_bytes(v)
+            if k.endswith("bytes")
+            else str(v),
+        )
         for k, v in machine.items()
     )
     return Rows("machine", ("", "value"), rows)

@@ -25,7 +25,7 @@ from onnxfit.report.bench import (
     compare_rows,
     machine_rows,
 )
-from onnxfit.report.plots import Plot
+from onnxfit.report.plots import Plot, file_mode
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
@@ -33,7 +33,7 @@ max-width:1400px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3;white-space:normal;vertical-align:bottom}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafafa}
 caption{caption-side:bottom;text-align:left;font-size:12px;color:#555;padding-top:4px}
 figure{margin:12px 0}img{max-width:100%;border:1px solid #eee}
@@ -88,7 +88,7 @@ class HtmlPage:
     def render(self) -> str:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(self.title)}</h1>"
             f"<p>onnxfit {__version__}, {stamp}</p>" + "\n".join(self._parts) + "</body></html>\n"
@@ -107,7 +107,7 @@ class HtmlPage:
                 f.write(self.render())
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, file_mode())  # mkstemp creates 0600
             os.replace(tmp, out)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -3,8 +3,9 @@ per-operator time bars coloured by bound, and roofline charts.
 
 Each ``*_figure`` function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure` writes
 one atomically (temporary file in the same folder, then rename) and :func:`png_bytes` gives the
-PNG bytes for inlining in HTML. The memory-plan picture is
-:func:`onnxfit.report.memory.plot_memory_plan`.
+PNG bytes for inlining in HTML. Roofline charts are in :mod:`onnxfit.report.roofline`, the
+memory-plan picture is :func:`onnxfit.report.memory.plot_memory_plan`; :func:`bench_plots` and
+:func:`compare_plots` collect every picture of a result.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from typing import Any
 
 from onnxfit.errors import InputError
 from onnxfit.profiling.ortprofile import OrtProfile
-from onnxfit.targets import Target, get_target
 
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 BOUND_COLORS = {"compute": "tab:orange", "memory": "tab:blue", None: "0.6"}
-_PREC_STYLE = {"fp32": "-", "fp16": "--", "int8": ":"}
 
 
-def _figure(w: float, h: float) -> Any:
+def figure(w: float, h: float) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,6 +47,13 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file (0o666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` to ``path`` (.png/.svg/.pdf) atomically; returns the path."""
     out = check_plot_path(path)
@@ -57,6 +63,7 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
             fig.savefig(f, format=_FORMATS[out.suffix.lower()])
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -87,7 +94,7 @@ def latency_figure(series: Mapping[str, Sequence[float]], *, title: str = "Laten
 
     if not series:
         raise InputError("no latency samples to plot")
-    fig = _figure(11, 0.9 + 0.55 * max(3, len(series)) + 2.2)
+    fig = figure(11, 0.9 + 0.55 * max(3, len(series)) + 2.2)
     ax_cdf, ax_box = fig.subplots(1, 2, width_ratios=(3, 2))
     labels = list(series)
     data = [np.asarray(series[k], dtype=float) * 1e3 for k in labels]
@@ -105,9 +112,7 @@ def latency_figure(series: Mapping[str, Sequence[float]], *, title: str = "Laten
     import matplotlib
 
     mpl = tuple(int(v) for v in matplotlib.__version__.split(".")[:2])
-    horiz: dict[str, Any] = (
-        {"orientation": "horizontal"} if mpl >= (3, 10) else {"vert": False}
-    )
+    horiz: dict[str, Any] = {"orientation": "horizontal"} if mpl >= (3, 10) else {"vert": False}
     bp = ax_box.boxplot(data, whis=(1, 99), showfliers=True, patch_artist=True, **horiz)
     for i, patch in enumerate(bp["boxes"]):
         patch.set_facecolor(f"C{i}")
@@ -130,7 +135,7 @@ def op_time_figure(profile: OrtProfile, *, top: int = 25, title: str | None = No
     if not ops:
         raise InputError("the profile has no operators to plot")
     runs = max(1, profile.runs)
-    fig = _figure(11, 1.2 + 0.28 * len(ops))
+    fig = figure(11, 1.2 + 0.28 * len(ops))
     ax = fig.add_subplot()
     ys = range(len(ops))
     vals = [o.total_s / runs * 1e3 for o in ops]
@@ -152,117 +157,11 @@ def op_time_figure(profile: OrtProfile, *, top: int = 25, title: str | None = No
         loc="lower right",
     )
     ax.set_title(
-        title or f"Operator time ({profile.runs} runs; bound from the roofline of "
+        title
+        or f"Operator time ({profile.runs} runs; bound from the roofline of "
         f"{profile.roofline_target or '?'})",
         fontsize=10,
     )
-    return fig
-
-
-# ----------------------------------------------------------------------------- roofline
-
-
-@dataclass(frozen=True)
-class RooflinePoint:
-    """One operator on a roofline chart: intensity (FLOP/byte) and performance (FLOP/s)."""
-
-    label: str
-    intensity: float
-    flops_s: float
-    weight: float  # marker size: share of time
-    bound: str | None
-    precision: str = "fp32"
-
-
-def points_from_profile(profile: OrtProfile) -> list[RooflinePoint]:
-    """Measured points: every matched operator with FLOPs (achieved FLOP/s per call)."""
-    return [
-        RooflinePoint(o.node, o.intensity, o.achieved_flops_s, o.share, o.bound, o.precision or "fp32")
-        for o in profile.ops
-        if o.flops and o.intensity and o.achieved_flops_s
-    ]
-
-
-def points_from_cost(cost: Any) -> list[RooflinePoint]:
-    """Projected points from a :class:`~onnxfit.analysis.cost.CostReport`: where each node
-    would sit on the target (FLOPs / projected time without the dispatch overhead)."""
-    total = cost.time_s or 1.0
-    out = []
-    for n in cost.nodes:
-        if n.flops and n.bytes and n.time_s > 0:
-            out.append(
-                RooflinePoint(
-                    n.name, n.intensity, n.flops / n.time_s, n.time_s / total, n.bound, n.precision
-                )
-            )
-    return out
-
-
-def roofline_figure(
-    points: Sequence[RooflinePoint],
-    target: str | Target,
-    *,
-    title: str | None = None,
-    labels: int = 6,
-) -> Any:
-    """Log-log roofline of ``target`` (one roof per precision present) with ``points``."""
-    import numpy as np
-    from matplotlib.lines import Line2D
-
-    tgt = get_target(target)
-    fig = _figure(9, 6)
-    ax = fig.add_subplot()
-    xs = [p.intensity for p in points] or [1.0]
-    lo = min(min(xs) / 3, 0.1)
-    ridge = max(tgt.peak(p) for p in ("fp32", "fp16", "int8")) / tgt.memory_bandwidth
-    hi = max(max(xs) * 3, ridge * 4)
-    grid = np.logspace(np.log10(lo), np.log10(hi), 200)
-    precisions = sorted({p.precision for p in points} | {"fp32"}, key=list(_PREC_STYLE).index)
-    handles = []
-    for prec in precisions:
-        roof = np.minimum(tgt.peak(prec), grid * tgt.memory_bandwidth)
-        ax.plot(grid, roof, color="black", linestyle=_PREC_STYLE[prec], linewidth=1.2)
-        handles.append(
-            Line2D([], [], color="black", linestyle=_PREC_STYLE[prec],
-                   label=f"{prec} roof: {tgt.peak(prec) / 1e12:.2f} TFLOP/s")  # fmt: skip
-        )
-    for bound in ("compute", "memory"):
-        sel = [p for p in points if p.bound == bound]
-        if sel:
-            ax.scatter(
-                [p.intensity for p in sel],
-                [p.flops_s for p in sel],
-                s=[20 + 600 * p.weight for p in sel],
-                color=BOUND_COLORS[bound],
-                alpha=0.6,
-                edgecolors="black",
-                linewidths=0.4,
-            )
-            handles.append(
-                Line2D([], [], marker="o", linestyle="", color=BOUND_COLORS[bound],
-                       label=f"{bound}-bound ({len(sel)})")  # fmt: skip
-            )
-    placed: list[tuple[float, float]] = []
-    for p in sorted(points, key=lambda p: -p.weight):
-        if len(placed) >= labels:
-            break
-        x, y = np.log10(p.intensity), np.log10(p.flops_s)
-        if any(abs(x - a) < 0.35 and abs(y - b) < 0.12 for a, b in placed):
-            continue  # a label is already there: skip rather than overprint
-        placed.append((x, y))
-        ax.annotate(p.label[:28], (p.intensity, p.flops_s), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-    ax.set_ylabel("FLOP/s")
-    ax.grid(which="both", linewidth=0.3, alpha=0.5)
-    handles.append(
-        Line2D([], [], color="none",
-               label=f"bandwidth {tgt.memory_bandwidth / 1e9:.0f} GB/s; marker area: time share")  # fmt: skip
-    )
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
-    ax.set_title(title or f"Roofline: {tgt.name}", fontsize=10)
     return fig
 
 
@@ -303,6 +202,8 @@ def bench_plots(result: Any, *, model: Any = None, target: str | None = None) ->
     batch size; per batch with a profile, operator bars and the measured roofline; with the
     model (an ``onnx_ir.Model``), the projected roofline on the target and the memory plan of
     the first batch size."""
+    from onnxfit.report.roofline import points_from_profile, roofline_figure
+
     plots = [
         _plot(
             "latency",
@@ -316,7 +217,9 @@ def bench_plots(result: Any, *, model: Any = None, target: str | None = None) ->
     for b in result.batches:
         if b.profile is not None and b.profile.ops:
             plots.append(
-                _plot(f"ops-b{b.batch}", f"Operator time, batch {b.batch}", op_time_figure(b.profile))
+                _plot(
+                    f"ops-b{b.batch}", f"Operator time, batch {b.batch}", op_time_figure(b.profile)
+                )
             )
             pts = points_from_profile(b.profile)
             if pts and b.profile.roofline_target:
@@ -328,7 +231,8 @@ def bench_plots(result: Any, *, model: Any = None, target: str | None = None) ->
                         roofline_figure(
                             pts,
                             b.profile.roofline_target,
-                            title=f"Measured roofline ({b.profile.roofline_target}, batch {b.batch})",
+                            title=f"Measured roofline ({b.profile.roofline_target}, "
+                            f"batch {b.batch})",
                         ),
                     )
                 )
@@ -341,6 +245,7 @@ def model_plots(model: Any, *, batch: int, target: str, name: str = "") -> list[
     """The projected roofline on ``target`` and the memory plan of ``model`` at ``batch``."""
     from onnxfit.analysis.cost import analyze_cost
     from onnxfit.analysis.shapes import infer_shapes
+    from onnxfit.report.roofline import points_from_cost, roofline_figure
 
     out = []
     try:
@@ -401,6 +306,7 @@ def _write_bytes(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

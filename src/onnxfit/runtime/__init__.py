@@ -18,6 +18,14 @@ _EXPORTS: dict[str, str] = {
     "MemoryPool": "onnxfit.runtime.pool",
     "Block": "onnxfit.runtime.pool",
     "PoolStats": "onnxfit.runtime.pool",
+    "BatchEngine": "onnxfit.runtime.batching",
+    "EngineClosedError": "onnxfit.runtime.batching",
+    "TuningResult": "onnxfit.runtime.tuning",
+    "ResourceManager": "onnxfit.runtime.resources",
+    "Priority": "onnxfit.runtime.resources",
+    "Event": "onnxfit.runtime.resources",
+    "ProgressiveLoader": "onnxfit.runtime.progressive",
+    "SectionPlan": "onnxfit.runtime.sections",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import queue
 import threading
@@ -34,11 +35,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from onnxfit.errors import InputError
+from onnxfit.runtime.tuning import AUTO_SIZES, TuningResult, tune_batch_size
 
 logger = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
-AUTO_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
 
 class Runner(Protocol):
@@ -52,34 +53,6 @@ class Runner(Protocol):
 
 class EngineClosedError(RuntimeError):
     """The engine was closed before (or while) this request could run."""
-
-
-@dataclass(frozen=True)
-class BatchMeasurement:
-    """One batch size timed by the auto-tuner (median over ``runs`` runs after one warm-up)."""
-
-    batch: int
-    runs: int
-    median_ms: float
-    p90_ms: float
-    items_per_s: float
-    within_cap: bool
-
-
-@dataclass(frozen=True)
-class TuningResult:
-    """What ``batch_size="auto"`` measured and chose."""
-
-    chosen: int
-    latency_cap_ms: float | None
-    measurements: tuple[BatchMeasurement, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "chosen": self.chosen,
-            "latency_cap_ms": self.latency_cap_ms,
-            "measurements": [asdict(m) for m in self.measurements],
-        }
 
 
 @dataclass
@@ -181,13 +154,31 @@ class BatchEngine:
         if missing:
             raise InputError(f"{where}: missing input(s) {missing}", hint=f"inputs: {self._names}")
         out: Feeds = {}
-        for name in self._names:
+        for spec in self.session.inputs:
+            name = spec.name
             arr = np.asarray(item[name])
             if arr.ndim == 0 or arr.shape[0] != 1:
                 raise InputError(
                     f"{where}: input {name!r} has shape {arr.shape}; expected a leading batch "
                     "dimension of 1",
                     hint="add one with arr[None] (one item per dict)",
+                )
+            # checked here so that a bad item fails its own caller, not a whole dynamic batch
+            want = getattr(spec, "dtype", None)
+            if want is not None and want != np.dtype(np.void) and arr.dtype != want:
+                raise InputError(
+                    f"{where}: input {name!r} has dtype {arr.dtype}, expected {want}",
+                    hint=f"convert it with .astype(np.{np.dtype(want).name})",
+                )
+            shape = tuple(spec.shape)
+            bad = len(shape) != arr.ndim or any(
+                isinstance(d, int) and d != g
+                for d, g in zip(shape[1:], arr.shape[1:], strict=False)
+            )
+            if shape and bad:
+                raise InputError(
+                    f"{where}: input {name!r} has shape {list(arr.shape)}, expected "
+                    f"{['?' if d is None else d for d in shape]} (batch dimension 1)"
                 )
             out[name] = arr
         return out
@@ -246,43 +237,21 @@ class BatchEngine:
 
     # ------------------------------------------------------------------------ auto-tuning
     def tune(self, sample: Mapping[str, np.ndarray]) -> TuningResult:
-        """Time batch sizes 1, 2, 4, ... (<= max_batch) on ``sample`` and choose one.
-
-        Each size gets one warm-up run, then runs for about ``tune_seconds`` (at least 3). The
-        chosen size has the highest items/s among those whose median latency is within
-        ``latency_cap_ms`` (batch 1 when none is). Sizes stop growing once a size's median
-        exceeds the cap. The result is stored in :attr:`tuning` and returned.
-        """
+        """Time batch sizes 1, 2, 4, ... (<= max_batch) on ``sample`` and keep the best
+        (:func:`onnxfit.runtime.tuning.tune_batch_size`); stored in :attr:`tuning`."""
         item = self._check_item(sample)
         sizes = [s for s in AUTO_SIZES if s <= self.max_batch]
         if self.fixed_batch is not None:
             sizes = [self.fixed_batch]
-        cap = self.latency_cap_ms
-        measured: list[BatchMeasurement] = []
-        for b in sizes:
-            feeds = {k: np.repeat(v, b, axis=0) for k, v in item.items()}
-            self.session.run(feeds)  # warm-up (allocations, kernel selection)
-            times: list[float] = []
-            t_end = time.perf_counter() + self.tune_seconds
-            while len(times) < 3 or (time.perf_counter() < t_end and len(times) < 200):
-                t0 = time.perf_counter()
-                self.session.run(feeds)
-                times.append(time.perf_counter() - t0)
-            med = float(np.median(times)) * 1e3
-            p90 = float(np.percentile(times, 90)) * 1e3
-            ok = cap is None or med <= cap
-            measured.append(
-                BatchMeasurement(b, len(times), round(med, 4), round(p90, 4), b / med * 1e3, ok)
-            )
-            logger.debug("tune batch %d: %.3f ms median, %.1f items/s", b, med, b / med * 1e3)
-            if not ok:
-                break
-        fits = [m for m in measured if m.within_cap]
-        chosen = max(fits, key=lambda m: m.items_per_s).batch if fits else 1
-        self.batch_size = chosen
+        self.tuning = tune_batch_size(
+            self.session.run,
+            item,
+            sizes=sizes,
+            latency_cap_ms=self.latency_cap_ms,
+            seconds=self.tune_seconds,
+        )
+        self.batch_size = self.tuning.chosen
         self._auto_pending = False
-        self.tuning = TuningResult(chosen, cap, tuple(measured))
-        logger.info("auto batch size: %d (cap %s ms)", chosen, cap)
         return self.tuning
 
     # --------------------------------------------------------------- dynamic batching (async)
@@ -304,6 +273,7 @@ class BatchEngine:
                 )
                 weakref.finalize(self, self._queue.put, None)
                 self._worker.start()
+                _OPEN.add(self)
             self._queue.put(_Request(feeds, fut, _signature(feeds)))
         return fut
 
@@ -406,6 +376,17 @@ class BatchEngine:
         self.close()
 
 
+#: engines with a live worker, closed at interpreter exit (a daemon thread killed inside an ORT
+#: call at exit can abort the process)
+_OPEN: weakref.WeakSet[BatchEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_OPEN):
+        engine.close(timeout=5.0)
+
+
 def _worker_main(ref: weakref.ref[BatchEngine], q: queue.SimpleQueue[_Request | None]) -> None:
     """The worker thread: wait for a request, then let the engine batch and run it."""
     while True:
@@ -426,5 +407,10 @@ def _worker_main(ref: weakref.ref[BatchEngine], q: queue.SimpleQueue[_Request | 
                 engine._fail_pending()
                 return
             first = got
-        engine._process(first)
+        try:
+            engine._process(first)
+        except Exception:  # a bug here must not kill the worker and strand every caller
+            logger.exception("batch worker error")
+            if not first.future.done():
+                first.future.set_exception(RuntimeError("internal batch worker error"))
         del engine

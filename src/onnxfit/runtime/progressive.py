@@ -148,6 +148,7 @@ class ProgressiveLoader:
         self._load_seq = 0  # section loads started, in cyclic order
         self._run_seq = 0  # section runs finished, in cyclic order
         self._error: tuple[int, BaseException] | None = None
+        self._epoch = 0  # bumped when a failed run resets the streaming cycle
         try:
             for _ in range(min(preload, len(self.plan.sections))):
                 if not self._try_load_next(wait=False):
@@ -272,7 +273,7 @@ class ProgressiveLoader:
 
     def _can_load(self, index: int) -> bool:
         sec = self.plan.sections[index]
-        if index in self._sessions or index in self._loading:
+        if index in self._loading:
             return False
         if self._load_seq >= self._run_seq + len(self.plan.sections):
             return False  # never more than one cycle ahead of the runner
@@ -288,7 +289,7 @@ class ProgressiveLoader:
                 if self._closed or (self.plan.resident and self._load_seq >= n):
                     return False
                 index = self._load_seq % n
-                if self._can_load(index):
+                if index not in self._sessions and self._can_load(index):
                     break
                 if not wait:
                     return False
@@ -298,6 +299,7 @@ class ProgressiveLoader:
             self._load_seq += 1
             self._weights_loaded += sec.weight_bytes
             self._account(sec.weight_bytes)
+            epoch = self._epoch
         try:
             sess = self._build(index)
         except BaseException as exc:
@@ -310,8 +312,13 @@ class ProgressiveLoader:
             raise
         with self._cond:
             self._loading.discard(index)
-            self._sessions[index] = sess
             self.stats.loads += 1
+            if epoch != self._epoch:  # the cycle was reset while building: not wanted now
+                self._weights_loaded -= sec.weight_bytes
+                self._account(-sec.weight_bytes)
+                self._cond.notify_all()
+                return True
+            self._sessions[index] = sess
             self.stats.loaded_sections = sorted(self._sessions)
             self._cond.notify_all()
         logger.debug("section %d loaded (%.2f MiB)", index, sec.weight_bytes / 2**20)
@@ -336,6 +343,22 @@ class ProgressiveLoader:
             self._cond.notify_all()
         del sess
         malloc_trim()
+
+    def _reset_cycle(self, done: int) -> None:
+        """After a failed run (lock held): skip the rest of its cycle; a streamed plan drops the
+        sections loaded ahead so that the next run starts again from section 0."""
+        self._run_seq += len(self.plan.sections) - done
+        if not self.plan.resident:
+            self._epoch += 1
+            for index in list(self._sessions):
+                w = self.plan.sections[index].weight_bytes
+                del self._sessions[index]
+                self._weights_loaded -= w
+                self._account(-w)
+                self.stats.releases += 1
+            self.stats.loaded_sections = []
+            self._load_seq = self._run_seq
+        self._cond.notify_all()
 
     def _wait_for(self, index: int, timeout: float | None) -> ort.InferenceSession:
         with self._cond:
@@ -374,14 +397,16 @@ class ProgressiveLoader:
             )
         with self._run_lock:
             env: dict[str, np.ndarray] = {k: np.asarray(feeds[k]) for k in self._info.graph_inputs}
-            streamed = sum(a.nbytes for a in env.values())
+            held = sum(a.nbytes for a in env.values())  # what this run holds besides weights
             with self._cond:
-                self._account(streamed)
+                self._account(held)
+            done = 0
             try:
                 for sec in self.plan.sections:
                     sess = self._wait_for(sec.index, timeout)
                     with self._cond:  # the section's live activations replace the streamed ones
-                        self._account(sec.activation_bytes - streamed)
+                        self._account(sec.activation_bytes - held)
+                        held = sec.activation_bytes
                     try:
                         values = sess.run(list(sec.outputs), {t: env[t] for t in sec.inputs})
                     finally:
@@ -389,21 +414,24 @@ class ProgressiveLoader:
                     env.update(zip(sec.outputs, values, strict=True))
                     for t in [t for t in env if self._last_needed.get(t, -1) <= sec.index]:
                         del env[t]
-                    new_streamed = sum(a.nbytes for a in env.values())
+                    streamed = sum(a.nbytes for a in env.values())
                     with self._cond:
-                        self._account(new_streamed - sec.activation_bytes)
-                    streamed = new_streamed
+                        self._account(streamed - held)
+                        held = streamed
                     if not self.plan.resident:
                         self._release(sec.index)
                     with self._cond:
                         self._run_seq += 1
+                        done += 1
                         self._cond.notify_all()
                     self.stats.rss_peak_sampled_bytes = max(
                         self.stats.rss_peak_sampled_bytes, rss_bytes()
                     )
             finally:
                 with self._cond:
-                    self._account(-streamed)
+                    self._account(-held)
+                    if done < len(self.plan.sections):
+                        self._reset_cycle(done)
             self.stats.runs += 1
             return {o: env[o] for o in self._info.graph_outputs}
 

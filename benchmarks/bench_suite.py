@@ -1,0 +1,342 @@
+"""The published before/after table, reproduced on this host: plain ORT FP32 vs our variants.
+
+For each model — ResNet-18 and YOLOv3-tiny from :mod:`onnxfit.zoo` (seeded random weights: their
+accuracy means nothing, their sizes and speeds do) and the real models in ``../shared/data/models``
+(ShuffleNetV2 INT8 QDQ, YOLOX-Nano FP32) — the suite builds the optimized variants with
+``onnxfit.optimize`` (FP16 for the GPU target, INT8 for this CPU; calibration on the shared
+images) and runs :func:`onnxfit.profiling.compare.compare` on
+
+    baseline (plain onnxruntime, default options) | fp32 (onnxfit Session) | fp16 | int8
+
+interleaved in one run, each model in its own fresh process, with accuracy on the shared
+evaluation sets for the real models (top-1/top-5 on imagenet-sample, mAP on coco-sample).
+Until ``onnxfit.optimize`` exists the variants come from the ``fp16`` and ``int8`` passes.
+
+Run:   make bench                      (or .venv/bin/python benchmarks/bench_suite.py [--quick])
+Writes benchmarks/results/suite.md (+ suite.json with every figure and sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from onnxfit import io, zoo  # noqa: E402
+from onnxfit.errors import OnnxfitError  # noqa: E402
+from onnxfit.profiling.compare import CompareResult, compare  # noqa: E402
+from onnxfit.profiling.system import machine_description  # noqa: E402
+from onnxfit.report.bench import compare_markdown, machine_rows, markdown  # noqa: E402
+from onnxfit.report.common import fmt_bytes, fmt_time, markdown_table  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "suite.md"
+SHARED = Path(os.environ.get("ONNXFIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+log = logging.getLogger("bench_suite")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the suite: where it comes from and which data it uses."""
+
+    name: str
+    source: Callable[[Path], Path]
+    calibrate: Path | None
+    eval_data: Path | None
+    real: bool
+
+
+def _zoo(name: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        path = folder / f"{name}.onnx"
+        zoo.build_and_save(name, path, force=True)
+        return path
+
+    return build
+
+
+def _shared(file: str) -> Callable[[Path], Path]:
+    return lambda folder: SHARED / "models" / file
+
+
+def entries() -> list[Entry]:
+    imagenet = SHARED / "imagenet-sample"
+    coco = SHARED / "coco-sample"
+    have = (SHARED / "models").is_dir()
+    out = [
+        Entry(
+            "ResNet-18 (zoo)", _zoo("resnet18"), imagenet / "images" if have else None, None, False
+        ),
+        Entry(
+            "YOLOv3-tiny (zoo)",
+            _zoo("yolov3-tiny"),
+            coco / "images" / "val2017" if have else None,
+            None,
+            False,
+        ),
+    ]
+    if have:
+        out += [
+            Entry(
+                "ShuffleNetV2 (real, INT8 QDQ)",
+                _shared("shufflenet-v2-12-qdq.onnx"),
+                imagenet / "images",
+                imagenet,
+                True,
+            ),
+            Entry(
+                "YOLOX-Nano (real)",
+                _shared("yolox_nano.onnx"),
+                coco / "images" / "val2017",
+                coco,
+                True,
+            ),
+        ]
+    return out
+
+
+# ------------------------------------------------------------------------------- variants
+
+
+def _optimize_api() -> Callable[..., Any] | None:
+    try:
+        from onnxfit.optimizer import optimize
+    except ImportError:
+        return None
+    return optimize
+
+
+def make_variant(
+    src: Path,
+    out: Path,
+    *,
+    precision: str,
+    target: str,
+    calibrate: Path | None,
+    eval_data: Path | None,
+    quick: bool,
+) -> tuple[Path | None, str]:
+    """``src`` converted to ``precision``: via onnxfit.optimize when present, else the passes.
+
+    Returns (path or None, how it was made / why it failed).
+    """
+    optimize = _optimize_api()
+    if optimize is not None:
+        labels = (
+            eval_data if eval_data is not None and (eval_data / "labels.tsv").is_file() else None
+        )
+        try:
+            res = optimize(
+                src,
+                out,
+                target=target,
+                precision=precision,
+                calibrate=calibrate,
+                eval=labels,
+                calib_count=16 if quick else 100,
+                eval_count=50 if quick else None,
+                max_accuracy_drop=1.0,
+                measure_runs=0,
+                max_rounds=1 if quick else 4,
+                force=True,
+            )
+        except OnnxfitError as exc:
+            return None, f"onnxfit.optimize --precision {precision} failed: {exc.message}"
+        return (
+            out,
+            f"onnxfit.optimize(target={target}, precision={precision}): {res.plan.precision}",
+        )
+    return _via_passes(src, out, precision=precision, calibrate=calibrate, quick=quick)
+
+
+def _via_passes(
+    src: Path, out: Path, *, precision: str, calibrate: Path | None, quick: bool
+) -> tuple[Path | None, str]:
+    model = io.load(src)
+    try:
+        if precision == "fp16":
+            from onnxfit.passes.fp16 import Fp16Pass
+
+            Fp16Pass()(model)
+        else:
+            from onnxfit.passes.calibration import load_calibration
+            from onnxfit.passes.int8 import Int8StaticPass
+
+            data = load_calibration(model, calibrate, limit=16 if quick else 100)
+            Int8StaticPass(calibration=data)(model)
+    except (OnnxfitError, ImportError, TypeError) as exc:
+        return None, f"{precision} pass failed: {exc}"
+    io.save(model, out, force=True)
+    return out, f"onnxfit.passes {precision}"
+
+
+# ---------------------------------------------------------------------------------- suite
+
+
+def run_entry(entry: Entry, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    src = entry.source(folder)
+    paths: list[Path] = [src, src]
+    names = ["baseline: plain ORT", "fp32: onnxfit Session"]
+    how: list[str] = []
+    for precision, target in (("fp16", "xbox-series-s"), ("int8", "cpu")):
+        log.info("%s: making the %s variant", entry.name, precision)
+        out = folder / f"{src.stem}-{precision}.onnx"
+        made, note = make_variant(
+            src,
+            out,
+            precision=precision,
+            target=target,
+            calibrate=entry.calibrate,
+            eval_data=entry.eval_data,
+            quick=args.quick,
+        )
+        how.append(note)
+        if made is not None:
+            paths.append(made)
+            names.append(f"{precision}: onnxfit")
+    log.info("%s: comparing %d variants", entry.name, len(paths))
+    eval_limit = None
+    if entry.eval_data is not None and args.quick:
+        eval_limit = 100 if (entry.eval_data / "labels.tsv").is_file() else 16
+    result = compare(
+        paths,
+        target=args.target,
+        batch=1,
+        warmup=3 if args.quick else 10,
+        rounds=3 if args.quick else 10,
+        per_round=5 if args.quick else 10,
+        runtime=["ort"] + ["onnxfit"] * (len(paths) - 1),
+        names=names,
+        eval_data=entry.eval_data if not args.no_eval else None,
+        eval_limit=eval_limit,
+    )
+    return {
+        "name": entry.name,
+        "real": entry.real,
+        "variants": how,
+        "result": result,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def summary_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The published table's shape: baseline -> each variant, size / latency / memory."""
+    headers = [
+        "model",
+        "variant",
+        "file size",
+        "latency median (this CPU)",
+        "runtime memory (plan)",
+        "peak RSS",
+        "projected",
+        "accuracy",
+    ]
+    rows = []
+    for run in runs:
+        res: CompareResult = run["result"]
+        base = res.models[0]
+        for m, r in zip(res.models, res.ratios(), strict=True):
+            acc = "-"
+            if m.accuracy is not None:
+                key, val = m.accuracy.headline
+                acc = f"{key} {100 * val:.1f} %"
+                if m is not base and r["accuracy_pts"] is not None:
+                    acc += f" ({r['accuracy_pts']:+.1f} pts)"
+            same = m is base
+            rows.append(
+                [
+                    run["name"] if same else "",
+                    m.name,
+                    fmt_bytes(m.file_bytes) + ("" if same else f" ({r['file_size']:.2f}x)"),
+                    fmt_time(m.latency.median) + ("" if same else f" ({r['latency']:.2f}x)"),
+                    fmt_bytes(m.static.runtime_bytes)
+                    + (
+                        ""
+                        if same or r["runtime_memory"] is None
+                        else f" ({r['runtime_memory']:.2f}x)"
+                    ),
+                    fmt_bytes(m.peak_rss),
+                    fmt_time(m.static.projected_s),
+                    acc,
+                ]
+            )
+    return headers, rows
+
+
+def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> None:
+    machine = machine_description()
+    lines = [
+        "# Benchmark suite: plain onnxruntime FP32 vs onnxfit variants",
+        "",
+        f"Command: `.venv/bin/python benchmarks/bench_suite.py{' --quick' if args.quick else ''}`"
+        f" (`make bench`), {time.strftime('%Y-%m-%d %H:%M')}, {elapsed / 60:.1f} min.",
+        "",
+        "Every model's variants ran interleaved in one run (A x k, B x k, ...), each in its own "
+        "fresh process, batch 1; latency is measured on this CPU, `projected` is the roofline "
+        f"cost model on `{args.target}`. Ratios are vs the baseline, >1 is better. The zoo "
+        "models have seeded random weights: no accuracy for them. `peak RSS` is the whole "
+        "measuring process (Python + onnxruntime + the model); `runtime memory (plan)` is "
+        "weights + activation arena + inputs/outputs.",
+        "",
+        "## Summary",
+        "",
+        markdown_table(*summary_rows(runs)),
+        markdown(machine_rows(machine)),
+    ]
+    for run in runs:
+        res: CompareResult = run["result"]
+        lines += [f"## {run['name']}", ""]
+        lines += [f"- variant: {h}" for h in run["variants"]]
+        lines += ["", compare_markdown(res)]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = OUT.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, OUT)
+    data = {
+        "machine": machine,
+        "quick": args.quick,
+        "target": args.target,
+        "runs": [{**r, "result": r["result"].to_dict()} for r in runs],
+    }
+    tmpj = OUT.with_suffix(".json.tmp")
+    tmpj.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmpj, OUT.with_suffix(".json"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs and images")
+    parser.add_argument("--target", default="xbox-series-s", help="target of the projection")
+    parser.add_argument("--only", help="run only models whose name contains this text")
+    parser.add_argument("--no-eval", action="store_true", help="skip accuracy")
+    parser.add_argument("--keep", type=Path, help="keep the generated models in this folder")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    started = time.perf_counter()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="onnxfit-suite-") as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in entries():
+            if args.only and args.only.lower() not in entry.name.lower():
+                continue
+            log.info("== %s", entry.name)
+            runs.append(run_entry(entry, folder, args))
+            write_report(runs, args, time.perf_counter() - started)  # partial results survive
+    log.info("wrote %s", OUT)
+    print(OUT.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""``onnxfit optimize``: verified FP16 / INT8 / fusion passes, chosen per target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxfit.cli._common import (
+    console,
+    echo_json,
+    err_console,
+    guarded,
+    json_option,
+    progress,
+    target_option,
+)
+
+
+@click.command("optimize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Optimized model file; OUT.report.json and OUT.deploy.json go beside it.",
+)
+@target_option()
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="auto: FP16 for GPUs (xbox-*, cuda), INT8 for CPUs with VNNI, else FP32.",
+)
+@click.option(
+    "--calibrate",
+    type=click.Path(path_type=Path),
+    help="Image folder or .npy/.npz inputs: INT8 calibration, FP16 ranges, verification.",
+)
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=click.Path(path_type=Path),
+    help="Folder of images + labels.tsv: top-1/top-5 of both models, budget on accuracy.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="PTS",
+    help="Budget in points; over it, the worst layers stay in higher precision and it retries.",
+)
+@click.option("--passes", help="Comma-separated pass list replacing the default pipeline.")
+@click.option("--preset", help="Image preprocessing preset (imagenet, yolox, yolov3-tiny).")
+@click.option(
+    "--calib-count",
+    type=int,
+    default=100,
+    show_default=True,
+    metavar="N",
+    help="Calibration images used at most.",
+)
+@click.option("--eval-count", type=int, metavar="N", help="Evaluation images used at most.")
+@click.option(
+    "--method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="INT8 calibration method.",
+)
+@click.option(
+    "--max-rounds",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Back-off rounds at most (each doubles the layers kept in higher precision).",
+)
+@click.option(
+    "--measure-runs",
+    type=int,
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="Timed runs for the measured latency on this host (0: skip).",
+)
+@click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
+@click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
+@json_option
+@guarded
+def optimize(
+    model: Path,
+    output: Path,
+    target: str,
+    precision: str,
+    calibrate: Path | None,
+    eval_dir: Path | None,
+    max_accuracy_drop: float,
+    passes: str | None,
+    preset: str | None,
+    calib_count: int,
+    eval_count: int | None,
+    method: str,
+    max_rounds: int,
+    measure_runs: int,
+    force: bool,
+    markdown: bool,
+    as_json: bool,
+) -> None:
+    """Optimize MODEL for a target, verify it against the original, and write OUT.
+
+    The plan (precision and passes) is printed first. The optimized model is compared with the
+    original on --eval data (accuracy), else --calibrate data (top-1 / top-box agreement), else
+    seeded synthetic inputs (worst cosine >= 1 - PTS/100; the report says so). If it loses
+    more than --max-accuracy-drop, the layers hurting most stay in higher precision and it
+    retries; if no round is good enough, it stops with an error and writes nothing.
+
+    Writes OUT (atomically; never the input unless --force), OUT.report.json (plan, pass
+    stats, before/after, verification, blocked layers, data used) and OUT.deploy.json (the
+    session settings the target's runtime must use), where OUT.onnx gives OUT.report.json.
+
+    \b
+    Examples:
+      onnxfit optimize resnet18.onnx -o resnet18-xbox.onnx --target xbox-series-s
+      onnxfit optimize resnet18.onnx -o r18-int8.onnx --target cpu --calibrate images/
+      onnxfit optimize net.onnx -o net-fp16.onnx --precision fp16 --eval imagenet-sample/
+      onnxfit optimize int8.onnx -o fp16.onnx --target xbox-series-s   (dequantize -> fp16)
+      onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
+    """
+    from onnxfit.optimizer.options import OptimizeOptions
+    from onnxfit.optimizer.plan import build_plan
+    from onnxfit.optimizer.run import check_output
+    from onnxfit.optimizer.run import optimize as run_optimize
+    from onnxfit.report.optimize import render_optimize, render_plan, to_markdown
+    from onnxfit.targets import get_target
+
+    values: dict[str, Any] = {
+        "precision": precision,
+        "calibrate": calibrate,
+        "eval": eval_dir,
+        "max_accuracy_drop": max_accuracy_drop,
+        "passes": passes,
+        "preset": preset,
+        "calib_count": calib_count,
+        "eval_count": eval_count,
+        "method": method,
+        "max_rounds": max_rounds,
+        "measure_runs": measure_runs,
+    }
+    opts = OptimizeOptions.build(**values)
+    tgt = get_target(target)
+    check_output(model, output, force=force)
+    from onnxfit import io
+
+    the_plan = build_plan(io.load(model), tgt, opts)
+    if not as_json:
+        err_console.print(render_plan(the_plan))
+    with progress(not as_json) as bar:
+        task = bar.add_task("optimizing", total=None)
+
+        def on_progress(label: str, done: int, total: int | None) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+
+        result = run_optimize(
+            model, output, target=tgt, force=force, progress=on_progress, plan=the_plan, **values
+        )
+    if as_json:
+        echo_json(result.to_dict())
+    elif markdown:
+        click.echo(to_markdown(result))
+    else:
+        console.print(render_optimize(result))

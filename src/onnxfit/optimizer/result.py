@@ -1,0 +1,86 @@
+""":class:`OptimizeResult`: what ``onnxfit optimize`` did, measured and wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnxfit.optimizer.backoff import Attempt
+from onnxfit.optimizer.gate import GateResult
+from onnxfit.optimizer.plan import OptimizePlan
+from onnxfit.optimizer.stats import ModelStats
+from onnxfit.passes.base import PassReport
+from onnxfit.verify import VerifyResult
+
+
+@dataclass
+class OptimizeResult:
+    """The plan, each pass's stats, before/after figures, verification and outputs.
+
+    ``verification`` compares the written model with the original (ORT CPU);
+    ``gate_verification`` (when not None) is the comparison the budget was judged on: the
+    float16-storage emulation of an FP16 model, and/or against the dequantized float model.
+    ``kept_higher`` lists the nodes the back-off kept in higher precision; ``kept_float`` the
+    nodes a pass could not handle (name -> pass and reason).
+    """
+
+    model: str
+    output: str
+    report_path: str
+    deploy_path: str
+    target: str
+    options: dict[str, Any]
+    plan: OptimizePlan
+    passes: list[PassReport]
+    before: ModelStats
+    after: ModelStats
+    verification: VerifyResult
+    gate: GateResult
+    data: dict[str, Any]
+    attempts: list[Attempt] = field(default_factory=list)
+    kept_higher: list[str] = field(default_factory=list)
+    kept_float: dict[str, str] = field(default_factory=dict)
+    gate_verification: VerifyResult | None = None
+    deploy: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def precision(self) -> str:
+        return self.plan.precision
+
+    @property
+    def size_ratio(self) -> float:
+        """Optimized file size over the original's."""
+        return self.after.file_bytes / self.before.file_bytes if self.before.file_bytes else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "output": self.output,
+            "report": self.report_path,
+            "deploy": self.deploy_path,
+            "target": self.target,
+            "precision": self.precision,
+            "options": dict(self.options),
+            "plan": self.plan.to_dict(),
+            "passes": [p.to_dict() for p in self.passes],
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "size_ratio": self.size_ratio,
+            "verification": self.verification.to_dict(),
+            "gate": self.gate.to_dict(),
+            "gate_verification": (
+                self.gate_verification.to_dict() if self.gate_verification is not None else None
+            ),
+            "data": dict(self.data),
+            "backoff": {
+                "rounds": max(0, len(self.attempts) - 1),
+                "attempts": [a.to_dict() for a in self.attempts],
+                "kept_higher_precision": list(self.kept_higher),
+            },
+            "kept_float": dict(self.kept_float),
+            "deploy_settings": dict(self.deploy),
+            "notes": list(self.notes),
+            "elapsed_s": self.elapsed_s,
+        }

@@ -1,0 +1,88 @@
+"""Before/after figures of a model: size, parameters, FLOPs, memory, latency (projected and
+measured).
+
+Static figures come from :func:`onnxfit.analysis.inspect.inspect` at batch 1 (parameters,
+GFLOPs, the activation arena of the greedy-by-size memory plan, weights + arena + IO, the
+roofline latency on the target at the model's own precision). The measured latency is
+onnxruntime's CPU provider on *this host*: ``warmup`` untimed runs, then the median of
+``runs`` timed runs of one sample (a short, noisy measure; ``benchmarks/`` has the careful one).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxfit.targets import Target
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelStats:
+    """One model's figures for the before/after table (bytes, seconds, counts)."""
+
+    precision: str
+    file_bytes: int
+    params: int
+    flops: int
+    weight_bytes: int
+    arena_bytes: int
+    runtime_bytes: int
+    projected_latency_s: float
+    fits: bool
+    nodes: int
+    measured_latency_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_stats(model: ir.Model, *, target: Target, file_bytes: int, precision: str) -> ModelStats:
+    """Static figures of ``model`` on ``target`` (``file_bytes`` measured by the caller)."""
+    from onnxfit.analysis.inspect import inspect
+
+    result = inspect(model, target=target, batch=1)
+    return ModelStats(
+        precision=precision,
+        file_bytes=int(file_bytes),
+        params=int(result.params),
+        flops=int(result.flops),
+        weight_bytes=int(result.weight_bytes),
+        arena_bytes=int(result.memory.arena_bytes),
+        runtime_bytes=int(result.runtime_bytes),
+        projected_latency_s=float(result.latency_s),
+        fits=bool(result.fits),
+        nodes=int(result.num_nodes),
+    )
+
+
+def one_sample(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first sample of a feed (batch axis kept)."""
+    return {k: np.ascontiguousarray(v[:1]) for k, v in feed.items()}
+
+
+def measure_latency(
+    model: ir.Model, feed: Mapping[str, np.ndarray], *, runs: int = 20, warmup: int = 3
+) -> float | None:
+    """Median seconds per run of ``model`` on ``feed`` in ORT's CPU provider (None: runs=0)."""
+    if runs <= 0:
+        return None
+    from onnxfit.runtime.session import Session
+
+    with Session(model, target="cpu") as sess:
+        for _ in range(warmup):
+            sess.run(feed)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(feed)
+            times.append(time.perf_counter() - t0)
+    return float(statistics.median(times))

@@ -1,0 +1,495 @@
+"""``prune-channels``: remove whole output channels of Conv layers (structured, one-shot).
+
+Scores -> selection -> rewrite (DESIGN habit 3):
+
+1. :func:`onnxfit.passes.prune_groups.analyze` finds the channel sets that must go together
+   (union-find over residual Adds, Concat offsets, depthwise convs...) and the locked ones
+   (reaching a graph output, a channel shuffle, an unknown op...);
+2. each source channel is scored by the L1 (or L2) norm of its filter, times
+   ``|gamma| / sqrt(var + eps)`` when a BatchNormalization reads the conv directly, divided by
+   the layer's mean score (:mod:`onnxfit.passes.scores`); a set's score is the mean of its
+   members';
+3. :func:`plan_channels` picks the sets to remove: per coupling **group** (the convs whose
+   channels are united, e.g. every conv writing one residual stream) ``round(ratio x sets)``
+   of the lowest-scoring (``scope="layer"``, the default), or the lowest ``round(ratio x all)``
+   over the model (``scope="global"``, no group above ``max_ratio``), or one ratio per group
+   (``ratios``, the budget mode's output). ``multiple_of`` (8 by default; 1 for the exact ratio)
+   rounds every group's kept count to the nearest multiple (kernels run channel blocks of 8 or
+   16: onnxruntime's NCHWc CPU layout, GPU tensor cores; on the zoo ResNet-18 at ratio 0.3 the
+   rounded model ran ~1.2x faster than the exact one on this CPU); a group always keeps
+   ``min_channels`` and at least ``1 - max_ratio`` of its channels;
+4. :func:`apply_plan` rewrites the model: producer filters and biases, consumer input channels
+   (next conv, BatchNormalization parameters, per-channel constants, Gemm / MatMul rows after
+   flatten or pooling), depthwise ``group``, Split sizes, Slice bounds, Reshape constants and
+   the shapes of every touched value.
+
+What the pruned model computes, exactly: the dense model in which every removed channel is
+replaced by zero where it is *consumed* by a layer that mixes channels (the input of the next
+Conv / Gemm / MatMul), i.e. after its BatchNormalization / activation / residual group —
+not zero at the conv output (a BN after it would turn a zero into ``beta - mean x gamma /
+sqrt(var + eps)``). Network outputs never change shape: channels reaching a graph output are
+locked; ``exclude_first=True`` locks the output channels of the first convs too (those reading
+the graph input: every later layer depends on them — on ShuffleNetV2 removing 8 of the stem's
+24 channels alone cost all of the top-1 — but on ResNet-18 they are the whole first residual
+stream, the largest activations, so it is off by default; the budget mode's scan finds such
+groups by itself). No fine-tuning follows (one-shot): accuracy is what removal alone leaves.
+
+With calibration ``feeds`` (a few images) the choice and the rewrite use data
+(:mod:`onnxfit.passes.prune_compensate`): channel sets are ranked by the output energy the
+consuming layers lose without them (``var(x_c) x ||W[:, c]||^2``), and with ``compensate``
+(default) each removed channel's mean is folded into the consumer's bias (mean replacement
+instead of zero). Without feeds the pruned model equals the zero-forced reference below.
+
+Portable: a smaller dense model of the same ops. Stats: ``channels_before`` /
+``channels_after`` (output channels of all source convs), ``groups_pruned``, ``params_before``
+/ ``params_after`` (initializer elements), ``locked`` (convs that cannot lose channels).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from onnxfit.errors import InputError
+from onnxfit.passes import scores as sc
+from onnxfit.passes.base import OnnxfitPass
+from onnxfit.passes.prune_groups import ChannelGraph, analyze
+
+logger = logging.getLogger(__name__)
+
+Scope = Literal["global", "layer"]
+
+
+@dataclass
+class CouplingGroup:
+    """Convs whose output channels are united, and the channel sets they share."""
+
+    label: str
+    convs: list[str]
+    sets: np.ndarray  # prunable root ids, best score last
+    scores: np.ndarray  # one per set, same order
+    locked_sets: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "convs": list(self.convs),
+            "sets": int(self.sets.size),
+            "locked_sets": self.locked_sets,
+        }
+
+
+@dataclass
+class ChannelPlan:
+    """Which channel sets go: ``removed`` holds root ids; per conv, the output channels lost."""
+
+    graph: ChannelGraph
+    groups: list[CouplingGroup]
+    removed: set[int] = field(default_factory=set)
+    #: activation (mean, variance) per consumed tensor, when the plan was made with data
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def removed_mask(self, ids: np.ndarray) -> np.ndarray:
+        roots = np.array([self.graph.uf.find(int(i)) for i in ids], np.int64)
+        return np.isin(roots, np.fromiter(self.removed, np.int64, len(self.removed)))
+
+    def removed_channels(self) -> dict[str, list[int]]:
+        """Conv name -> indices of its removed output channels (sources only)."""
+        out: dict[str, list[int]] = {}
+        for s in self.graph.sources:
+            gone = np.nonzero(self.removed_mask(s.ids))[0]
+            if gone.size:
+                out[str(s.node.name)] = [int(i) for i in gone]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "groups": [g.to_dict() for g in self.groups],
+            "removed_channels": self.removed_channels(),
+        }
+
+
+def _shapes(model: ir.Model) -> dict[str, list[int]]:
+    from onnxfit.analysis.shapes import infer_shapes
+    from onnxfit.errors import OnnxfitError
+
+    try:
+        shaped = infer_shapes(model, batch=1)
+    except OnnxfitError as exc:
+        logger.warning("prune-channels: shape inference failed (%s); using stored shapes", exc)
+        return {}
+    out = {}
+    for node in shaped.graph:
+        for v in node.outputs:
+            if v.shape is not None and all(isinstance(d, int) for d in v.shape.dims):
+                out[str(v.name)] = [int(d) for d in v.shape.dims]  # type: ignore[arg-type]
+    for v in shaped.graph.inputs:
+        if v.shape is not None and all(isinstance(d, int) for d in v.shape.dims):
+            out[str(v.name)] = [int(d) for d in v.shape.dims]  # type: ignore[arg-type]
+    return out
+
+
+def _bn_scale(conv: ir.Node) -> np.ndarray | None:
+    users = list(conv.outputs[0].uses())
+    if len(users) != 1 or users[0].node.op_type != "BatchNormalization":
+        return None
+    bn = users[0].node
+    arrs = [ir.convenience.get_const_tensor(v) if v is not None else None for v in bn.inputs[1:5]]
+    if any(a is None for a in arrs):
+        return None
+    gamma, _, _, var = (np.asarray(a.numpy(), np.float64) for a in arrs)  # type: ignore[union-attr]
+    eps = bn.attributes["epsilon"].value if "epsilon" in bn.attributes else 1e-5
+    return gamma / np.sqrt(var + eps)
+
+
+def _groups(
+    cg: ChannelGraph, norm: sc.Norm, data_scores: np.ndarray | None = None
+) -> list[CouplingGroup]:
+    uf = cg.uf
+    roots = uf.roots()
+    elem_score = np.full(len(roots), np.nan)
+    owner: dict[int, int] = {}  # root -> index of a source (to join sources into groups)
+    parent = list(range(len(cg.sources)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for k, s in enumerate(cg.sources):
+        w = ir.convenience.get_const_tensor(s.node.inputs[1])  # type: ignore[arg-type]
+        assert w is not None
+        elem_score[s.ids] = sc.normalized(
+            sc.channel_norms(w.numpy(), norm=norm, scale=_bn_scale(s.node))
+        )
+        for r in set(roots[s.ids].tolist()):
+            if r in owner:
+                a, b = find(k), find(owner[r])
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[r] = k
+    members: dict[int, list[int]] = {}
+    for k in range(len(cg.sources)):
+        members.setdefault(find(k), []).append(k)
+    scored = ~np.isnan(elem_score)
+    sums = np.bincount(roots[scored], weights=elem_score[scored], minlength=len(roots))
+    counts = np.bincount(roots[scored], minlength=len(roots))
+    root_score = sums / np.maximum(counts, 1)
+    groups = []
+    for ks in members.values():
+        names = [str(cg.sources[k].node.name) for k in ks]
+        rs = np.unique(np.concatenate([roots[cg.sources[k].ids] for k in ks]))
+        locked = np.array([uf.locked[int(r)] for r in rs], bool)
+        free = rs[~locked]
+        if not free.size:
+            continue  # every channel locked: nothing to choose here (see ``locked_convs``)
+        if data_scores is not None and np.isfinite(data_scores[free]).all():
+            root_score[free] = sc.normalized(data_scores[free])
+        order = np.argsort(root_score[free], kind="stable")
+        label = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1})"
+        groups.append(
+            CouplingGroup(label, names, free[order], root_score[free][order], int(locked.sum()))
+        )
+    return groups
+
+
+def _cap(group: CouplingGroup, max_ratio: float, min_channels: int) -> int:
+    total = group.sets.size + group.locked_sets
+    keep_min = max(min_channels, total - int(max_ratio * total), group.locked_sets)
+    return max(0, min(group.sets.size, total - keep_min))
+
+
+def _rounded(group: CouplingGroup, k: int, multiple_of: int, cap: int) -> int:
+    """``k`` adjusted so that the kept count is the nearest multiple of ``multiple_of``."""
+    total = group.sets.size + group.locked_sets
+    if multiple_of <= 1 or k == 0 or total < multiple_of:
+        return k
+    kept = max(multiple_of, math.floor((total - k) / multiple_of + 0.5) * multiple_of)
+    return max(0, min(cap, total - kept))
+
+
+def plan_channels(
+    model: ir.Model,
+    *,
+    ratio: float | None = 0.3,
+    scope: Scope = "layer",
+    ratios: Mapping[str, float] | None = None,
+    norm: sc.Norm = "l1",
+    max_ratio: float = 0.9,
+    min_channels: int = 1,
+    multiple_of: int = 8,
+    exclude: Sequence[str] = (),
+    exclude_first: bool = False,
+    feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> ChannelPlan:
+    """Analyze ``model`` and choose the channel sets to remove (the model is not changed).
+
+    ``ratios`` maps a group label or any of its conv names to a ratio; only those groups lose
+    channels then. With calibration ``feeds`` the sets are ranked by what removing them costs
+    the layers that read them (:func:`~onnxfit.passes.prune_compensate.activation_scores`)
+    instead of by filter norms. See the module docstring for the rest.
+    """
+    if scope not in ("global", "layer"):
+        raise InputError(f"unknown scope {scope!r}", hint="use 'global' or 'layer'")
+    for name, r in [("ratio", ratio or 0.0), ("max_ratio", max_ratio)]:
+        if not 0.0 <= r < 1.0:
+            raise InputError(f"{name} must be in [0, 1), got {r}", hint=f"{name}=0.3")
+    excluded = list(exclude)
+    if exclude_first:
+        from onnxfit.passes.prune import boundary_nodes
+
+        first, _ = boundary_nodes(model.graph)
+        excluded += [str(n.name) for n in first if n.op_type == "Conv"]
+    cg = analyze(model, shapes=_shapes(model), exclude=excluded)
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    data_scores = None
+    if feeds:
+        from onnxfit.passes import prune_compensate as pc
+
+        stats = pc.activation_stats(model, feeds, pc.mixed_inputs(cg))
+        data_scores = pc.activation_scores(cg, stats)
+    groups = _groups(cg, norm, data_scores)
+    caps = [_cap(g, max_ratio, min_channels) for g in groups]
+    counts: list[int]
+    if ratios is not None:
+        counts = []
+        for g, cap in zip(groups, caps, strict=True):
+            r = next((ratios[k] for k in (g.label, *g.convs) if k in ratios), 0.0)
+            counts.append(min(cap, sc.exact_count(float(r), g.sets.size + g.locked_sets)))
+    elif scope == "layer":
+        counts = [
+            min(cap, sc.exact_count(ratio or 0.0, g.sets.size + g.locked_sets))
+            for g, cap in zip(groups, caps, strict=True)
+        ]
+    else:
+        total = sum(g.sets.size for g in groups)
+        k = min(sc.exact_count(ratio or 0.0, total), sum(caps))
+        counts = sc.prune_counts([g.scores for g in groups], k, caps)
+    plan = ChannelPlan(cg, groups, stats=stats)
+    for g, k, cap in zip(groups, counts, caps, strict=True):
+        k = _rounded(g, k, multiple_of, cap)
+        plan.removed.update(int(r) for r in g.sets[:k])
+    return plan
+
+
+# ---------------------------------------------------------------------------- rewrite
+
+
+def _set_input(node: ir.Node, index: int, array: np.ndarray) -> None:
+    value = node.inputs[index]
+    assert value is not None
+    graph = node.graph
+    assert graph is not None
+    tensor = ir.tensor(array)
+    if value.is_initializer() and len(value.uses()) == 1 and not value.is_graph_input():
+        tensor.name = value.name
+        value.const_value = tensor
+        value.shape = ir.Shape(array.shape)
+        return
+    base, i, name = f"{value.name}.pruned", 0, f"{value.name}.pruned"
+    while name in graph.initializers:
+        i += 1
+        name = f"{base}_{i}"
+    tensor.name = name
+    new = ir.Value(
+        name=name,
+        const_value=tensor,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+    )
+    graph.register_initializer(new)
+    node.replace_input_with(index, new)
+
+
+def _const_or_attr_ints(node: ir.Node, attr: str, index: int) -> tuple[np.ndarray | None, bool]:
+    if attr in node.attributes:
+        return np.asarray(node.attributes[attr].value, np.int64), True
+    if len(node.inputs) > index and node.inputs[index] is not None:
+        t = ir.convenience.get_const_tensor(node.inputs[index])  # type: ignore[arg-type]
+        return (None if t is None else np.asarray(t.numpy(), np.int64)), False
+    return None, False
+
+
+def apply_plan(model: ir.Model, plan: ChannelPlan) -> int:
+    """Rewrite ``model`` to drop the planned channels; the number of values reshaped."""
+    cg = plan.graph
+    if not plan.removed:
+        return 0
+    roots = cg.uf.roots()
+    gone = np.zeros(len(roots), bool)
+    gone[list(plan.removed)] = True
+
+    def keep(ids: np.ndarray) -> np.ndarray:
+        return ~gone[roots[ids]]
+
+    for s in cg.slices:
+        k = keep(s.ids)
+        if k.all():
+            continue
+        t = ir.convenience.get_const_tensor(s.node.inputs[s.index])  # type: ignore[arg-type]
+        assert t is not None
+        _set_input(s.node, s.index, np.take(np.asarray(t.numpy()), np.nonzero(k)[0], s.axis))
+    for e in cg.edits:
+        k = keep(e.ids)
+        if k.all():
+            continue
+        node = e.node
+        if e.kind == "group":
+            node.attributes["group"] = ir.AttrInt64("group", int(k.sum()))
+        elif e.kind == "split":
+            sizes = np.array([int(keep(p).sum()) for p in e.parts], np.int64)
+            if "split" in node.attributes:
+                node.attributes["split"] = ir.AttrInt64s("split", sizes.tolist())
+            elif len(node.inputs) > 1 and node.inputs[1] is not None:
+                _set_input(node, 1, sizes)
+            else:  # equal split by num_outputs: make the sizes explicit
+                node.attributes.pop("num_outputs", None)
+                if model.opset_imports.get("", 13) >= 13:
+                    shape = np.array(sizes)
+                    graph = node.graph
+                    assert graph is not None
+                    name = f"{node.name}.split_sizes"
+                    v = ir.Value(name=name, const_value=ir.tensor(shape, name=name))
+                    graph.register_initializer(v)
+                    node.resize_inputs(2)
+                    node.replace_input_with(1, v)
+                else:
+                    node.attributes["split"] = ir.AttrInt64s("split", sizes.tolist())
+        elif e.kind == "slice":
+            start, stop = e.span
+            new_start, new_stop = int(k[:start].sum()), int(k[:stop].sum())
+            starts, _ = _const_or_attr_ints(node, "starts", 1)
+            ends, _ = _const_or_attr_ints(node, "ends", 2)
+            assert starts is not None and ends is not None
+            starts, ends = starts.copy(), ends.copy()
+            starts[e.pos], ends[e.pos] = new_start, new_stop
+            _set_input(node, 1, starts)
+            _set_input(node, 2, ends)
+        elif e.kind == "reshape":
+            target, _ = _const_or_attr_ints(node, "shape", 1)
+            assert target is not None
+            if target.size > 1 and target[1] > 0:
+                target = target.copy()
+                target[1] = int(k.sum()) * e.repeat
+                _set_input(node, 1, target)
+    changed = 0
+    for value, ids in cg.values.items():
+        k = keep(ids)
+        if k.all() or value.shape is None or len(value.shape) < 2:
+            continue
+        dims = list(value.shape.dims)
+        dims[1] = int(k.sum())
+        value.shape = ir.Shape(dims)
+        changed += 1
+    return changed
+
+
+def locked_convs(plan: ChannelPlan) -> list[str]:
+    """Names of the source convs none of whose channels can be removed."""
+    uf = plan.graph.uf
+    out = [
+        str(s.node.name)
+        for s in plan.graph.sources
+        if all(uf.locked[uf.find(int(i))] for i in s.ids)
+    ]
+    return sorted(set(out) | set(plan.graph.locked_sources))
+
+
+def count_elements(model: ir.Model) -> int:
+    return sum(
+        int(v.const_value.size)
+        for v in model.graph.initializers.values()
+        if v.const_value is not None
+    )
+
+
+class PruneChannelsPass(OnnxfitPass):
+    """Remove the lowest-scoring Conv output channels (see the module docstring);
+    ``self.plan`` is the last run's :class:`ChannelPlan`."""
+
+    name = "prune-channels"
+    portable = True
+
+    def __init__(
+        self,
+        *,
+        ratio: float | None = 0.3,
+        scope: Scope = "layer",
+        ratios: Mapping[str, float] | None = None,
+        norm: sc.Norm = "l1",
+        max_ratio: float = 0.9,
+        min_channels: int = 1,
+        multiple_of: int = 8,
+        exclude: Sequence[str] = (),
+        exclude_first: bool = False,
+        feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+        compensate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.ratio = ratio
+        self.scope = scope
+        self.ratios = dict(ratios) if ratios is not None else None
+        self.norm = norm
+        self.max_ratio = max_ratio
+        self.min_channels = min_channels
+        self.multiple_of = multiple_of
+        self.exclude = tuple(exclude)
+        self.exclude_first = exclude_first
+        self.compensate = compensate
+        self._feeds = list(feeds) if feeds is not None else None  # not shown in repr
+        self.plan: ChannelPlan | None = None
+
+    def run(self, model: ir.Model) -> bool:
+        params_before = count_elements(model)
+        plan = plan_channels(
+            model,
+            ratio=self.ratio,
+            scope=self.scope,
+            ratios=self.ratios,
+            norm=self.norm,
+            max_ratio=self.max_ratio,
+            min_channels=self.min_channels,
+            multiple_of=self.multiple_of,
+            exclude=self.exclude,
+            exclude_first=self.exclude_first,
+            feeds=self._feeds,
+        )
+        self.plan = plan
+        before = sum(len(s.ids) for s in plan.graph.sources)
+        removed = plan.removed_channels()
+        if self.compensate and removed and plan.stats:
+            from onnxfit.passes.prune_compensate import compensate
+
+            self.stats["compensated"] = compensate(plan, plan.stats)
+        apply_plan(model, plan)
+        if removed:
+            common.RemoveUnusedNodesPass()(model)
+        after = before - sum(len(v) for v in removed.values())
+        for name, chans in removed.items():
+            logger.debug("prune-channels: %s loses %d channels", name, len(chans))
+        self.stats.update(
+            channels_before=before,
+            channels_after=after,
+            groups_pruned=sum(
+                1 for g in plan.groups if any(int(r) in plan.removed for r in g.sets)
+            ),
+            params_before=params_before,
+            params_after=count_elements(model),
+            locked=locked_convs(plan),
+        )
+        logger.info(
+            "prune-channels: %d -> %d conv output channels, %d -> %d parameters",
+            before,
+            after,
+            params_before,
+            self.stats["params_after"],
+        )
+        return bool(removed)

@@ -1,0 +1,427 @@
+"""Pruning under an accuracy budget: a per-layer sensitivity scan, then per-layer ratios.
+
+Pruning here is **one-shot**: weights or channels are removed by magnitude and nothing is
+retrained or fine-tuned afterwards, so the accuracy a ratio costs is what removal alone costs.
+The budget mode therefore measures instead of guessing:
+
+1. :func:`sensitivity_scan` prunes each layer *alone* (unstructured: one weight tensor; channels:
+   one coupling group of :mod:`onnxfit.passes.prune_channels`) at each ratio of a grid and
+   evaluates the model with a :class:`Metric` (top-1 accuracy on labelled images, mAP@0.5 on a
+   detection set, or top-1 agreement with the original model), giving a table of drops;
+2. :func:`fit_budget` turns the table into per-layer ratios: for a tolerance ``t``, each layer
+   gets the largest ratio whose drop — and that of every smaller ratio — is ``<= t``; the
+   combination is evaluated, and ``t`` goes from ``2 x budget`` down (x1, /2, /4, /8, 0) until
+   the combined drop is within ``max_drop``. The first combination that holds is kept (the
+   most aggressive one tried); when none does, nothing is pruned.
+
+Every figure is in points (percent): a drop is ``baseline - score``. Evaluating on a subset
+during the scan and on the full set for the final check is the caller's choice (two metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxfit import io
+from onnxfit.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["unstructured", "channels"]
+ProgressFn = Callable[[int, int, str], None]
+#: default grids: fractions of the requested maximum ratio
+GRID_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named score of a model in points, higher is better (e.g. top-1 in %)."""
+
+    name: str
+    evaluate: Callable[[ir.Model], float]
+
+
+def clone(model: ir.Model) -> ir.Model:
+    """A deep copy (through protobuf), without the source-path marker."""
+    copy = io.from_proto(io.to_proto(model))
+    copy.meta.clear()
+    return copy
+
+
+# ---------------------------------------------------------------------------- layers / apply
+
+
+def layers(model: ir.Model, kind: Kind, **options: Any) -> list[tuple[str, int]]:
+    """(label, size) of every prunable layer: weight tensors (size: weights) for unstructured,
+    coupling groups with removable channels (size: channel sets) for channels."""
+    if kind == "unstructured":
+        from onnxfit.passes.prune import find_weights
+
+        wanted = ("exclude_first", "exclude_last", "exclude")
+        refs, _ = find_weights(model, **{k: v for k, v in options.items() if k in wanted})
+        return [(r.name, r.size) for r in refs]
+    if kind == "channels":
+        from onnxfit.passes.prune_channels import plan_channels
+
+        keys = ("norm", "exclude")
+        plan = plan_channels(model, ratio=0.0, **{k: v for k, v in options.items() if k in keys})
+        return [(g.label, int(g.sets.size)) for g in plan.groups if g.sets.size]
+    raise InputError(f"unknown pruning kind {kind!r}", hint="use 'unstructured' or 'channels'")
+
+
+def prune_copy(
+    model: ir.Model,
+    kind: Kind,
+    *,
+    ratio: float | None = None,
+    ratios: Mapping[str, float] | None = None,
+    **options: Any,
+) -> ir.Model:
+    """A pruned copy of ``model``: one ``ratio`` for all, or ``ratios`` per layer label."""
+    copy = clone(model)
+    if kind == "unstructured":
+        from onnxfit.passes.prune import PrunePass
+
+        PrunePass(sparsity=ratio, ratios=ratios, sparse_storage=None, **options)(copy)
+    else:
+        from onnxfit.passes.prune_channels import PruneChannelsPass
+
+        PruneChannelsPass(ratio=ratio, ratios=ratios, **options)(copy)
+    return copy
+
+
+# ---------------------------------------------------------------------------- scan
+
+
+@dataclass
+class ScanRow:
+    """One layer: its size and the metric with it alone pruned at each grid ratio (None:
+    skipped after an earlier ratio already cost more than the scan's stop drop)."""
+
+    layer: str
+    size: int
+    scores: list[float | None] = field(default_factory=list)
+
+    def drops(self, baseline: float) -> list[float | None]:
+        return [None if s is None else baseline - s for s in self.scores]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "size": self.size, "scores": list(self.scores)}
+
+
+@dataclass
+class SensitivityScan:
+    """The metric of the model with each layer alone pruned at each ratio of ``ratios``."""
+
+    kind: Kind
+    metric: str
+    baseline: float
+    ratios: tuple[float, ...]
+    rows: list[ScanRow]
+    evaluations: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "metric": self.metric,
+            "baseline": self.baseline,
+            "ratios": list(self.ratios),
+            "evaluations": self.evaluations,
+            "rows": [{**r.to_dict(), "drops": r.drops(self.baseline)} for r in self.rows],
+        }
+
+
+def _check_grid(ratios: Sequence[float]) -> tuple[float, ...]:
+    grid = tuple(sorted({float(r) for r in ratios}))
+    if not grid or grid[0] <= 0 or grid[-1] >= 1:
+        raise InputError(
+            f"scan ratios must lie in (0, 1), got {list(ratios)}",
+            hint="e.g. ratios=(0.25, 0.5, 0.75)",
+        )
+    return grid
+
+
+def sensitivity_scan(
+    model: ir.Model,
+    metric: Metric,
+    *,
+    kind: Kind,
+    ratios: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+    only: Sequence[str] | None = None,
+    stop_drop: float | None = None,
+    baseline: float | None = None,
+    on_progress: ProgressFn | None = None,
+    **options: Any,
+) -> SensitivityScan:
+    """Prune each layer alone at each of ``ratios`` and evaluate (see the module docstring).
+
+    ``only`` limits the scan to those layer labels; ``stop_drop`` skips a layer's larger
+    ratios once one costs more than that many points; ``options`` go to the pass.
+    """
+    grid = _check_grid(ratios)
+    base = metric.evaluate(model) if baseline is None else baseline
+    todo = [(n, s) for n, s in layers(model, kind, **options) if only is None or n in only]
+    rows = []
+    total, done = len(todo) * len(grid), 0
+    for name, size in todo:
+        row = ScanRow(name, size)
+        stopped = False
+        for r in grid:
+            if on_progress:
+                on_progress(done, total, f"{name} @ {r:g}")
+            done += 1
+            if stopped:
+                row.scores.append(None)
+                continue
+            score = metric.evaluate(prune_copy(model, kind, ratios={name: r}, **options))
+            row.scores.append(score)
+            logger.debug("scan: %s at %.2f -> %s %.2f", name, r, metric.name, score)
+            stopped = stop_drop is not None and base - score > stop_drop
+        rows.append(row)
+    if on_progress:
+        on_progress(total, total, "scan done")
+    logger.info(
+        "sensitivity scan: %d layers x %d ratios, baseline %s %.2f",
+        len(rows),
+        len(grid),
+        metric.name,
+        base,
+    )
+    return SensitivityScan(kind, metric.name, base, grid, rows, evaluations=done + 1)
+
+
+# ---------------------------------------------------------------------------- budget
+
+
+@dataclass
+class BudgetAttempt:
+    """One tolerance tried: the per-layer ratios it gives and what they cost together."""
+
+    tolerance: float
+    ratios: dict[str, float]
+    score: float
+    drop: float
+    accepted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tolerance": self.tolerance,
+            "layers": len(self.ratios),
+            "score": self.score,
+            "drop": self.drop,
+            "accepted": self.accepted,
+        }
+
+
+@dataclass
+class BudgetResult:
+    """The per-layer ratios chosen under ``max_drop`` (empty: nothing could be pruned)."""
+
+    kind: Kind
+    metric: str
+    baseline: float
+    max_drop: float
+    ratios: dict[str, float]
+    score: float
+    scan: SensitivityScan
+    attempts: list[BudgetAttempt] = field(default_factory=list)
+
+    @property
+    def drop(self) -> float:
+        return self.baseline - self.score
+
+    @property
+    def pruned_share(self) -> float:
+        """Size-weighted mean ratio over the scanned layers (share of weights / channels)."""
+        sizes = {r.layer: r.size for r in self.scan.rows}
+        total = sum(sizes.values())
+        return (
+            sum(sizes[k] * v for k, v in self.ratios.items() if k in sizes) / total
+            if total
+            else 0.0
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "metric": self.metric,
+            "baseline": self.baseline,
+            "max_drop": self.max_drop,
+            "score": self.score,
+            "drop": self.drop,
+            "pruned_share": self.pruned_share,
+            "ratios": dict(self.ratios),
+            "attempts": [a.to_dict() for a in self.attempts],
+            "scan": self.scan.to_dict(),
+        }
+
+
+def ratios_for(scan: SensitivityScan, tolerance: float) -> dict[str, float]:
+    """Per layer, the largest grid ratio whose drop and every smaller ratio's is <= tolerance."""
+    out = {}
+    for row in scan.rows:
+        best = 0.0
+        for r, d in zip(scan.ratios, row.drops(scan.baseline), strict=True):
+            if d is None or d > tolerance:
+                break
+            best = r
+        if best > 0:
+            out[row.layer] = best
+    return out
+
+
+def fit_budget(
+    model: ir.Model,
+    metric: Metric,
+    *,
+    kind: Kind,
+    max_drop: float,
+    scan: SensitivityScan | None = None,
+    check: Metric | None = None,
+    tolerances: Sequence[float] | None = None,
+    ratios: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+    on_progress: ProgressFn | None = None,
+    **options: Any,
+) -> BudgetResult:
+    """Per-layer ratios that keep the drop within ``max_drop`` points (module docstring).
+
+    ``scan`` reuses a finished scan (else one runs with ``metric`` over ``ratios``); ``check``
+    is the metric for the combined model (default ``metric``; e.g. the full evaluation set when
+    the scan used a subset). Returns the result; ``result.ratios`` feeds the pass's ``ratios``.
+    """
+    if max_drop < 0:
+        raise InputError(f"max_drop must be >= 0, got {max_drop}", hint="e.g. max_drop=1.0")
+    if scan is None:
+        scan = sensitivity_scan(
+            model,
+            metric,
+            kind=kind,
+            ratios=ratios,
+            stop_drop=max(4 * max_drop, 1.0),
+            on_progress=on_progress,
+            **options,
+        )
+    final = check or metric
+    baseline = scan.baseline if check is None else final.evaluate(model)
+    steps = (
+        tolerances
+        if tolerances is not None
+        else [max_drop * f for f in (2, 1, 0.5, 0.25, 0.125)] + [0.0]
+    )
+    attempts: list[BudgetAttempt] = []
+    seen: list[dict[str, float]] = []
+    for t in steps:
+        chosen = ratios_for(scan, t)
+        if not chosen or chosen in seen:
+            continue
+        seen.append(chosen)
+        score = final.evaluate(prune_copy(model, kind, ratios=chosen, **options))
+        ok = baseline - score <= max_drop + 1e-9
+        attempts.append(BudgetAttempt(t, chosen, score, baseline - score, ok))
+        logger.info(
+            "budget: tolerance %.3f -> %d layers pruned, %s drop %.2f (%s)",
+            t,
+            len(chosen),
+            final.name,
+            baseline - score,
+            "ok" if ok else "over",
+        )
+        if ok:
+            return BudgetResult(kind, final.name, baseline, max_drop, chosen, score, scan, attempts)
+    logger.warning(
+        "budget: no combination kept the drop within %.2f points; nothing pruned", max_drop
+    )
+    return BudgetResult(kind, final.name, baseline, max_drop, {}, baseline, scan, attempts)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def _run_batches(model: ir.Model, x: np.ndarray, batch: int) -> np.ndarray:
+    from onnxfit.runtime.session import Session
+
+    with Session(model, target="cpu") as sess:
+        spec = sess.inputs[0]
+        fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
+        step = fixed or batch
+        outs = []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            n = len(chunk)
+            if fixed and n < fixed:
+                chunk = np.concatenate(
+                    [chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)]
+                )
+            out = sess.run({spec.name: chunk})[sess.outputs[0].name]
+            outs.append(np.asarray(out)[:n])
+    return np.concatenate(outs)
+
+
+def top1_metric(images: np.ndarray, labels: np.ndarray, *, batch: int = 16) -> Metric:
+    """Top-1 accuracy (%) of a classifier on preprocessed ``images`` [N, 3, H, W]."""
+    lab = np.asarray(labels).reshape(-1)
+
+    def evaluate(model: ir.Model) -> float:
+        scores = _run_batches(model, images, batch).reshape(len(images), -1)
+        return 100.0 * float(np.mean(scores.argmax(axis=1) == lab))
+
+    return Metric("top1", evaluate)
+
+
+def agreement_metric(reference: ir.Model, images: np.ndarray, *, batch: int = 16) -> Metric:
+    """Top-1 agreement (%) with ``reference``'s predictions (no labels needed)."""
+    ref = _run_batches(reference, images, batch).reshape(len(images), -1).argmax(axis=1)
+
+    def evaluate(model: ir.Model) -> float:
+        pred = _run_batches(model, images, batch).reshape(len(images), -1).argmax(axis=1)
+        return 100.0 * float(np.mean(pred == ref))
+
+    return Metric("agreement", evaluate)
+
+
+def map50_metric(
+    folder: str | os.PathLike[str], *, preset: str = "yolox", limit: int | None = None
+) -> Metric:
+    """mAP@0.5 (%) of a YOLOX / YOLOv3 detector on a YOLO-format folder (``images/``,
+    ``labels/``), decode + per-class NMS as :mod:`onnxfit.profiling.accuracy` does."""
+    from onnxfit.data.detection import decode_yolov3_tiny, decode_yolox, detect
+    from onnxfit.data.images import list_images, preprocess_with_meta
+    from onnxfit.data.metrics import DetectionEvaluator, read_yolo_labels
+    from onnxfit.data.presets import get_preset
+
+    root = Path(folder)
+    pre = get_preset(preset)
+    items = []
+    for img in list_images(root / "images", recursive=True)[: limit or None]:
+        label = (root / "labels" / img.relative_to(root / "images")).with_suffix(".txt")
+        if label.is_file():
+            arr, meta = preprocess_with_meta(img, pre)
+            items.append((arr, meta, read_yolo_labels(label, meta.size)))
+    if not items:
+        raise InputError(f"{root}: no image under images/ has a label file under labels/")
+    size = (int(pre.size[0]), int(pre.size[1]))
+
+    def evaluate(model: ir.Model) -> float:
+        from onnxfit.runtime.session import Session
+
+        ev = DetectionEvaluator()
+        with Session(model, target="cpu") as sess:
+            name = sess.inputs[0].name
+            for arr, meta, (gt_boxes, gt_classes) in items:
+                outs = list(sess.run({name: arr[None]}).values())
+                if len(outs) == 1 and outs[0].ndim == 3:
+                    boxes, scores = decode_yolox(outs[0], input_size=size)
+                else:
+                    boxes, scores = decode_yolov3_tiny(outs, input_size=size)
+                ev.add(detect(boxes, scores, meta=meta), gt_boxes, gt_classes)
+        return 100.0 * ev.result().map50
+
+    return Metric("map50", evaluate)

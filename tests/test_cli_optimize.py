@@ -1,0 +1,119 @@
+"""``onnxfit optimize`` on the command line: output, JSON, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from onnxfit.cli import main
+from onnxfit.optimizer import sidecar_paths
+from test_optimize import outlier_model, overflow_model
+
+FAST = ["--measure-runs", "0"]
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["optimize", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_help_has_examples() -> None:
+    code, out, _ = _run("--help")
+    assert code == 0
+    assert "Examples:" in out and "--max-accuracy-drop" in out and "--calibrate" in out
+
+
+def test_optimize_prints_plan_and_table(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "m-xbox.onnx"
+    code, stdout, stderr = _run(str(src), "-o", str(out), "--target", "xbox-series-s", *FAST)
+    assert code == 0, stderr
+    assert "precision: fp16" in stderr and "fp16" in stderr  # the plan, before it runs
+    for row in ("file size", "activation arena", "projected latency", "back-off"):
+        assert row in stdout
+    assert all(p.exists() for p in (out, *sidecar_paths(out)))
+
+
+def test_json_output(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    code, stdout, _ = _run(
+        str(src), "-o", str(out), "--precision", "fp32", "--target", "cpu", "--json", *FAST
+    )
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["precision"] == "fp32" and data["gate"]["passed"] is True
+    assert data["plan"]["steps"][0]["name"] == "cleanup"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--passes", "cleanup,bogus"], "unknown pass 'bogus'"),
+        (["--max-accuracy-drop", "-2"], "--max-accuracy-drop"),
+        (["--target", "ps5"], "unknown target"),
+        (["--calib-count", "0"], "--calib-count"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path: Path, extra: list[str], message: str) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    code, _, stderr = _run(str(src), "-o", str(out), *extra, *FAST)
+    assert code == 2
+    assert stderr.startswith("error:") and message in stderr
+    assert not out.exists()
+
+
+def test_empty_calibration_folder(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")
+    empty = tmp_path / "calib"
+    empty.mkdir()
+    out = tmp_path / "o.onnx"
+    code, _, stderr = _run(
+        str(src), "-o", str(out), "--target", "cpu", "--precision", "int8",
+        "--calibrate", str(empty), *FAST,
+    )  # fmt: skip
+    assert code == 2 and "no image files" in stderr and "hint:" in stderr
+    assert not any(p.exists() for p in (out, *sidecar_paths(out)))
+
+
+def test_eval_labels_must_match_classes(tmp_path: Path) -> None:
+    """An eval folder whose labels exceed the model's class count is refused."""
+    import numpy as np
+    from PIL import Image
+
+    src = overflow_model(tmp_path / "m.onnx")  # output [batch, 10]: a 10-class "classifier"
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(ev / "a.png")
+    (ev / "labels.tsv").write_text("file\tclass_index\na.png\t999\n")
+    out = tmp_path / "o.onnx"
+    code, _, stderr = _run(
+        str(src), "-o", str(out), "--eval", str(ev), "--preset", "imagenet", *FAST
+    )
+    assert code == 2 and "10 classes" in stderr
+    assert not out.exists()
+
+
+def test_verification_failure_exit_2_nothing_written(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    code, _, stderr = _run(
+        str(src), "-o", str(out), "--max-accuracy-drop", "0", "--max-rounds", "0", *FAST
+    )
+    assert code == 2 and "nothing written" in stderr
+    assert not any(p.exists() for p in (out, *sidecar_paths(out)))
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"old")
+    code, _, stderr = _run(str(src), "-o", str(out), *FAST)
+    assert code == 2 and "--force" in stderr and out.read_bytes() == b"old"
+    code, _, _ = _run(str(src), "-o", str(out), "--force", *FAST)
+    assert code == 0 and out.read_bytes() != b"old"

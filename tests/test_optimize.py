@@ -1,0 +1,239 @@
+"""``optimize()``: back-off, verification failure writes nothing, report and deploy files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxfit import io
+from onnxfit.errors import InputError, VerificationError
+from onnxfit.optimizer import optimize, sidecar_paths
+from onnxfit.optimizer.emulate import emulate_fp16
+from onnxfit.passes.registry import make_pass
+
+FAST = {"measure_runs": 0, "synthetic_count": 8}
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def overflow_model(path: Path) -> Path:
+    """x -> *1000 -> *1000 (beyond float16's 65504) -> *1e-4 -> MatMul -> y (all fine in fp32)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array(1000, np.float32), "k1"),
+        numpy_helper.from_array(np.array(1000, np.float32), "k2"),
+        numpy_helper.from_array(np.array(1e-4, np.float32), "k3"),
+        numpy_helper.from_array(rng.standard_normal((16, 10)).astype(np.float32), "W"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "k1"], ["a"], name="scale_up1"),
+        helper.make_node("Mul", ["a", "k2"], ["b"], name="scale_up2"),
+        helper.make_node("Mul", ["b", "k3"], ["c"], name="scale_down"),
+        helper.make_node("MatMul", ["c", "W"], ["y"], name="head"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "overflow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def outlier_model(path: Path) -> Path:
+    """Conv -> Mul (channel 0 x3000) -> Conv that ignores channel 0: per-tensor uint8
+    activations crush channels 1-3 to zero, so INT8 fails until the convs stay float."""
+    rng = np.random.default_rng(0)
+    w2 = rng.standard_normal((8, 4, 1, 1)).astype(np.float32)
+    w2[:, 0] = 0
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b1"),
+        numpy_helper.from_array(np.array([3000, 1, 1, 1], np.float32).reshape(1, 4, 1, 1), "s"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["y1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["y1", "s"], ["y2"], name="outlier"),
+        helper.make_node("Conv", ["y2", "w2", "b2"], ["y"], name="conv2"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])],
+        inits,
+    )
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _outputs(out: Path) -> list[Path]:
+    return [out, *sidecar_paths(out)]
+
+
+def test_sidecar_names() -> None:
+    assert sidecar_paths("a/net.onnx") == (Path("a/net.report.json"), Path("a/net.deploy.json"))
+    assert sidecar_paths("net.bin")[0] == Path("net.bin.report.json")
+
+
+def test_emulation_shows_fp16_overflow_that_cpu_hides(tmp_path: Path) -> None:
+    model = io.load(overflow_model(tmp_path / "m.onnx"))
+    make_pass("fp16")(model)
+    x = {"x": np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)}
+    plain = ort.InferenceSession(io.to_bytes(model), providers=["CPUExecutionProvider"])
+    assert np.isfinite(plain.run(None, x)[0]).all()  # ORT CPU computes this chain in fp32
+    emu = emulate_fp16(model)
+    onnx.checker.check_model(io.to_proto(emu))
+    sess = ort.InferenceSession(io.to_bytes(emu), providers=["CPUExecutionProvider"])
+    assert not np.isfinite(sess.run(None, x)[0]).all()
+    assert [o.name for o in emu.graph.outputs] == ["y"]
+
+
+def test_fp16_backoff_blocks_overflowing_nodes(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "m-fp16.onnx"
+    result = optimize(src, out, target="xbox-series-s", **FAST)
+    assert [a.gate.passed for a in result.attempts] == [False, True]
+    assert not result.attempts[0].gate.finite
+    assert set(result.kept_higher) == {"scale_up2", "scale_down"}
+    assert result.gate.metric == "cosine" and "emulated" in result.gate.reference
+    written = io.load(out)
+    onnx.checker.check_model(io.to_proto(written))
+    kept = {n.name: n for n in written.graph}
+    assert (
+        kept["scale_up2"].outputs[0].dtype
+        == io.from_proto(onnx.load(str(src))).graph.outputs[0].dtype
+    )  # float32
+    assert kept["head"].outputs[0].dtype.name == "FLOAT16"
+    report = json.loads(sidecar_paths(out)[0].read_text())
+    assert report["backoff"]["kept_higher_precision"] == result.kept_higher
+    assert report["backoff"]["rounds"] == 1
+    assert report["data"]["synthetic"] is True
+    assert any("SYNTHETIC" in n for n in report["notes"])
+
+
+def test_int8_backoff_excludes_sensitive_nodes(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")
+    out = tmp_path / "m-int8.onnx"
+    result = optimize(src, out, target="cpu", precision="int8", **FAST)
+    assert not result.attempts[0].gate.passed and result.attempts[-1].gate.passed
+    assert len(result.attempts) >= 2 and result.kept_higher
+    assert set(result.kept_higher) <= {"conv1", "conv2", "outlier"}
+    int8 = next(p for p in result.passes if p.name == "int8")
+    assert int8.stats["excluded"] == result.kept_higher
+    assert out.exists()
+
+
+def test_budget_that_cannot_be_met_writes_nothing(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "sub" / "m-fp16.onnx"
+    with pytest.raises(VerificationError, match="nothing written") as exc:
+        optimize(src, out, target="xbox-series-s", max_accuracy_drop=0.0, max_rounds=0, **FAST)
+    assert exc.value.hint and "--max-accuracy-drop" in exc.value.hint
+    assert not any(p.exists() for p in _outputs(out))
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_refuses_existing_output_and_input(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="overwrite the input"):
+        optimize(src, src, target="xbox-series-s", **FAST)
+    assert src.read_bytes() == before
+    out = tmp_path / "taken.onnx"
+    out.write_bytes(b"keep")
+    with pytest.raises(InputError, match="file exists"):
+        optimize(src, out, target="xbox-series-s", **FAST)
+    assert out.read_bytes() == b"keep"
+
+
+def test_report_and_deploy_for_directml(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")
+    out = tmp_path / "m-xbox.onnx"
+    result = optimize(src, out, target="xbox-series-s", max_accuracy_drop=5.0, **FAST)
+    report_path, deploy_path = sidecar_paths(out)
+    report = json.loads(report_path.read_text())
+    for key in ("plan", "passes", "before", "after", "verification", "gate", "data", "backoff"):
+        assert key in report
+    assert report["plan"]["precision"] == "fp16"
+    assert [p["name"] for p in report["passes"]] == [s.name for s in result.plan.steps]
+    assert report["after"]["file_bytes"] == out.stat().st_size
+    assert report["before"]["precision"] == "fp32" and report["after"]["precision"] == "fp16"
+    assert report["gate_verification"] is not None  # judged on the float16 emulation
+    deploy = json.loads(deploy_path.read_text())
+    assert deploy["enable_mem_pattern"] is False
+    assert deploy["execution_mode"] == "ORT_SEQUENTIAL"
+    assert deploy["offline_graph_optimization_level"] == "ORT_ENABLE_BASIC"
+    assert deploy["free_dimension_overrides"] == {"batch": 1}
+    assert deploy["providers"][0] == "DmlExecutionProvider"
+    assert deploy["precision"] == "fp16" and deploy["model"] == out.name
+
+
+def test_already_in_precision_is_still_verified(tmp_path: Path) -> None:
+    src = overflow_model(tmp_path / "m.onnx")
+    out = tmp_path / "m-fp32.onnx"
+    result = optimize(src, out, target="cpu", precision="fp32", **FAST)
+    assert result.plan.lossy_index is None
+    assert any("already FP32" in n for n in result.notes)
+    assert result.gate.passed and result.verification.max_abs_error == 0.0
+
+
+def test_calibration_folder_errors(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no image files"):
+        optimize(src, out, target="cpu", precision="int8", calibrate=empty, **FAST)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    (bad / "b.png").write_bytes(b"")
+    with pytest.raises(InputError, match="none of the 2 images"):
+        optimize(src, out, target="cpu", precision="int8", calibrate=bad, preset="imagenet", **FAST)
+    assert not any(p.exists() for p in _outputs(out))
+
+
+def test_calibration_arrays_skip_bad_files(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")
+    data = tmp_path / "arrays"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    np.save(data / "a.npy", rng.standard_normal((6, 3, 8, 8)).astype(np.float32))
+    (data / "broken.npy").write_bytes(b"junk")
+    out = tmp_path / "o.onnx"
+    result = optimize(
+        src, out, target="xbox-series-s", calibrate=data, max_accuracy_drop=5.0, **FAST
+    )
+    assert result.data["synthetic"] is False and result.data["calibration_samples"] == 6
+    assert len(result.data["skipped"]) == 1 and "broken.npy" in result.data["skipped"][0]
+
+
+def test_eval_needs_a_classifier(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")
+    (tmp_path / "ev").mkdir()
+    with pytest.raises(InputError, match="needs a classifier"):
+        optimize(src, tmp_path / "o.onnx", target="xbox-series-s", eval=tmp_path / "ev", **FAST)
+
+
+@pytest.mark.slow
+def test_zoo_resnet18_sizes(zoo_resnet18: Path, tmp_path: Path) -> None:
+    fp32 = io.file_size(zoo_resnet18).bytes
+    fp16 = optimize(zoo_resnet18, tmp_path / "fp16.onnx", target="xbox-series-s", **FAST)
+    assert fp16.after.file_bytes <= 0.501 * fp32
+    assert fp16.after.arena_bytes < fp16.before.arena_bytes
+    int8 = optimize(zoo_resnet18, tmp_path / "int8.onnx", target="cpu", precision="int8", **FAST)
+    assert int8.after.file_bytes <= 0.26 * fp32
+    assert int8.gate.passed
