@@ -181,8 +181,9 @@ def report(cases: list[tuple[Case, dict]], configs, args, before: float, after: 
         " measured alone (images/s); e2e = `Pipeline.results` over the files; efficiency ="
         " e2e / min(pre, inf) (goal >= 0.9); serial = 1 / (1/pre + 1/inf), the two stages one"
         " after the other (on one shared set of CPU cores this, not min, is what overlap can"
-        " reach or beat). naive = PIL 1-thread preprocessing + a default onnxruntime session +"
-        " the same post-processing, image by image.",
+        " reach or beat). naive = PIL 1-thread preprocessing + a plain onnxruntime session"
+        " (default options, intra-op threads = the usable cores) + the same post-processing,"
+        " image by image.",
         "",
     ]
     for case, res in cases:
@@ -202,7 +203,8 @@ def report(cases: list[tuple[Case, dict]], configs, args, before: float, after: 
             serial = 1 / (1 / pre.rate + 1 / inf.rate)
             lines.append(
                 f"| {args.labels[c]} | {base.rate:.0f} | {pre.rate:.0f}"
-                f" | {pre.rate / base.rate:.2f}x | {inf.rate:.0f} | {low:.0f} | {serial:.0f} | **{e2e.rate:.0f}**"
+                f" | {pre.rate / base.rate:.2f}x | {inf.rate:.0f} | {low:.0f} | {serial:.0f}"
+                f" | **{e2e.rate:.0f}**"
                 f" | **{e2e.rate / low:.2f}** | {e2e.rate / serial:.2f} | {naive.rate:.0f}"
                 f" | {e2e.rate / naive.rate:.2f}x |"
             )

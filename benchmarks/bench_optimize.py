@@ -3,7 +3,10 @@
 1. Zoo ResNet-18 and YOLOv3-tiny (built by :mod:`onnxfit.zoo`, seeded random weights) are
    optimized by :func:`onnxfit.optimizer.optimize` for ``xbox-series-s`` (FP16, the product
    path for the console) and for ``cpu --precision int8`` (static QDQ INT8, uint8 activations).
-   Verification data: synthetic (the zoo weights are untrained, real images add nothing).
+   Verification data: ResNet-18 seeded synthetic inputs (its weights are untrained, so top-1
+   agreement on real images means nothing; the budget falls back to the output cosine);
+   YOLOv3-tiny 16 COCO-sample images when ../shared/data is there (cosine budget too: its raw
+   head outputs are not a decoded detector).
 2. Latency at batch 1 on this CPU: the original FP32 file in a plain
    ``onnxruntime.InferenceSession`` (default options: the baseline) against our FP16 and INT8
    files in the same plain sessions. Rounds are interleaved (each round times every model in
@@ -82,6 +85,11 @@ def bench_model(
     io.save(zoo.build(name), src, force=True)
     runs = 5 if quick else 20
     common: dict[str, Any] = {"force": True, "measure_runs": runs, "synthetic_count": 8}
+    coco = DATA / "coco-sample" / "images" / "val2017"
+    if name == "yolov3-tiny" and coco.is_dir():
+        # Seeded N(0, 1) noise at 416x416 drives this untrained net far outside its image range
+        # (INT8 cosine 0.97 on noise vs 0.9986 on images), so calibrate/verify on real images.
+        common.update(calibrate=coco, calib_count=16)
     print(f"[{name}] optimizing for xbox-series-s (fp16) ...", flush=True)
     fp16 = optimize(src, work / f"{name}-fp16.onnx", target="xbox-series-s", **common)
     print(f"[{name}] optimizing for cpu (int8) ...", flush=True)
@@ -144,8 +152,8 @@ def _real_checks(work: Path, *, quick: bool) -> list[str]:
 
     print("[real] ShuffleNetV2: dequantize -> fp32 ...", flush=True)
     fp32 = optimize(shuf, work / "shuf-fp32.onnx", target="cpu", precision="fp32", **common)
-    d = 100 * abs(fp32.verification.accuracy_drop or 0)
-    row("ShuffleNetV2 INT8 (zoo) -> dequantize -> FP32", fp32, f"|Δ| ≤ 0.5: {_ok(d <= 0.5)}")
+    d = abs(fp32.verification.accuracy_drop or 0)
+    row("ShuffleNetV2 INT8 (zoo) -> dequantize -> FP32", fp32, f"abs Δ ≤ 0.5 pt: {_ok(d <= 0.5)}")
     print("[real] ShuffleNetV2: fp32 -> fp16 ...", flush=True)
     fp16 = optimize(fp32.output, work / "shuf-fp16.onnx", target="xbox-series-s", **common)
     v = fp16.verification
@@ -247,8 +255,7 @@ def main() -> int:
         "",
         "## Before/after tables (as `onnxfit optimize` prints them)",
         "",
-        "Paths are temporary files. Verification on synthetic inputs (the zoo weights are "
-        "untrained).",
+        "Paths are temporary files. The data each run used is listed under its table.",
         "",
     ]
     for res in results:

@@ -99,6 +99,7 @@ def file_sizes(tmp: Path) -> dict[str, Any]:
     dense_proto = io.load_proto(tmp / "y16p.onnx")
     coo = coo_proto(dense_proto, names)
     (tmp / "y16coo.onnx").write_bytes(coo.SerializeToString())  # onnx-ir would drop it
+    coo_bytes = (tmp / "y16coo.onnx").stat().st_size
     s = SparseStoragePass()
     s(m)
     bitmask = io.save(m, tmp / "y16bm.onnx").bytes
@@ -110,20 +111,27 @@ def file_sizes(tmp: Path) -> dict[str, Any]:
         ("FP32 (baseline, plain zoo model)", "y32.onnx", fp32),
         ("FP16", "y16.onnx", fp16),
         ("FP16 + 70 % pruned, dense storage", "y16p.onnx", pruned),
-        ("FP16 + 70 %, ONNX sparse_initializer (COO)", "y16coo.onnx", (tmp / "y16coo.onnx").stat().st_size),
+        ("FP16 + 70 %, ONNX sparse_initializer (COO)", "y16coo.onnx", coo_bytes),
         ("FP16 + 70 %, bitmask + values (onnxfit)", "y16bm.onnx", bitmask),
-    ]:  # fmt: skip
+    ]:
         try:
             sess, load_s = _session(str(tmp / f))
             out = sess.run(None, {"input": x})
-            same = "n/a (not pruned)" if f in ("y32.onnx", "y16.onnx") else (
-                "identical" if all(np.array_equal(a, b) for a, b in zip(out, ref, strict=True))
-                else "DIFFERENT")  # fmt: skip
+            same = (
+                "n/a (not pruned)"
+                if f in ("y32.onnx", "y16.onnx")
+                else (
+                    "identical"
+                    if all(np.array_equal(a, b) for a, b in zip(out, ref, strict=True))
+                    else "DIFFERENT"
+                )
+            )
             loads = f"{load_s * 1e3:.0f} ms"
-        except Exception as exc:  # noqa: BLE001 - a load failure is a result here
+        except Exception as exc:
             same, loads = f"load failed: {str(exc)[:80]}", "-"
-        rows.append({"model": label, "bytes": size, "ratio": size / fp32, "loads": loads,
-                     "outputs": same})  # fmt: skip
+        rows.append(
+            {"model": label, "bytes": size, "ratio": size / fp32, "loads": loads, "outputs": same}
+        )
     return {"rows": rows, "prune": p.stats, "storage": s.stats}
 
 
@@ -143,10 +151,20 @@ def channel_figures(tmp: Path, runs: int) -> dict[str, Any]:
         paths[label] = tmp / f"r{i}.onnx"
         size = io.save(m, paths[label]).bytes
         st, _ = static_figures(m, batch=1, target="cpu")
-        params = sum(int(v.const_value.size) for v in m.graph.initializers.values()
-                     if v.const_value is not None)  # fmt: skip
-        rows.append({"model": label, "params": params, "gflops": (st.flops or 0) / 1e9,
-                     "arena": st.arena_bytes, "file": size})  # fmt: skip
+        params = sum(
+            int(v.const_value.size)
+            for v in m.graph.initializers.values()
+            if v.const_value is not None
+        )
+        rows.append(
+            {
+                "model": label,
+                "params": params,
+                "gflops": (st.flops or 0) / 1e9,
+                "arena": st.arena_bytes,
+                "file": size,
+            }
+        )
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     sessions = {k: _session(str(p))[0] for k, p in paths.items()}
     for s in sessions.values():
@@ -186,43 +204,75 @@ def _models(data: Path) -> dict[str, Any]:
     }
 
 
-def _metrics(name: str, data: Path, quick: bool) -> tuple[pruning.Metric, pruning.Metric]:
-    """(scan metric on a subset, full metric) for one model."""
+def _metrics(
+    name: str, data: Path, quick: bool
+) -> tuple[pruning.Metric, pruning.Metric, list[dict[str, np.ndarray]]]:
+    """(scan metric on a subset, full metric, 16 calibration feeds) for one model."""
     if name.startswith("ShuffleNet"):
         from onnxfit.verify import load_eval_set
 
         x, y = load_eval_set(data / "imagenet-sample", "imagenet", limit=100 if quick else None)
         sub = 50 if quick else 200
         step = max(1, len(x) // sub)
-        return pruning.top1_metric(x[::step][:sub], y[::step][:sub]), pruning.top1_metric(x, y)
+        calib = [{"input": x[i : i + 1]} for i in range(1, len(x), max(1, len(x) // 16))][:16]
+        return (
+            pruning.top1_metric(x[::step][:sub], y[::step][:sub]),
+            pruning.top1_metric(x, y),
+            calib,
+        )
+    from onnxfit.data.images import list_images, preprocess
+
+    imgs = list_images(data / "coco-sample" / "images", recursive=True)
+    calib = [{"images": preprocess(p, "yolox")[None]} for p in imgs[:: max(1, len(imgs) // 16)]]
     full = pruning.map50_metric(data / "coco-sample", limit=16 if quick else None)
-    return full, full
+    scan = full if quick else pruning.map50_metric(data / "coco-sample", limit=32)
+    return scan, full, calib[:16]
+
+
+LEVELS = {
+    "unstructured": ((0.3, 0.5, 0.7), (0.1, 0.3, 0.5, 0.7, 0.9)),  # (quick, full)
+    "channels": ((0.1, 0.3), (0.1, 0.2, 0.3, 0.5)),
+}
 
 
 def accuracy(data: Path, quick: bool, budget: bool, on: Any) -> dict[str, Any]:
-    levels = {"unstructured": (0.3, 0.5, 0.7) if quick else (0.3, 0.5, 0.7, 0.9),
-              "channels": (0.1, 0.3) if quick else (0.1, 0.2, 0.3, 0.5)}  # fmt: skip
     out: dict[str, Any] = {}
     for name, model in _models(data).items():
-        scan_metric, metric = _metrics(name, data, quick)
+        scan_metric, metric, calib = _metrics(name, data, quick)
         base = metric.evaluate(model)
         rows = [{"kind": "dense", "level": 0.0, "score": base, "drop": 0.0}]
-        for kind, grid in levels.items():
-            for r in grid:
+        variants: list[tuple[str, pruning.Kind, dict[str, Any]]] = [
+            ("unstructured", "unstructured", {}),
+            ("channels, filter L1", "channels", {}),
+            ("channels, data (16 images) + mean compensation", "channels", {"feeds": calib}),
+        ]
+        for label, kind, opts in variants:
+            for r in LEVELS[kind][0 if quick else 1]:
                 t = time.perf_counter()
-                score = metric.evaluate(pruning.prune_copy(model, kind, ratio=r))  # type: ignore[arg-type]
-                rows.append({"kind": kind, "level": r, "score": score, "drop": base - score,
-                             "seconds": time.perf_counter() - t})  # fmt: skip
-                on(f"{name} {kind} {r}: {metric.name} {score:.2f} (dense {base:.2f})")
+                score = metric.evaluate(pruning.prune_copy(model, kind, ratio=r, **opts))
+                rows.append(
+                    {
+                        "kind": label,
+                        "unit": kind,
+                        "level": r,
+                        "score": score,
+                        "drop": base - score,
+                        "seconds": time.perf_counter() - t,
+                    }
+                )
+                on(f"{name} {label} {r}: {metric.name} {score:.2f} (dense {base:.2f})")
         entry: dict[str, Any] = {"metric": metric.name, "rows": rows, "budget": {}}
         if budget:
-            for kind, grid in (
-                ("unstructured", (0.5, 0.9) if quick else (0.3, 0.5, 0.7, 0.9)),
-                ("channels", (0.25, 0.5) if quick else (0.1, 0.2, 0.3, 0.5)),
-            ):
+            grids: dict[pruning.Kind, tuple[float, ...]] = {
+                "unstructured": (0.5, 0.9) if quick else (0.3, 0.5, 0.7, 0.9),
+                "channels": (0.25, 0.5) if quick else (0.1, 0.2, 0.3, 0.5),
+            }
+            for kind, grid in grids.items():
                 t = time.perf_counter()
-                res = pruning.fit_budget(model, scan_metric, kind=kind, max_drop=1.0,  # type: ignore[arg-type]
-                                         ratios=grid, check=metric)  # fmt: skip
+                opts = {"feeds": calib} if kind == "channels" else {}
+                res = pruning.fit_budget(
+                    model, scan_metric, kind=kind, max_drop=1.0, ratios=grid, check=metric, **opts
+                )
                 d = res.to_dict()
                 d["seconds"] = time.perf_counter() - t
                 entry["budget"][kind] = d
@@ -235,11 +285,15 @@ def accuracy(data: Path, quick: bool, budget: bool, on: Any) -> dict[str, Any]:
 
 
 def _md_sizes(r: dict[str, Any]) -> list[str]:
-    lines = ["| model | bytes | MiB | vs FP32 | loads in ORT | outputs vs dense masked FP16 |",
-             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| model | bytes | MiB | vs FP32 | loads in ORT | outputs vs dense masked FP16 |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for row in r["rows"]:
-        lines.append(f"| {row['model']} | {row['bytes']:,} | {row['bytes'] / MIB:.2f} | "
-                     f"{100 * row['ratio']:.1f} % | {row['loads']} | {row['outputs']} |")  # fmt: skip
+        lines.append(
+            f"| {row['model']} | {row['bytes']:,} | {row['bytes'] / MIB:.2f} | "
+            f"{100 * row['ratio']:.1f} % | {row['loads']} | {row['outputs']} |"
+        )
     return lines
 
 
@@ -263,27 +317,44 @@ def _md_accuracy(r: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for name, entry in r.items():
         m = entry["metric"]
-        lines += [f"### {name} ({'top-1' if m == 'top1' else 'mAP@0.5'}, %)", "",
-                  f"| pruning | level | {m} | drop (pts) |", "|---|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"### {name} ({'top-1' if m == 'top1' else 'mAP@0.5'}, %)",
+            "",
+            f"| pruning | level | {m} | drop (pts) |",
+            "|---|---:|---:|---:|",
+        ]
         for row in entry["rows"]:
-            level = "-" if row["kind"] == "dense" else (
-                f"{100 * row['level']:.0f} % sparsity" if row["kind"] == "unstructured"
-                else f"{100 * row['level']:.0f} % channels")  # fmt: skip
+            level = (
+                "-"
+                if row["kind"] == "dense"
+                else (
+                    f"{100 * row['level']:.0f} % sparsity"
+                    if row.get("unit") == "unstructured"
+                    else f"{100 * row['level']:.0f} % channels"
+                )
+            )
             lines.append(f"| {row['kind']} | {level} | {row['score']:.2f} | {row['drop']:.2f} |")
         for kind, b in entry["budget"].items():
-            worst = sorted(b["scan"]["rows"], key=lambda x: -max(
-                [d for d in x["drops"] if d is not None] or [0]))[:8]  # fmt: skip
-            lines += ["", f"Budget mode, {kind}, max drop 1.0 pt: per-layer ratios for "
-                      f"{len(b['ratios'])} of {len(b['scan']['rows'])} layers, "
-                      f"{100 * b['pruned_share']:.1f} % of the scanned "
-                      f"{'weights' if kind == 'unstructured' else 'channels'} removed, "
-                      f"{m} {b['score']:.2f} (drop **{b['drop']:.2f}** pts on the full set); "
-                      f"{b['scan']['evaluations']} scan evaluations, {b['seconds']:.0f} s. "
-                      f"Attempts (tolerance -> drop): " + ", ".join(
-                          f"{a['tolerance']:.2f} -> {a['drop']:.2f}" for a in b["attempts"]),
-                      "", "Most sensitive layers in the scan (drop in pts at each ratio):", "",
-                      "| layer | size | " + " | ".join(f"{r:g}" for r in b["scan"]["ratios"])
-                      + " |", "|---|---:|" + "---:|" * len(b["scan"]["ratios"])]  # fmt: skip
+            worst = sorted(
+                b["scan"]["rows"],
+                key=lambda x: -max([d for d in x["drops"] if d is not None] or [0]),
+            )[:8]
+            lines += [
+                "",
+                f"Budget mode, {kind}, max drop 1.0 pt: per-layer ratios for "
+                f"{len(b['ratios'])} of {len(b['scan']['rows'])} layers, "
+                f"{100 * b['pruned_share']:.1f} % of the scanned "
+                f"{'weights' if kind == 'unstructured' else 'channels'} removed, "
+                f"{m} {b['score']:.2f} (drop **{b['drop']:.2f}** pts on the full set); "
+                f"{b['scan']['evaluations']} scan evaluations, {b['seconds']:.0f} s. "
+                f"Attempts (tolerance -> drop): "
+                + ", ".join(f"{a['tolerance']:.2f} -> {a['drop']:.2f}" for a in b["attempts"]),
+                "",
+                "Most sensitive layers in the scan (drop in pts at each ratio):",
+                "",
+                "| layer | size | " + " | ".join(f"{r:g}" for r in b["scan"]["ratios"]) + " |",
+                "|---|---:|" + "---:|" * len(b["scan"]["ratios"]),
+            ]
             for row in worst:
                 cells = " | ".join("-" if d is None else f"{d:.2f}" for d in row["drops"])
                 lines.append(f"| {row['layer']} | {row['size']:,} | {cells} |")
@@ -298,9 +369,12 @@ def main() -> None:
     ap.add_argument("--skip-budget", action="store_true")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    results: dict[str, Any] = {"quick": args.quick, "machine": platform.processor() or
-                               platform.machine(), "cpus": os.cpu_count(),
-                               "onnxruntime": ort.__version__}  # fmt: skip
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "onnxruntime": ort.__version__,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         print("1. file sizes (YOLOv3-tiny)", flush=True)
         results["sizes"] = file_sizes(Path(tmp))
@@ -308,41 +382,54 @@ def main() -> None:
         results["channels"] = channel_figures(Path(tmp), 30 if args.quick else 200)
     if not args.skip_accuracy and (DATA / "models").is_dir():
         print("3. accuracy (real models)", flush=True)
-        results["accuracy"] = accuracy(DATA, args.quick, not args.skip_budget,
-                                       lambda s: print("  ", s, flush=True))  # fmt: skip
+        results["accuracy"] = accuracy(
+            DATA, args.quick, not args.skip_budget, lambda s: print("  ", s, flush=True)
+        )
     results["seconds"] = time.perf_counter() - t0
     lines = [
-        "# Pruning benchmark", "",
+        "# Pruning benchmark",
+        "",
         f"Written by `benchmarks/bench_prune.py{' --quick' if args.quick else ''}` in one run "
         f"({results['seconds']:.0f} s); onnxruntime {ort.__version__}, CPU provider, "
-        f"{os.cpu_count()} threads. One-shot pruning: no fine-tuning anywhere.", "",
-        "## 1. File size: zoo YOLOv3-tiny, FP16 + 70 % unstructured pruning", "",
-        *_md_sizes(results["sizes"]), "",
+        f"{os.cpu_count()} threads. One-shot pruning: no fine-tuning anywhere.",
+        "",
+        "## 1. File size: zoo YOLOv3-tiny, FP16 + 70 % unstructured pruning",
+        "",
+        *_md_sizes(results["sizes"]),
+        "",
         f"Pruned: {results['sizes']['prune']['weights_pruned']:,} of "
         f"{results['sizes']['prune']['weights_eligible']:,} eligible weights (first conv and "
         f"the two heads excluded: {', '.join(results['sizes']['prune']['excluded'])}). "
         "COO stores an int64 index per non-zero (10 B per FP16 non-zero): it is larger than "
         "dense FP16 at this density. The bitmask form costs 1 bit per weight + the FP16 "
         "non-zeros and is decoded by standard ops that onnxruntime constant-folds at session "
-        "creation.", "",
-        "## 2. Channel pruning: zoo ResNet-18, ratio 0.3, batch 1, this CPU", "",
-        *_md_channels(results["channels"]), "",
+        "creation.",
+        "",
+        "## 2. Channel pruning: zoo ResNet-18, ratio 0.3, batch 1, this CPU",
+        "",
+        *_md_channels(results["channels"]),
+        "",
         f"Latency: {results['channels']['runs']} interleaved rounds (every model once per "
         "round, same process, same session options; the dense model in plain onnxruntime is "
         f"the baseline). Busy probe before/after: "
         f"{results['channels']['probe_ms'][0]:.0f} / {results['channels']['probe_ms'][1]:.0f} ms "
         "(a fixed numpy workload; higher = the shared cores were busier). "
-        "'x' columns: dense / pruned (higher is better).", "",
-    ]  # fmt: skip
+        "'x' columns: dense / pruned (higher is better).",
+        "",
+    ]
     if "accuracy" in results:
-        lines += ["## 3. Accuracy per pruning level (real models, ../shared/data)", "",
-                  "ShuffleNetV2: the zoo INT8 QDQ model dequantized to FP32, top-1 on "
-                  f"{'100' if args.quick else 'all 500'} imagenet-sample images. YOLOX-Nano: "
-                  f"mAP@0.5 on {'16' if args.quick else 'all 64'} coco-sample images "
-                  "(onnxfit.data decode + per-class NMS). Unstructured: global magnitude, "
-                  "first / last layers excluded. Channels: per coupling group, kept counts "
-                  "rounded to multiples of 8.", "",
-                  *_md_accuracy(results["accuracy"])]  # fmt: skip
+        lines += [
+            "## 3. Accuracy per pruning level (real models, ../shared/data)",
+            "",
+            "ShuffleNetV2: the zoo INT8 QDQ model dequantized to FP32, top-1 on "
+            f"{'100' if args.quick else 'all 500'} imagenet-sample images. YOLOX-Nano: "
+            f"mAP@0.5 on {'16' if args.quick else 'all 64'} coco-sample images "
+            "(onnxfit.data decode + per-class NMS). Unstructured: global magnitude, "
+            "first / last layers excluded. Channels: per coupling group, kept counts "
+            "rounded to multiples of 8.",
+            "",
+            *_md_accuracy(results["accuracy"]),
+        ]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     OUT.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")

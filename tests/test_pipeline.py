@@ -283,3 +283,27 @@ def test_real_classifier_and_detector(shared_data):
     w, h = det.size
     boxes = det.detections.boxes
     assert boxes[:, 0::2].max() <= w and boxes[:, 1::2].max() <= h
+
+
+def test_split_cores_shares_cpu_between_stages(monkeypatch):
+    import onnxruntime as ort
+
+    import onnxfit.targets
+    from onnxfit.model_info import split_cores
+
+    cpu = SimpleNamespace(providers=("CPUExecutionProvider",), worker_cores=8)
+    gpu = SimpleNamespace(
+        providers=("CUDAExecutionProvider", "CPUExecutionProvider"), worker_cores=8
+    )
+    monkeypatch.setattr(onnxfit.targets, "get_target", lambda t: gpu if t == "gpu" else cpu)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert split_cores("cpu") == (3, 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert split_cores("cpu") == (1, 1)
+    # a GPU provider runs the model: both keep their own defaults
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: cuda)
+    assert split_cores("gpu") == (None, None)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert split_cores("gpu") == (1, 1)  # CUDA missing: the CPU runs it

@@ -136,22 +136,22 @@ def test_conv_bn_relu_chain(rng):
     assert ops(m) == ["Conv", "BatchNormalization", "Relu", "Conv"]
 
 
-def _resnet_like(rng):
+def _resnet_like(rng, c: int = 8):
     g = _G(rng)
-    g.conv("c0", "x", "a0", 3, 8, k=3, bias=False)
-    g.bn("bn0", "a0", "b0", 8)
+    g.conv("c0", "x", "a0", 3, c, k=3, bias=False)
+    g.bn("bn0", "a0", "b0", c)
     g.op("Relu", ["b0"], ["t0"])
     for i, (t_in, t_out) in enumerate([("t0", "t1"), ("t1", "t2")], start=1):
-        g.conv(f"b{i}.c1", t_in, f"b{i}.a", 8, 8, k=3, bias=False)
-        g.bn(f"b{i}.bn1", f"b{i}.a", f"b{i}.b", 8)
+        g.conv(f"b{i}.c1", t_in, f"b{i}.a", c, c, k=3, bias=False)
+        g.bn(f"b{i}.bn1", f"b{i}.a", f"b{i}.b", c)
         g.op("Relu", [f"b{i}.b"], [f"b{i}.r"])
-        g.conv(f"b{i}.c2", f"b{i}.r", f"b{i}.c", 8, 8, k=3, bias=False)
-        g.bn(f"b{i}.bn2", f"b{i}.c", f"b{i}.d", 8)
+        g.conv(f"b{i}.c2", f"b{i}.r", f"b{i}.c", c, c, k=3, bias=False)
+        g.bn(f"b{i}.bn2", f"b{i}.c", f"b{i}.d", c)
         g.op("Add", [f"b{i}.d", t_in], [f"b{i}.s"])
         g.op("Relu", [f"b{i}.s"], [t_out])
     g.op("GlobalAveragePool", ["t2"], ["p"])
     g.op("Flatten", ["p"], ["f"])
-    g.inits.append(tensor("fc.w", rng.standard_normal((5, 8)).astype(np.float32)))
+    g.inits.append(tensor("fc.w", rng.standard_normal((5, c)).astype(np.float32)))
     g.op("Gemm", ["f", "fc.w"], ["y"], transB=1, name="fc")
     return g.model(3, [("y", [1, 5])])
 

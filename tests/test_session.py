@@ -592,3 +592,13 @@ def test_run_device_keeps_ortvalues(mlp_path: Path) -> None:
             np.testing.assert_allclose(value.numpy(), want[name], rtol=1e-6)
         with pytest.raises(InputError, match="missing"):
             s.run_device({})
+
+
+def test_allow_spinning_reaches_session_options() -> None:
+    plan = plan_session("cpu", available=[CPU], allow_spinning=False)
+    assert not plan.allow_spinning and plan.to_dict()["allow_spinning"] is False
+    from onnxfit.runtime.settings import build_session_options
+
+    so = build_session_options(plan)
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert plan_session("cpu", available=[CPU]).allow_spinning

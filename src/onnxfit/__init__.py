@@ -71,6 +71,9 @@ _API: dict[str, str] = {
     "ImageResult": "onnxfit.run_results",
     "evaluate": "onnxfit.evaluate",
     "EvalResult": "onnxfit.evaluate",
+    "sensitivity_scan": "onnxfit.pruning",
+    "fit_budget": "onnxfit.pruning",
+    "prune_copy": "onnxfit.pruning",
 }
 
 __all__ = sorted(_API)

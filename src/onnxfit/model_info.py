@@ -223,11 +223,12 @@ def split_cores(target: str) -> tuple[int | None, int | None]:
     """Default ``(inference threads, preprocessing workers)`` for ``target`` on this host.
 
     When the model will run on the CPU provider, inference and preprocessing share the cores:
-    half go to each (workers get the smaller half, at least 1 each). Measured on the 2-core
-    machine (benchmarks/results/e2e.md): two ORT threads next to two preprocessing threads
-    spend about twice the CPU per image on inference (ORT's intra-op threads spin while they
-    wait), and 1 x 1 gave the higher end-to-end rate. Otherwise (GPU providers) ``(None,
-    None)``: the session's and the preprocessor's own defaults.
+    half go to each (workers get the smaller half, at least 1 each). Measured on 2 pinned
+    cores (benchmarks/results/e2e-device.md): with 2 ORT threads next to 2 preprocessing
+    threads, ShuffleNetV2 ran end to end at 109 img/s against 167 for 1 x 1 (inference spent
+    8.6 against 5.2 CPU ms per image: ORT's intra-op threads spin while they wait); YOLOX-Nano
+    was about even (59 against 54). Otherwise (GPU providers) ``(None, None)``: the session's
+    and the preprocessor's own defaults.
     """
     import onnxruntime as ort
 

@@ -102,7 +102,8 @@ class Pipeline:
         check_options(top_k, score_threshold, iou_threshold, max_detections, slots, batch)
         if threads is None and workers is None:
             threads, workers = split_cores(target)
-        self.session = Session(model, target=target, threads=threads)
+        # Preprocessing workers share the cores: ORT's threads must not spin while they wait.
+        self.session = Session(model, target=target, threads=threads, allow_spinning=False)
         try:
             self.info: ModelInfo = describe_model(
                 self.session.inputs, self.session.outputs, task=task, preset=preset
@@ -270,7 +271,7 @@ class Pipeline:
 
         Closing the iterator early (``break``) stops and joins the worker threads. An error in a
         stage (other than a bad image, which becomes a result with ``error``) is raised here.
-        """
+        One iteration at a time per pipeline (they share the batch buffers)."""
         todo = [Path(p) for p in paths]
         stop = threading.Event()
         free: queue.Queue[int] = queue.Queue()

@@ -88,6 +88,26 @@ from onnxfit.cli._common import (
     metavar="N",
     help="Timed runs for the measured latency on this host (0: skip).",
 )
+@click.option(
+    "--prune",
+    type=float,
+    metavar="S",
+    help="Unstructured magnitude pruning to sparsity S (0-1), one-shot; stored compactly at "
+    ">= 0.7. Per-layer ratios from a sensitivity scan if the budget breaks.",
+)
+@click.option(
+    "--prune-scope",
+    type=click.Choice(["global", "layer"]),
+    default="global",
+    show_default=True,
+    help="--prune: one threshold over all layers (capped per layer) or S in every layer.",
+)
+@click.option(
+    "--prune-channels",
+    type=float,
+    metavar="R",
+    help="Remove ratio R of the Conv output channels (smaller dense model), one-shot.",
+)
 @click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
 @click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
 @json_option
@@ -107,6 +127,9 @@ def optimize(
     method: str,
     max_rounds: int,
     measure_runs: int,
+    prune: float | None,
+    prune_scope: str,
+    prune_channels: float | None,
     force: bool,
     markdown: bool,
     as_json: bool,
@@ -130,6 +153,8 @@ def optimize(
       onnxfit optimize net.onnx -o net-fp16.onnx --precision fp16 --eval imagenet-sample/
       onnxfit optimize int8.onnx -o fp16.onnx --target xbox-series-s   (dequantize -> fp16)
       onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
+      onnxfit optimize r18.onnx -o r18-small.onnx --prune-channels 0.3 --eval imagenet-sample/
+      onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune 0.7
     """
     from onnxfit.optimizer.options import OptimizeOptions
     from onnxfit.optimizer.plan import build_plan
@@ -150,6 +175,9 @@ def optimize(
         "method": method,
         "max_rounds": max_rounds,
         "measure_runs": measure_runs,
+        "prune": prune,
+        "prune_scope": prune_scope,
+        "prune_channels": prune_channels,
     }
     opts = OptimizeOptions.build(**values)
     tgt = get_target(target)

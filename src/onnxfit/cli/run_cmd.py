@@ -63,8 +63,16 @@ def model_options(f: Any) -> Any:
         ),
         batch_option,
         target_option(default="cpu"),
-        click.option("--threads", type=int, help="Inference threads [default: the target's]."),
-        click.option("--workers", type=int, help="Preprocessing threads [default: the target's]."),
+        click.option(
+            "--threads",
+            type=int,
+            help="Inference threads [default: half the cores when the CPU runs the model].",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            help="Preprocessing threads [default: the other half; all worker cores on a GPU].",
+        ),
     ]
     for opt in reversed(options):
         f = opt(f)

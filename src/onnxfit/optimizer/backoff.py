@@ -195,7 +195,6 @@ def _grow(kept: list[str], ranked: list[list[str]], urgent: int) -> list[str]:
 
 def run_lossy(
     *,
-    original: ir.Model,
     base: ir.Model,
     gate_ref: ir.Model,
     gate_ref_name: str,
@@ -207,6 +206,7 @@ def run_lossy(
 ) -> Outcome:
     """Run ``step`` (+ ``suffix``) on copies of ``base`` until the budget holds (module doc)."""
     feeds = data.verify_feeds(base, limit=RANKING_FEEDS)
+    all_feeds = data.verify_feeds(base)
     strategy: _Fp16 | _Int8 | None = None
     if step is not None and step.name == "fp16":
         strategy = _Fp16(base, step, feeds)
@@ -236,8 +236,15 @@ def run_lossy(
             synthetic=data.synthetic,
         )
         emulated = strategy is not None and strategy.emulated
+        f1 = None
+        if result.task == "detect" and data.labels is None and not data.synthetic:
+            from onnxfit.optimizer.detections import detection_agreement
+
+            assert result.agreement_output is not None
+            f1 = detection_agreement(gate_ref, checked, all_feeds, result.agreement_output)
         gate = check(
             result,
+            detections=f1,
             max_drop=options.max_accuracy_drop,
             cosine_floor=options.cosine_floor,
             reference=gate_ref_name
@@ -254,26 +261,24 @@ def run_lossy(
             logger.info("nothing left to keep in higher precision")
             break
         kept = grown
-    raise _failure(attempts, step, options)
+    raise _failure(attempts, step)
 
 
-def _failure(
-    attempts: list[Attempt], step: PlanStep | None, options: OptimizeOptions
-) -> VerificationError:
-    best = attempts[-1].gate
+def _failure(attempts: list[Attempt], step: PlanStep | None) -> VerificationError:
+    last = attempts[-1].gate
     what = step.name if step is not None else "the optimized model"
     higher = {"fp16": "float32", "int8": "float"}.get(step.name if step else "", "float")
     rounds = len(attempts) - 1
     if step is None:
-        msg = f"{what} fails verification: {best.describe()}; nothing written"
+        msg = f"{what} fails verification: {last.describe()}; nothing written"
     else:
         msg = (
-            f"{what} could not be kept within the budget: {best.describe()} after {rounds} "
+            f"{what} could not be kept within the budget: {last.describe()} after {rounds} "
             f"back-off round(s) with {len(attempts[-1].kept)} node(s) kept in {higher}; "
             "nothing written"
         )
     hint = "raise --max-accuracy-drop"
-    if best.metric != "accuracy_drop":
+    if last.metric != "accuracy_drop":
         hint += ", give --eval DIR (images + labels.tsv) to measure the real accuracy drop"
     if step is not None:
         hint += ", or choose another --precision"

@@ -4,10 +4,13 @@
 
 1. **accuracy drop** — with labels (``--eval``): top-1 of the original minus top-1 of the
    optimized model, in points; it passes when it is <= the budget (a gain always passes).
-2. **disagreement** — real inputs without labels, a classifier ([N, C]) or a decoded detector
-   ([N, boxes, 5 + classes]) output: the share of samples whose top-1 class (or top box)
-   changed, in percent. Each changed prediction can cost at most one correct answer, so the
-   disagreement bounds the accuracy drop from above: this check is conservative.
+2. **disagreement** — real inputs without labels and a classifier output ([N, C]): the share
+   of samples whose top-1 class changed, in percent. Each changed prediction can cost at most
+   one correct answer, so the disagreement bounds the accuracy drop from above: this check is
+   conservative. For a decoded detector output ([N, boxes, 5 + classes]) it is the share of
+   the reference's detections the candidate loses or adds: 100 x (1 - F1) of
+   :func:`onnxfit.optimizer.detections.detection_agreement` (top-box agreement when the output
+   does not decode as YOLOX).
 3. **cosine** — synthetic inputs (predictions on noise mean nothing) or no such output: the
    worst per-sample cosine similarity of every output must reach ``1 - budget / 100`` (0.99
    for the default 1.0 point), unless ``min_cosine`` sets the floor.
@@ -25,7 +28,7 @@ from typing import Any, Literal
 
 from onnxfit.verify import VerifyResult
 
-Metric = Literal["accuracy_drop", "disagreement", "cosine"]
+Metric = Literal["accuracy_drop", "disagreement", "detections", "cosine"]
 #: slack for float rounding when the floor is exactly 1.0 (a zero budget)
 _EPS = 1e-9
 
@@ -48,6 +51,11 @@ class GateResult:
         ok = "<=" if self.passed else ">"
         if self.metric == "accuracy_drop":
             return f"top-1 drop {self.value:.2f} pt {ok} {self.limit:.2f} pt"
+        if self.metric == "detections":
+            return (
+                f"detection disagreement {self.value:.2f} % {ok} {self.limit:.2f} % "
+                f"(1 - F1 vs {self.reference})"
+            )
         if self.metric == "disagreement":
             return (
                 f"top-1 disagreement {self.value:.2f} % {ok} {self.limit:.2f} % "
@@ -78,13 +86,19 @@ def check(
     max_drop: float,
     cosine_floor: float,
     reference: str = "original model",
+    detections: float | None = None,
 ) -> GateResult:
-    """Judge ``result`` (candidate vs reference) against the budget (module docstring)."""
+    """Judge ``result`` (candidate vs reference) against the budget (module docstring);
+    ``detections`` is the detection F1 when it was measured."""
     finite = _finite(result)
     drop = result.accuracy_drop
     if drop is not None:
         metric: Metric = "accuracy_drop"
         value, limit = float(drop), max_drop
+        passed = value <= limit + _EPS
+    elif detections is not None and not result.synthetic:
+        metric = "detections"
+        value, limit = 100.0 * (1.0 - detections), max_drop
         passed = value <= limit + _EPS
     elif result.agreement is not None and not result.synthetic:
         metric = "disagreement"

@@ -41,6 +41,9 @@ class OptimizeOptions:
     * ``method``: INT8 calibration method; ``fuse``: what the fuse step emits.
     * ``measure_runs``: timed runs for the measured latency on this host (0: skip).
     * ``synthetic_count``: samples of seeded noise when no data is given; ``seed``.
+    * ``prune``: unstructured magnitude sparsity (``prune_scope`` global or per layer);
+      ``prune_channels``: ratio of Conv output channels removed. Both one-shot, under the
+      budget (:mod:`onnxfit.prune_budget`).
     """
 
     precision: PrecisionArg = "auto"
@@ -58,6 +61,9 @@ class OptimizeOptions:
     measure_runs: int = 20
     synthetic_count: int = 16
     seed: int = 0
+    prune: float | None = None
+    prune_scope: Literal["global", "layer"] = "global"
+    prune_channels: float | None = None
 
     @classmethod
     def build(cls, **values: Any) -> OptimizeOptions:
@@ -116,6 +122,11 @@ class OptimizeOptions:
                 f"unknown calibration method {self.method!r}",
                 hint="use minmax, entropy or percentile",
             )
+        for flag, ratio in (("--prune", self.prune), ("--prune-channels", self.prune_channels)):
+            if ratio is not None and not 0.0 < ratio < 1.0:
+                raise InputError(f"{flag} must lie in (0, 1), got {ratio}", hint=f"{flag} 0.5")
+        if self.prune_scope not in ("global", "layer"):
+            raise InputError(f"unknown --prune-scope {self.prune_scope!r}", hint="global or layer")
         if self.fuse not in ("none", "fusedconv"):
             raise InputError(f"unknown fuse mode {self.fuse!r}", hint="use none or fusedconv")
 

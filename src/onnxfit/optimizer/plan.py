@@ -197,7 +197,7 @@ def default_steps(
         PlanStep("fold-batchnorm", {}, "BatchNormalization folded into Conv/Gemm (portable)")
     )
     steps.append(_fuse_step(target, options, precision))
-    # (pruning steps go here: after the float cleanups, before the precision step)
+    steps += prune_steps(options)  # after the float cleanups, before the precision step
     if precision == "fp16" and model_prec != "fp16":
         steps.append(
             PlanStep(
@@ -213,6 +213,38 @@ def default_steps(
                 {"method": options.method, "activation_type": "uint8", "per_channel": True},
                 "static QDQ INT8: uint8 activations (U8S8, every conv an int8 kernel on VNNI), "
                 f"per-channel int8 weights, {options.method} calibration",
+            )
+        )
+    if options.prune is not None:
+        steps.append(
+            PlanStep(
+                "sparse-storage",
+                {},
+                "pruned weights stored as bitmask + non-zero values when sparsity >= 70 % "
+                "(lossless; onnxruntime folds the decode at load)",
+            )
+        )
+    return steps
+
+
+def prune_steps(options: OptimizeOptions) -> list[PlanStep]:
+    """``prune-channels`` then ``prune`` when asked for (``sparse-storage`` is added last)."""
+    steps = []
+    if options.prune_channels is not None:
+        steps.append(
+            PlanStep(
+                "prune-channels",
+                {"ratio": options.prune_channels},
+                "remove the lowest-scoring Conv output channels (one-shot; per-layer ratios "
+                "from a sensitivity scan if the budget breaks)",
+            )
+        )
+    if options.prune is not None:
+        steps.append(
+            PlanStep(
+                "prune",
+                {"sparsity": options.prune, "scope": options.prune_scope, "sparse_storage": None},
+                f"zero the smallest weights ({options.prune_scope}; one-shot, under the budget)",
             )
         )
     return steps

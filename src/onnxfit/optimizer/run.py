@@ -30,6 +30,7 @@ from onnxfit.optimizer.plan import OptimizePlan, build_plan, make_step_pass
 from onnxfit.optimizer.result import OptimizeResult
 from onnxfit.optimizer.stats import measure_latency, model_stats, one_sample
 from onnxfit.passes.base import PassReport
+from onnxfit.prune_budget import PRUNE_STEPS, run_budgeted
 from onnxfit.targets import Target, get_target
 from onnxfit.verify import compare_models
 
@@ -247,11 +248,24 @@ def _run_pipeline(
     """Float passes once, then the lossy step in the back-off loop; which reference gated."""
     model = clone(original)
     reports: list[PassReport] = []
+    pruning_steps = [s for s in prefix if s.name in PRUNE_STEPS]
     for step in prefix:
+        if step.name in PRUNE_STEPS:
+            continue  # run below, under the accuracy budget
         stages(f"pass {step.name}")
         p = make_step_pass(step)
         p(model)
         reports.append(p.report())
+    if pruning_steps:
+        model, prune_reports = run_budgeted(
+            model,
+            pruning_steps,
+            data,
+            opts,
+            lossy_follows=the_plan.lossy_index is not None,
+            say=stages,
+        )
+        reports += prune_reports
     lossy_at = the_plan.lossy_index
     step = the_plan.steps[lossy_at] if lossy_at is not None else None
     suffix = the_plan.steps[lossy_at + 1 :] if lossy_at is not None else ()
@@ -261,7 +275,6 @@ def _run_pipeline(
     # against the float model (the INT8 input's own noise is not a loss of this run).
     gate_ref_is_orig = data.labels is not None or not the_plan.dequantizes or step is None
     outcome = run_lossy(
-        original=original,
         base=model,
         gate_ref=original if gate_ref_is_orig else model,
         gate_ref_name="original" if gate_ref_is_orig else "dequantized",

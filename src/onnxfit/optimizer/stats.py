@@ -48,8 +48,10 @@ class ModelStats:
 def model_stats(model: ir.Model, *, target: Target, file_bytes: int, precision: str) -> ModelStats:
     """Static figures of ``model`` on ``target`` (``file_bytes`` measured by the caller)."""
     from onnxfit.analysis.inspect import inspect
+    from onnxfit.passes.sparse import densified
 
-    result = inspect(model, target=target, batch=1)
+    # sparse-stored weights are decoded (constant-folded) at load: analyse the dense form
+    result = inspect(densified(model), target=target, batch=1)
     return ModelStats(
         precision=precision,
         file_bytes=int(file_bytes),

@@ -254,7 +254,7 @@ def plan_channels(
     if feeds:
         from onnxfit.passes import prune_compensate as pc
 
-        stats = pc.activation_stats(model, feeds, pc.mixed_inputs(cg))
+        stats = pc.channel_stats(model, feeds, pc.mixed_inputs(cg))
         data_scores = pc.activation_scores(cg, stats)
     groups = _groups(cg, norm, data_scores)
     caps = [_cap(g, max_ratio, min_channels) for g in groups]

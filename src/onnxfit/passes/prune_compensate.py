@@ -10,7 +10,7 @@ if there is one). The literature calls it mean replacement / bias correction; it
 for networks whose BatchNormalization was folded into the convs, where a removed channel's
 output is far from zero.
 
-Statistics apart from transformation (DESIGN habit 3): :func:`activation_stats` measures,
+Statistics apart from transformation (DESIGN habit 3): :func:`channel_stats` measures,
 :func:`activation_scores` ranks channels by what removing them costs, :func:`compensate`
 rewrites (before :func:`onnxfit.passes.prune_channels.apply_plan` slices).
 """
@@ -45,7 +45,7 @@ def mixed_inputs(cg: ChannelGraph) -> list[str]:
     return out
 
 
-def activation_stats(
+def channel_stats(
     model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel (mean, variance) — axis 1; over samples and every other axis — of the named

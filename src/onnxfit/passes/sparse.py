@@ -351,3 +351,15 @@ def densify(model: ir.Model) -> int:
 def is_encoded(model: ir.Model) -> bool:
     """True when ``model`` holds at least one decode subgraph of this module."""
     return any(match_decoder(n) is not None for n in model.graph)
+
+
+def densified(model: ir.Model) -> ir.Model:
+    """``model`` itself when it holds no decode subgraph, else a densified copy (for analysis:
+    the runtime folds the decode at load, so memory and FLOPs are those of the dense model)."""
+    if not is_encoded(model):
+        return model
+    from onnxfit import io
+
+    copy = io.from_proto(io.to_proto(model))
+    densify(copy)
+    return copy

@@ -132,6 +132,9 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     for p in result.passes:
         stats = ", ".join(_stat(k, val) for k, val in p.stats.items() if k != "ops")
         lines.append(f"pass {p.name}{'' if p.modified else ' (no change)'}: {stats}")
+    from onnxfit.report.prune import scan_lines
+
+    lines += scan_lines(result.passes)  # the pruning budget's sensitivity scan, if it ran
     lines.append(f"wrote {result.output}, {result.report_path}, {result.deploy_path}")
     lines += [f"note: {n}" for n in result.notes]
     return lines

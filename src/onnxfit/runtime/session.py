@@ -211,6 +211,8 @@ class Session:
     ``model`` is a path or an :class:`onnx_ir.Model`. ``.provider`` is the provider that runs,
     ``.inputs`` / ``.outputs`` the :class:`TensorSpec` lists (free-dim overrides applied),
     ``.plan`` the settings chosen. Use as a context manager or call :meth:`close`.
+    ``allow_spinning=False`` keeps ORT's threads from busy-waiting (use it when preprocessing
+    shares the cores).
     """
 
     def __init__(
@@ -227,6 +229,7 @@ class Session:
         provider_options: Mapping[str, Any] | None = None,
         pool: MemoryPool | None = None,
         serialize_runs: bool | None = None,
+        allow_spinning: bool = True,
     ) -> None:
         self.target = get_target(target)
         if pool is not None and io_binding is None:
@@ -243,6 +246,7 @@ class Session:
             cuda_graph=cuda_graph,
             provider_options=provider_options,
             serialize_runs=serialize_runs,
+            allow_spinning=allow_spinning,
         )
         proto = _load_proto(model)
         self._check_free_dim_names(proto)

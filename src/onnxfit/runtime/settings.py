@@ -80,6 +80,7 @@ class SessionPlan:
     cuda_graph: bool = False
     device_type: str = "cpu"
     device_id: int = 0
+    allow_spinning: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,7 @@ class SessionPlan:
             "cuda_graph": self.cuda_graph,
             "device_type": self.device_type,
             "device_id": self.device_id,
+            "allow_spinning": self.allow_spinning,
         }
 
 
@@ -184,6 +186,7 @@ def plan_session(
     cuda_graph: bool = False,
     provider_options: Mapping[str, Any] | None = None,
     serialize_runs: bool | None = None,
+    allow_spinning: bool = True,
 ) -> SessionPlan:
     """Choose the provider and the settings for ``target``.
 
@@ -193,6 +196,8 @@ def plan_session(
     end): a WARNING names both, or with ``strict=True`` :class:`InputError` is raised.
     ``provider_options`` apply to the wanted provider. ``serialize_runs`` forces (True) or
     forbids (False) the one-run-at-a-time lock; by default it is on for DirectML and CUDA graphs.
+    ``allow_spinning=False`` stops ORT's intra-op threads from busy-waiting between ops, which
+    matters when preprocessing workers share the cores (``session.intra_op.allow_spinning``).
     """
     tgt = get_target(target)
     entries = _split_providers(tgt, providers)
@@ -258,6 +263,7 @@ def plan_session(
         cuda_graph=cuda_graph,
         device_type=DEVICE_TYPES.get(provider, "cpu"),
         device_id=device_id,
+        allow_spinning=allow_spinning,
     )
 
 
@@ -275,6 +281,8 @@ def build_session_options(plan: SessionPlan) -> ort.SessionOptions:
     so.graph_optimization_level = _OPT_LEVELS[plan.graph_optimization_level]
     for name, value in plan.free_dims.items():
         so.add_free_dimension_override_by_name(name, value)
+    if not plan.allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 

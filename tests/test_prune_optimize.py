@@ -1,0 +1,75 @@
+"""Pruning in ``onnxfit optimize``: plan steps, the budget (requested ratios or per-layer), CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_prune import _net as prune_net
+from test_prune_channels import _resnet_like
+
+from onnxfit import io
+from onnxfit.errors import InputError
+from onnxfit.optimizer import optimize, plan
+
+
+def _save(m, path):
+    io.save(m, path)
+    return path
+
+
+def test_plan_places_pruning_before_precision_and_storage_last(rng, tmp_path):
+    p = _save(prune_net(rng), tmp_path / "m.onnx")
+    names = plan(p, "cpu", precision="fp16", prune=0.7, prune_channels=0.3).pass_names
+    assert names.index("prune-channels") < names.index("prune") < names.index("fp16")
+    assert names[-1] == "sparse-storage"
+    assert "prune" not in plan(p, "cpu", precision="fp32").pass_names
+    for bad in ({"prune": 1.5}, {"prune_channels": 0.0}, {"prune_scope": "everywhere"}):
+        with pytest.raises(InputError):
+            plan(p, "cpu", precision="fp32", **bad)
+
+
+def test_requested_ratio_kept_when_within_budget(rng, tmp_path):
+    p = _save(prune_net(rng), tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    res = optimize(p, out, target="cpu", precision="fp32", prune=0.5, max_accuracy_drop=100,
+                   measure_runs=0)  # fmt: skip
+    prune = next(r for r in res.passes if r.name == "prune")
+    assert prune.stats["budget"] == "requested ratios hold"
+    assert prune.stats["weights_pruned"] == round(0.5 * (1152 + 256))
+    written = io.load(out)
+    w1 = written.graph.initializers["w1"].const_value.numpy()
+    assert 0.3 < np.mean(w1 == 0) < 0.9
+
+
+def test_budget_mode_when_the_request_breaks_it(rng, tmp_path):
+    p = _save(_resnet_like(rng, 32), tmp_path / "r.onnx")
+    out = tmp_path / "o.onnx"
+    res = optimize(p, out, target="cpu", precision="fp32", prune_channels=0.5,
+                   max_accuracy_drop=0.5, measure_runs=0)  # fmt: skip
+    step = next(r for r in res.passes if r.name == "prune-channels")
+    assert str(step.stats["budget"]).startswith("per-layer ratios")
+    assert isinstance(step.stats["scan"], list) and len(step.stats["scan"]) == 3
+    assert float(step.stats["loss_pts"]) <= 0.5 + 1e-9
+    assert res.gate.passed
+    report = json.loads(res.report_path and open(res.report_path).read())
+    assert any(p["name"] == "prune-channels" for p in report["passes"])
+
+
+def test_cli_flags_reach_the_plan(rng, tmp_path):
+    from onnxfit.cli import main
+
+    p = _save(prune_net(rng), tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    args = ["optimize", str(p), "-o", str(out), "--target", "cpu", "--precision", "fp32",
+            "--prune", "0.5", "--prune-scope", "layer", "--max-accuracy-drop", "100",
+            "--measure-runs", "0", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    step = next(s for s in data["plan"]["steps"] if s["name"] == "prune")
+    assert step["options"]["scope"] == "layer" and step["options"]["sparsity"] == 0.5
+    bad = CliRunner().invoke(main, [*args[:8], "--prune", "2", "--force"])
+    assert bad.exit_code == 2 and "--prune" in bad.output
