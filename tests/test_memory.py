@@ -272,8 +272,12 @@ def test_unsorted_nodes_and_constant_branches_run_just_in_time() -> None:
     )
     order = [n.name for n in execution_order(model.graph)]
     assert order == ["first", "mid", "dq", "last"]
-    lives = {t.name: t for t in tensor_lifetimes(model)}
+    from onnxfit.analysis.lifetimes import analyze_lifetimes
+
+    lives = {t.name: t for t in analyze_lifetimes(model, qdq=False).lives}
     assert (lives["wf"].first, lives["wf"].last) == (2, 3)
+    # with QDQ fusion (the default) a dequantized weight is a weight, not an activation
+    assert "wf" not in {t.name for t in tensor_lifetimes(model)}
 
 
 def test_zoo_resnet18_plan(zoo_resnet18: Path) -> None:
@@ -530,3 +534,48 @@ def test_report_rows_table_and_plot(tmp_path: Path) -> None:
         plot_memory_plan(plan, tmp_path / "plan.gif")
     with pytest.raises(InputError):
         plot_memory_plan(plan, tmp_path / "missing" / "plan.png")
+
+
+def _qdq_chain() -> ir.Model:
+    """x -> Q -> DQ -> Conv -> Q -> DQ -> Conv -> out, 8x16x16 activations (2048 B as uint8)."""
+    from onnx import numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w"),
+        numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w2"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.uint8), "z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q1"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"], name="dq1"),
+        helper.make_node("Conv", ["xf", "w"], ["y"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"], name="q2"),
+        helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["yf"], name="dq2"),
+        helper.make_node("Conv", ["yf", "w2"], ["out"], pads=[1, 1, 1, 1], name="c2"),
+    ]
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [vi("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [vi("out", TensorProto.FLOAT, [1, 8, 16, 16])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return infer_shapes(io.from_proto(proto))
+
+
+def test_qdq_fusion_counts_quantized_width() -> None:
+    """ORT fuses DQ -> Conv -> Q: only the uint8 tensors exist (hand-computed: 2 x 2048 B)."""
+    from onnxfit.analysis.lifetimes import analyze_lifetimes
+
+    model = _qdq_chain()
+    plan = plan_memory(model)
+    assert [(b.name, b.size, b.first, b.last) for b in plan.buffers] == [
+        ("xq", 2048, 0, 2),
+        ("y", 2048, 2, 5),
+    ]
+    assert plan.arena_bytes == plan.lower_bound_bytes == 4096
+    unfused = analyze_lifetimes(model, qdq=False)
+    assert sum(life.size_bytes for life in unfused.lives) == 2048 + 8192 + 8192 + 2048 + 8192

@@ -21,7 +21,7 @@ from onnxfit.passes.sparse import (
     is_encoded,
     storage_sizes,
 )
-from passes_util import check, model, ops, run, tensor, vinfo
+from passes_util import check, copy, model, ops, run, tensor, vinfo
 
 
 def _sparse(rng: np.random.Generator, shape, density: float, dtype=np.float32) -> np.ndarray:
@@ -159,3 +159,23 @@ def test_zoo_yolov3_tiny_fp16_pruned_70_is_under_30_percent_of_fp32(zoo_yolov3_t
     b = run(io.load(tmp_path / "sparse16.onnx"), x, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
+
+
+def test_int8_qdq_weights_are_encoded_and_ort_still_fuses(rng, tmp_path):
+    from onnxfit.passes.calibration import synthetic_inputs
+    from onnxfit.passes.int8 import Int8StaticPass
+
+    w1, w2 = _sparse(rng, (32, 16, 3, 3), 0.25), _sparse(rng, (32, 32, 1, 1), 0.25)
+    m = _net(w1, w2)
+    Int8StaticPass(calibration=synthetic_inputs(m, 4, seed=0))(m)
+    dense = copy(m)
+    p = SparseStoragePass(min_elements=64)
+    p(m)
+    assert p.stats["tensors_encoded"] == 2
+    x = {"x": rng.standard_normal((1, 16, 6, 6)).astype(np.float32)}
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    np.testing.assert_array_equal(run(m, x, level=level)[0], run(dense, x, level=level)[0])
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(io.to_bytes(m), opts, providers=["CPUExecutionProvider"])
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}

@@ -4,11 +4,11 @@ break the accuracy budget.
 :func:`run_budgeted` runs the plan's ``prune-channels`` / ``prune`` steps on the float model
 (after cleanup, dequantize, BN folding; before the precision step):
 
-1. as requested (``--prune-channels R`` with the calibration images for its data-driven choice
-   and mean compensation, ``--prune S``), then judged on the verification data against the
-   model before pruning — top-1 accuracy drop with labels (``--eval``), else top-1 agreement
-   for a classifier on real inputs, else ``100 x (1 - worst cosine)`` — the measures of
-   :mod:`onnxfit.optimizer.gate`, in points;
+1. as requested (``--prune-channels R`` with up to 16 calibration images, when they are real,
+   for its data-driven choice and mean compensation; ``--prune S``), then judged on the
+   verification data against the model before pruning — top-1 accuracy drop with labels
+   (``--eval``), else top-1 agreement for a classifier on real inputs, else
+   ``100 x (1 - worst cosine)`` — the measures of :mod:`onnxfit.optimizer.gate`, in points;
 2. if that loses more than the pruning budget (``--max-accuracy-drop``, half of it when a lossy
    precision step follows, so that FP16 / INT8 keep room), the **budget mode** of
    :mod:`onnxfit.pruning`: each layer alone is pruned at 1/4, 1/2, 3/4 and all of the
@@ -107,7 +107,7 @@ def _judge(
 
 def _pass_options(step: PlanStep, feeds: Feeds) -> dict[str, Any]:
     opts = dict(step.options)
-    if step.name == "prune-channels":
+    if step.name == "prune-channels" and feeds:
         opts.setdefault("feeds", feeds)
     return opts
 
@@ -148,7 +148,9 @@ def run_budgeted(
     """Prune ``model`` (not changed) by ``steps`` within the budget; the pruned copy + reports."""
     from onnxfit.optimizer.plan import PlanStep as Step
 
-    calib = [dict(f) for f in data.calibration.feeds][:CALIB_FEEDS]
+    # real calibration images drive the channel choice and compensation; noise would mislead
+    calib = [] if data.calibration.synthetic else [dict(f) for f in data.calibration.feeds]
+    calib = calib[:CALIB_FEEDS]
     feeds = data.verify_feeds(model)
     budget = options.max_accuracy_drop * (SHARE_BEFORE_PRECISION if lossy_follows else 1.0)
     measure, score = _judge(model, feeds, data.labels, data.synthetic)

@@ -18,6 +18,12 @@ Two reuse rules of that planner are applied (each can be switched off):
 * *in place*: output 0 of an elementwise op (:data:`INPLACE_OPS`: Relu, BatchNormalization, Add,
   ...) is written over an input of the same byte size whose buffer this node reads for the last
   time (ORT's ``MayInplace`` kernels).
+* *QDQ fusion* (``qdq``): onnxruntime fuses DequantizeLinear -> op -> QuantizeLinear into integer
+  kernels (QLinearConv, ...; ``qdq_selector_action_transformer``), so the float tensors around a
+  quantized op never exist. A DequantizeLinear of a weight takes no arena bytes, one of an
+  activation is a view of its quantized input, a float value read only by QuantizeLinear is
+  counted at the quantized width, and that QuantizeLinear's output is a view of it. Without this
+  rule an INT8 QDQ model would plan *more* memory than its float original.
 
 A used tensor whose shape or dtype is unknown raises :class:`InputError` naming it, unless its
 shape depends on data (downstream of NonZero, NonMaxSuppression, Loop, ...): such values, and
@@ -225,14 +231,31 @@ def _data_dependent(order: Sequence[ir.Node]) -> set[int]:
     return tainted
 
 
+_QDQ_OPS = ("DequantizeLinear", "QuantizeLinear")
+
+
+def _quantized_only(value: ir.Value) -> ir.Value | None:
+    """The QuantizeLinear output when every reader of ``value`` is a QuantizeLinear, else None."""
+    uses = list(value.uses())
+    if not uses or any(u[0].op_type != "QuantizeLinear" for u in uses):
+        return None
+    return uses[0][0].outputs[0]
+
+
 def analyze_lifetimes(
-    model: ir.Model, *, alias: bool = True, inplace: bool = True, precision: str | None = None
+    model: ir.Model,
+    *,
+    alias: bool = True,
+    inplace: bool = True,
+    precision: str | None = None,
+    qdq: bool = True,
 ) -> Lifetimes:
     """Buffers, IO bytes and naive total of a shape-inferred model (rules: module docstring).
 
     ``alias`` / ``inplace`` switch the two reuse rules; with both off every intermediate value is
     its own buffer. ``precision`` ("fp32", "fp16", "bf16", "int8") counts every floating-point
-    value at that width (a what-if; fp16 halves an fp32 model's activations).
+    value at that width (a what-if; fp16 halves an fp32 model's activations). ``qdq`` applies the
+    QDQ-fusion rule of the module docstring.
     """
     check_precision(precision)
     graph = model.graph
@@ -240,6 +263,7 @@ def analyze_lifetimes(
     outputs = {id(v) for v in graph.outputs}
     external = {id(v) for v in graph.inputs} | {id(v) for v in graph.initializers.values()}
     external |= {id(o) for n in graph if is_constant(n) for o in n.outputs}
+    weights = external - {id(v) for v in graph.inputs if not v.is_initializer()}
     last_use = {id(v): step for step, node in enumerate(order) for v in node_inputs(node)}
     dynamic = _data_dependent(order)
     unknown: list[str] = []
@@ -275,12 +299,22 @@ def analyze_lifetimes(
         for k, out in enumerate(node.outputs):
             if id(out) in outputs or id(out) in external:
                 continue
-            size = size_of(out)
+            quantized = _quantized_only(out) if qdq else None
+            size = size_of(quantized if quantized is not None else out)
             naive += size
             dt = value_dtype(out, precision=precision)
             if dt is not None:
                 dtypes[dt.short_name()] = dtypes.get(dt.short_name(), 0) + size
             last = last_use.get(id(out), step)
+            if qdq and std and k == 0 and ins and node.op_type in _QDQ_OPS:
+                src = ins[0]
+                if node.op_type == "DequantizeLinear" and id(src) in weights:
+                    external.add(id(out))  # a dequantized weight: fused kernels read the int8 one
+                    continue
+                fused = node.op_type == "DequantizeLinear" or _quantized_only(src) is out
+                if fused and id(src) in group_of:
+                    join(group_of[id(src)], out, last)
+                    continue
             if alias and std and k == 0 and ins and node.op_type in ALIAS_OPS:
                 src = ins[0]
                 if id(src) in external:  # a view of a graph input / initializer: no arena bytes

@@ -25,6 +25,12 @@ Lossless to the bit: a weight is "non-zero" when its *bit pattern* is (so -0.0 a
 payloads survive), and Gather copies values bit for bit. With the optimizer disabled the
 decode runs at every inference instead (same outputs, slower).
 
+INT8 models (QDQ): the int8 / uint8 weight initializers read by ``DequantizeLinear`` in front
+of a Conv / Gemm / MatMul are encoded the same way (1 bit + 1 B per non-zero; a pruned weight
+quantizes to the zero point 0 of symmetric int8 weights); the decode folds into an int8
+initializer before onnxruntime's QDQ fusions run (constant folding is a level-1
+optimization, QDQ fusion level 2).
+
 A tensor is encoded only when the encoded form (with its nodes' overhead) is smaller than the
 dense tensor; the pass runs only when the overall sparsity of the pruned weight tensors (Conv /
 Gemm / MatMul weights with at least ``tensor_min_sparsity`` zeros) reaches ``min_sparsity``.
@@ -202,14 +208,36 @@ class _Builder:
             self.graph.insert_before(first, self.nodes)
 
 
+def _quantized_weight(node: ir.Node) -> ir.Value | None:
+    """The int8 / uint8 initializer behind a Conv / Gemm / MatMul weight in QDQ form
+    (``W = DequantizeLinear(q, scale, zero_point)``), else None."""
+    if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+        return None
+    for i in (1, 0) if node.op_type == "MatMul" else (1,):
+        w = node.inputs[i] if len(node.inputs) > i else None
+        dq = w.producer() if w is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = dq.inputs[0]
+        if (
+            q is not None
+            and q.is_initializer()
+            and q.const_value is not None
+            and q.dtype in (ir.DataType.INT8, ir.DataType.UINT8)
+            and all(u.node.op_type == "DequantizeLinear" and u.idx == 0 for u in q.uses())
+        ):
+            return q
+    return None
+
+
 def _candidates(model: ir.Model, *, min_elements: int) -> list[ir.Value]:
     seen: dict[ir.Value, None] = {}
     for node in model.graph:
         i = weight_input(node)
-        if i is None:
+        value = node.inputs[i] if i is not None else _quantized_weight(node)
+        if value is None:
             continue
-        value = node.inputs[i]
-        assert value is not None and value.const_value is not None
+        assert value.const_value is not None
         if value.const_value.size >= min_elements:
             seen.setdefault(value, None)
     return list(seen)

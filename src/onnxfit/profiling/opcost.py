@@ -1,15 +1,16 @@
 """Profiled operators joined with the cost model: achieved FLOP/s and bytes/s vs the roofline.
 
-:func:`join_cost` maps each profiled node back to the nodes of the model the cost model saw.
-ORT renames nodes it rewrites: ``relu_nchwc`` (a Conv+BN+Relu fused and converted to NCHWc, named
-after the last node fused or its output tensor), ``Conv_0_quant_token_1`` (a QDQ Conv turned into
+:func:`join_cost` maps each profiled node back to the nodes of the model the cost model saw. ORT
+renames nodes it rewrites: ``relu_nchwc`` (a Conv+BN+Relu fused and converted to NCHWc, named after
+the last node fused or its output tensor), ``Conv_0_quant_token_1`` (a QDQ Conv turned into
 QLinearConv), ``Mul_43/QuickGeluFusion/``. The suffixes come off one at a time and each form,
-longest first, is looked up as a node name, then as an output tensor name, and the match grows upstream to the node of the
-kernel's base op type (Conv for FusedConv / QLinearConv / NCHWc Conv), so a fused kernel is
-credited with the FLOPs of every node it replaced. Nodes ORT inserted (``ReorderOutput``, layout
-``Transpose``) stay unmatched. For each matched node the table gives achieved FLOP/s and bytes/s
-(per call) against the roofline of the device that ran it: attainable = min(peak, intensity x
-bandwidth) (Williams et al., CACM 2009), and ``efficiency`` = achieved / attainable.
+longest first, is looked up as a node name, then as an output tensor name, and the match grows
+upstream to the node of the kernel's base op type (Conv for FusedConv / QLinearConv / NCHWc Conv),
+so a fused kernel is credited with the FLOPs of every node it replaced. Nodes ORT inserted
+(``ReorderOutput``, layout ``Transpose``) stay unmatched. For each matched node the table gives
+achieved FLOP/s and bytes/s (per call) against the roofline of the device that ran it: attainable =
+min(peak, intensity x bandwidth) (Williams et al., CACM 2009), and ``efficiency`` = achieved /
+attainable.
 """
 
 from __future__ import annotations

@@ -245,6 +245,14 @@ def compare_rows(result: CompareResult) -> Rows:
             [fmt_time(m.static.projected_s) for m in ms],
         ),
         ("session creation", "", [fmt_time(m.session_s) for m in ms]),
+        (
+            "provider / threads",
+            "",
+            [
+                f"{m.provider.removesuffix('ExecutionProvider')} / {m.threads or 'ORT default'}"
+                for m in ms
+            ],
+        ),
     ]
     if any(m.device_bytes for m in ms):
         spec.insert(6, ("device memory", "", [fmt_bytes(m.device_bytes) for m in ms]))

@@ -11,7 +11,7 @@ from typing import Any
 #: public name -> module that defines it (other runtime modules add theirs here)
 _EXPORTS: dict[str, str] = {
     "Session": "onnxfit.runtime.session",
-    "TensorSpec": "onnxfit.runtime.session",
+    "TensorSpec": "onnxfit.runtime.feeds",
     "deploy_settings": "onnxfit.runtime.settings",
     "plan_session": "onnxfit.runtime.settings",
     "SessionPlan": "onnxfit.runtime.settings",

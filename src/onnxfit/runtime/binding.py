@@ -30,7 +30,7 @@ from onnxfit.errors import InputError
 from onnxfit.runtime.pool import DEFAULT_ALIGNMENT, Block, MemoryPool, align_up
 
 if TYPE_CHECKING:
-    from onnxfit.runtime.session import TensorSpec
+    from onnxfit.runtime.feeds import TensorSpec
 
 logger = logging.getLogger(__name__)
 

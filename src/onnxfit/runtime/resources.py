@@ -2,15 +2,12 @@
 
 Every resource has a :class:`Priority` and a size estimate (a model's weights + activation arena +
 inputs/outputs from :func:`onnxfit.analysis.memory.estimate_runtime_memory`; a buffer's bytes).
-Only *loaded* resources count against the budget. Admitting a request of ``size`` bytes:
-
-1. if it would leave less than ``low_threshold`` (20 %) of the budget free, LOW resources are
-   evicted, least recently used first, until that much is free again (or none is left);
-2. if it would still leave less than ``critical_threshold`` (10 %) free, MEDIUM resources are
-   evicted the same way;
-3. if it still does not fit in the budget, the request is refused with
-   :class:`~onnxfit.errors.BudgetExceededError` naming the largest holders, and *nothing* is
-   evicted; a CRITICAL request is admitted anyway, and logged (WARNING) as over budget.
+Only *loaded* resources count against the budget. Admitting one evicts LOW, then MEDIUM
+resources, least recently used first, to keep ``low_threshold`` (20 %) / ``critical_threshold``
+(10 %) of the budget free; a request that still does not fit is refused with
+:class:`~onnxfit.errors.BudgetExceededError` naming the largest holders, and *nothing* is
+evicted; a CRITICAL request is admitted anyway, and logged (WARNING) as over budget. That policy
+lives in :mod:`onnxfit.runtime.eviction`; this module keeps the books.
 
 A request never evicts resources of a higher priority than its own (a LOW model does not push out
 a MEDIUM one), and never a pinned resource: :meth:`acquire` pins until :meth:`release` (or use
@@ -22,7 +19,6 @@ after the manager's lock is released) and logged. All methods are thread-safe (o
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import threading
@@ -34,21 +30,15 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfit.errors import BudgetExceededError, InputError
+from onnxfit.runtime.eviction import Priority, Resource, mib, plan_admission, refusal_message
 from onnxfit.targets import Target, get_target
+
+__all__ = ["Event", "Priority", "ResourceInfo", "ResourceManager", "ResourceStats"]
 
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["loaded", "evicted", "reloaded", "refused", "over_budget", "unloaded"]
 ModelSource = str | os.PathLike[str] | ir.Model
-
-
-class Priority(enum.IntEnum):
-    """How much a resource matters: LOW and MEDIUM ones may be evicted, HIGH and CRITICAL not."""
-
-    LOW = 0
-    MEDIUM = 1
-    HIGH = 2
-    CRITICAL = 3
 
 
 @dataclass(frozen=True)
@@ -73,21 +63,6 @@ class Event:
             "budget_bytes": self.budget_bytes,
             "detail": self.detail,
         }
-
-
-@dataclass
-class _Resource:
-    name: str
-    kind: Literal["model", "buffer"]
-    priority: Priority
-    size: int
-    source: Any = None  # model path / ir.Model, or (shape, dtype) for a buffer
-    obj: Any = None
-    loaded: bool = False
-    loads: int = 0
-    pins: int = 0
-    last_used: int = 0
-    evictions: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,10 +101,6 @@ class ResourceStats:
             "counts": dict(self.counts),
             "resources": [r.__dict__.copy() for r in self.resources],
         }
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB"
 
 
 def _default_estimate(model: ModelSource, batch: int) -> int:
@@ -181,7 +152,7 @@ class ResourceManager:
         self._on_event = on_event
         self._factory = session_factory or self._default_factory
         self._lock = threading.RLock()
-        self._res: dict[str, _Resource] = {}
+        self._res: dict[str, Resource] = {}
         self._clock = 0
         self._used = 0
         self._peak = 0
@@ -211,7 +182,7 @@ class ResourceManager:
         the estimate (weights + arena + inputs/outputs at ``batch``).
         """
         size = int(size_bytes) if size_bytes is not None else _default_estimate(model, batch)
-        self._register(_Resource(name, "model", Priority(priority), size, source=model))
+        self._register(Resource(name, "model", Priority(priority), size, source=model))
         if preload:
             self.acquire(name, pin=False)
         return size
@@ -228,10 +199,10 @@ class ResourceManager:
         shp = (shape,) if isinstance(shape, int) else tuple(shape)
         dt = np.dtype(dtype)
         size = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
-        self._register(_Resource(name, "buffer", Priority(priority), size, source=(shp, dt)))
+        self._register(Resource(name, "buffer", Priority(priority), size, source=(shp, dt)))
         return size
 
-    def _register(self, res: _Resource) -> None:
+    def _register(self, res: Resource) -> None:
         if res.size < 0:
             raise InputError(f"{res.name!r}: size must be >= 0, got {res.size}")
         with self._lock:
@@ -311,35 +282,21 @@ class ResourceManager:
         self._emit(events)
 
     # --------------------------------------------------------------------------- policy
-    def _admit(self, res: _Resource, events: list[Event]) -> None:
-        """Evict per the thresholds and reserve ``res.size``, or refuse (see module docstring)."""
+    def _admit(self, res: Resource, events: list[Event]) -> None:
+        """Evict per :func:`~onnxfit.runtime.eviction.plan_admission` and reserve ``res.size``,
+        or refuse (see the module docstring)."""
         budget = self.budget_bytes
-        free_after = budget - self._used - res.size
-        evictable = sorted(
-            (
-                r
-                for r in self._res.values()
-                if r.loaded
-                and r.pins == 0
-                and r is not res
-                and r.priority <= min(Priority.MEDIUM, res.priority)
-            ),
-            key=lambda r: (r.priority, r.last_used),
+        plan = plan_admission(
+            res,
+            self._res.values(),
+            used=self._used,
+            budget=budget,
+            low_threshold=self.low_threshold,
+            critical_threshold=self.critical_threshold,
         )
-        plan: list[_Resource] = []
-        for level, threshold in (
-            (Priority.LOW, self.low_threshold),
-            (Priority.MEDIUM, self.critical_threshold),
-        ):
-            for r in evictable:
-                if free_after >= threshold * budget:
-                    break
-                if r.priority <= level and r not in plan:
-                    plan.append(r)
-                    free_after += r.size
-        if free_after < 0 and res.priority < Priority.CRITICAL:
+        if plan is None:
             self._counts["refused"] += 1
-            msg = self._refusal(res)
+            msg = refusal_message(res, self._res.values(), used=self._used, budget=budget)
             events.append(self._event("refused", res, msg))
             raise BudgetExceededError(
                 msg,
@@ -352,35 +309,22 @@ class ResourceManager:
             self._counts["evicted"] += 1
             events.append(self._event("evicted", r, f"to admit {res.name!r}"))
             logger.info(
-                "evicted %r (%s, %s) to admit %r", r.name, r.priority.name, _mib(r.size), res.name
+                "evicted %r (%s, %s) to admit %r", r.name, r.priority.name, mib(r.size), res.name
             )
         self._used += res.size
         if self._used > budget:
             self._counts["over_budget"] += 1
-            detail = f"{_mib(self._used)} in use > budget {_mib(budget)}"
+            detail = f"{mib(self._used)} in use > budget {mib(budget)}"
             events.append(self._event("over_budget", res, detail))
             logger.warning("CRITICAL %r admitted over budget: %s", res.name, detail)
 
-    def _refusal(self, res: _Resource) -> str:
-        holders = sorted((r for r in self._res.values() if r.loaded), key=lambda r: -r.size)
-        top = ", ".join(
-            f"{r.name} ({_mib(r.size)}, {r.priority.name}{', pinned' if r.pins else ''})"
-            for r in holders[:5]
-        )
-        more = f" and {len(holders) - 5} more" if len(holders) > 5 else ""
-        return (
-            f"cannot load {res.name!r} ({_mib(res.size)}, {res.priority.name}): budget "
-            f"{_mib(self.budget_bytes)}, {_mib(self._used)} in use; held by: "
-            f"{top or 'nothing'}{more}"
-        )
-
-    def _load(self, res: _Resource) -> Any:
+    def _load(self, res: Resource) -> Any:
         if res.kind == "buffer":
             shape, dtype = res.source
             return np.zeros(shape, dtype=dtype)
         return self._factory(res.source)
 
-    def _drop(self, res: _Resource) -> None:
+    def _drop(self, res: Resource) -> None:
         # Only dereferenced, never closed: a session still running on another thread stays
         # alive through that thread's reference and is freed when it returns.
         res.obj = None
@@ -388,7 +332,7 @@ class ResourceManager:
         self._used -= res.size
 
     # --------------------------------------------------------------------------- events
-    def _event(self, kind: EventKind, res: _Resource, detail: str = "") -> Event:
+    def _event(self, kind: EventKind, res: Resource, detail: str = "") -> Event:
         if kind in ("loaded", "reloaded", "unloaded"):
             self._counts[kind] += 1
         return Event(kind, res.name, res.size, res.priority, self._used, self.budget_bytes, detail)
@@ -401,7 +345,7 @@ class ResourceManager:
                 "%s %r (%s)%s",
                 ev.kind,
                 ev.name,
-                _mib(ev.size_bytes),
+                mib(ev.size_bytes),
                 f": {ev.detail}" if ev.detail else "",
             )
             if self._on_event is not None:
@@ -411,7 +355,7 @@ class ResourceManager:
                     logger.exception("on_event callback failed for %s", ev)
 
     # ---------------------------------------------------------------------------- queries
-    def _get(self, name: str) -> _Resource:
+    def _get(self, name: str) -> Resource:
         try:
             return self._res[name]
         except KeyError:

@@ -17,7 +17,7 @@ settings the target needs (see :mod:`onnxfit.runtime.settings` for the facts and
 A missing provider falls back explicitly: a WARNING names the provider wanted and the one that
 runs (``.provider``); ``strict=True`` raises :class:`InputError` instead. Feeds are checked
 (names, dtype, rank, every fixed dimension, and consistent symbolic dimensions) before running,
-with an error naming the input, the expected and the given.
+with an error naming the input, the expected and the given (:mod:`onnxfit.runtime.feeds`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from onnxfit.runtime.binding import (
     StaticBinding,
     graph_capture_shapes,
 )
+from onnxfit.runtime.feeds import TensorSpec, check_feeds, fmt_shape, spec_from_ort
 from onnxfit.runtime.pool import MemoryPool
 from onnxfit.runtime.settings import (
     ProviderArg,
@@ -55,11 +55,10 @@ from onnxfit.runtime.settings import (
 )
 from onnxfit.targets import Target, get_target
 
-__all__ = ["Session", "TensorSpec", "deploy_settings", "plan_session"]
+__all__ = ["Session", "TensorSpec", "check_feeds", "deploy_settings", "plan_session"]
 
 logger = logging.getLogger(__name__)
 
-Dim = int | str | None
 _ORT_ERRORS: tuple[type[Exception], ...] = (
     RuntimeError,
     _ort_state.Fail,
@@ -69,58 +68,6 @@ _ORT_ERRORS: tuple[type[Exception], ...] = (
     _ort_state.NotImplemented,
     _ort_state.RuntimeException,
 )
-
-_ORT_DTYPES: dict[str, np.dtype] = {
-    f"tensor({k})": np.dtype(v)
-    for k, v in {
-        "float": np.float32,
-        "float16": np.float16,
-        "double": np.float64,
-        "int8": np.int8,
-        "uint8": np.uint8,
-        "int16": np.int16,
-        "uint16": np.uint16,
-        "int32": np.int32,
-        "uint32": np.uint32,
-        "int64": np.int64,
-        "uint64": np.uint64,
-        "bool": np.bool_,
-        "string": np.object_,
-    }.items()
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input or output: name, shape (int = fixed, str = symbolic, None = unknown), dtype."""
-
-    name: str
-    shape: tuple[Dim, ...]
-    dtype: np.dtype
-
-    @property
-    def is_static(self) -> bool:
-        return all(isinstance(d, int) for d in self.shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype)}
-
-
-def _fmt_shape(shape: Sequence[Dim]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _spec(node_arg: Any, free_dims: Mapping[str, int]) -> TensorSpec:
-    shape: list[Dim] = []
-    for d in node_arg.shape or ():
-        if isinstance(d, str) and d in free_dims:
-            shape.append(free_dims[d])
-        elif isinstance(d, int) and d >= 0:
-            shape.append(d)
-        else:
-            shape.append(d if isinstance(d, str) else None)
-    dtype = _ORT_DTYPES.get(node_arg.type, np.dtype(np.void))
-    return TensorSpec(node_arg.name, tuple(shape), dtype)
 
 
 def _load_proto(model: str | os.PathLike[str] | ir.Model | onnx.ModelProto) -> onnx.ModelProto:
@@ -134,75 +81,6 @@ def _load_proto(model: str | os.PathLike[str] | ir.Model | onnx.ModelProto) -> o
         f"model must be a path or an onnx_ir.Model, given {type(model).__name__}",
         hint="load it with onnxfit.load(path) or pass the .onnx path",
     )
-
-
-def check_feeds(feeds: Mapping[str, Any], inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Check feeds against the input specs; return them as arrays in the inputs' order.
-
-    Raises :class:`InputError` naming the input and the expected and given names, dtype or shape.
-    """
-    if not isinstance(feeds, Mapping):
-        raise InputError(
-            f"feeds must be a dict of input name -> array, given {type(feeds).__name__}",
-            hint=f"e.g. session.run({{{inputs[0].name!r}: array}})" if inputs else None,
-        )
-    names = [s.name for s in inputs]
-    unknown = sorted(set(feeds) - set(names))
-    missing = [n for n in names if n not in feeds]
-    if unknown or missing:
-        parts = []
-        if unknown:
-            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
-        if missing:
-            parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
-        raise InputError(
-            "; ".join(parts) + f"; the model's inputs are {', '.join(map(repr, names))}",
-            hint="feed exactly the model's inputs, by name",
-        )
-    out: dict[str, np.ndarray] = {}
-    symbols: dict[str, tuple[str, int]] = {}
-    for spec in inputs:
-        arr = feeds[spec.name]
-        if not isinstance(
-            arr, np.ndarray
-        ):  # a list or scalar has no dtype of its own: take the input's
-            known = spec.dtype != np.dtype(np.void)
-            try:
-                arr = np.asarray(arr, dtype=spec.dtype if known else None)
-            except (TypeError, ValueError) as exc:
-                raise InputError(
-                    f"input {spec.name!r}: cannot convert the given {type(arr).__name__} to "
-                    f"{spec.dtype} ({exc})"
-                ) from None
-        if spec.dtype != np.dtype(np.void) and arr.dtype != spec.dtype:
-            raise InputError(
-                f"input {spec.name!r}: expected dtype {spec.dtype}, given {arr.dtype}",
-                hint=f"convert it with .astype(np.{spec.dtype.name})",
-            )
-        want = f"{_fmt_shape(spec.shape)}"
-        if arr.ndim != len(spec.shape):
-            raise InputError(
-                f"input {spec.name!r}: expected shape {want} (rank {len(spec.shape)}), "
-                f"given {list(arr.shape)} (rank {arr.ndim})",
-                hint="add or drop the batch dimension (np.expand_dims / squeeze)",
-            )
-        for i, (dim, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-            if isinstance(dim, int) and dim != got:
-                raise InputError(
-                    f"input {spec.name!r}: expected shape {want}, given {list(arr.shape)} "
-                    f"(dimension {i} must be {dim})",
-                    hint="resize the data, or build the session with other free_dims",
-                )
-            if isinstance(dim, str):
-                seen = symbols.setdefault(dim, (spec.name, got))
-                if seen[1] != got:
-                    raise InputError(
-                        f"input {spec.name!r}: dimension {i} ({dim!r}) is {got}, but input "
-                        f"{seen[0]!r} has {dim!r} = {seen[1]}",
-                        hint="inputs sharing a dimension name must agree on its size",
-                    )
-        out[spec.name] = arr
-    return out
 
 
 class Session:
@@ -272,8 +150,8 @@ class Session:
             logger.warning(msg)
         self.provider: str = running
         fd = self.plan.free_dims
-        self.inputs: list[TensorSpec] = [_spec(a, fd) for a in self._sess.get_inputs()]
-        self.outputs: list[TensorSpec] = [_spec(a, fd) for a in self._sess.get_outputs()]
+        self.inputs: list[TensorSpec] = [spec_from_ort(a, fd) for a in self._sess.get_inputs()]
+        self.outputs: list[TensorSpec] = [spec_from_ort(a, fd) for a in self._sess.get_outputs()]
         self._output_names = [s.name for s in self.outputs]
         self._lock = threading.Lock()  # guards the binding; also serializes runs when asked
         self._closed = False
@@ -439,5 +317,5 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        ins = ", ".join(f"{s.name}{_fmt_shape(s.shape)}" for s in self.inputs)
+        ins = ", ".join(f"{s.name}{fmt_shape(s.shape)}" for s in self.inputs)
         return f"Session(provider={self.provider!r}, target={self.target.name!r}, inputs=[{ins}])"

@@ -51,7 +51,8 @@ CPU = "CPUExecutionProvider"
 DEVICE_TYPES = {DML: "dml", CUDA: "cuda", CPU: "cpu"}
 DML_PERFORMANCE = ("default", "high_performance", "minimum_power")
 DML_FILTERS = ("gpu", "npu", "any")
-_OPT_LEVELS = {
+#: ORT graph optimization level by name (``SessionPlan.graph_optimization_level``, the loader)
+OPT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -73,7 +74,7 @@ class SessionPlan:
     enable_mem_pattern: bool
     execution_mode: str  # "sequential" | "parallel"
     intra_op_threads: int
-    graph_optimization_level: str  # key of _OPT_LEVELS
+    graph_optimization_level: str  # key of OPT_LEVELS
     free_dims: dict[str, int] = field(default_factory=dict)
     serialize_runs: bool = False
     io_binding: bool = False
@@ -278,7 +279,7 @@ def build_session_options(plan: SessionPlan) -> ort.SessionOptions:
     )
     so.intra_op_num_threads = plan.intra_op_threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = _OPT_LEVELS[plan.graph_optimization_level]
+    so.graph_optimization_level = OPT_LEVELS[plan.graph_optimization_level]
     for name, value in plan.free_dims.items():
         so.add_free_dimension_override_by_name(name, value)
     if not plan.allow_spinning:
