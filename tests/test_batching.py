@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxfit.errors import InputError
 from onnxfit.runtime.batching import AUTO_SIZES, BatchEngine, EngineClosedError
 from onnxfit.runtime.session import Session, TensorSpec
+from runtime_util import assert_outputs_close, start_and_join
 
 pytestmark = pytest.mark.timeout(120)
 WAIT = 10.0  # seconds: every wait in this file is bounded
@@ -63,11 +64,7 @@ def _reference(model: onnx.ModelProto | Path, items: list[dict[str, Any]]) -> li
 def _assert_same(got: list[dict[str, Any]], ref: list[dict[str, Any]]) -> None:
     assert len(got) == len(ref)
     for g, r in zip(got, ref, strict=True):
-        assert set(g) == set(r)
-        for k in r:
-            assert g[k].shape == r[k].shape, k
-            scale = max(1.0, float(np.abs(r[k]).max()))
-            np.testing.assert_allclose(g[k], r[k], rtol=1e-5, atol=1e-6 * scale)
+        assert_outputs_close(g, r)
 
 
 # ------------------------------------------------------------------------ sync batching
@@ -181,11 +178,7 @@ def test_threads_submit_sync_get_their_own_results() -> None:
     def call(i: int) -> None:
         results[i] = engine.submit_sync(_item(float(i)), timeout=WAIT)["y"]
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
+    start_and_join([threading.Thread(target=call, args=(i,)) for i in range(32)], timeout=WAIT)
     engine.close()
     assert sorted(results) == list(range(32))
     for i, y in results.items():

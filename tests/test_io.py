@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfit import io
+from onnxfit import atomic, io
 from onnxfit.errors import ModelLoadError, UnsafeModelError
 
 
@@ -176,7 +176,7 @@ def test_save_leaves_no_temp_files_on_failure(
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         io.save(model, tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
@@ -214,3 +214,14 @@ def test_saved_file_has_ordinary_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_text_and_failure_leaves_target(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    atomic.write_text(target, "one")
+    assert target.read_text() == "one"
+    with pytest.raises(RuntimeError), atomic.atomic_open(target, "w", encoding="utf-8") as fh:
+        fh.write("half")
+        raise RuntimeError("boom")
+    assert target.read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

@@ -18,6 +18,7 @@ from onnxfit.errors import BudgetExceededError, InputError
 from onnxfit.runtime.memstat import PeakRSS, malloc_trim
 from onnxfit.runtime.progressive import ProgressiveLoader
 from onnxfit.runtime.sections import analyze_graph, max_node_cost, plan_sections
+from runtime_util import assert_outputs_close, start_and_join
 
 pytestmark = pytest.mark.timeout(180)
 KIB = 1024
@@ -77,14 +78,10 @@ def _reference(path: Path, feeds: dict[str, np.ndarray], *, level: str = "all") 
 
 
 def _assert_same(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
-    """rtol 1e-5 (absolute 1e-6 of the largest magnitude for values near zero). References run
-    at the loader's ORT optimization level: plain sessions of YOLOX-Nano at BASIC and ALL differ
-    by 1e-4 from each other, more than the tolerance, while sections match their level exactly."""
-    assert set(got) == set(ref)
-    for k, r in ref.items():
-        assert got[k].shape == r.shape
-        scale = max(1.0, float(np.abs(r).max()))
-        np.testing.assert_allclose(got[k], r, rtol=1e-5, atol=1e-6 * scale)
+    """:func:`assert_outputs_close`. References run at the loader's ORT optimization level: plain
+    sessions of YOLOX-Nano at BASIC and ALL differ by 1e-4 from each other, more than the
+    tolerance, while sections match their level exactly."""
+    assert_outputs_close(got, ref)
 
 
 def _x(batch: int = 2, width: int = 256) -> dict[str, np.ndarray]:
@@ -246,12 +243,7 @@ def test_concurrent_runs_are_serialized(tmp_path: Path) -> None:
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=work) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not any(t.is_alive() for t in threads)
+        start_and_join([threading.Thread(target=work) for _ in range(3)], timeout=60)
         assert not errors
         assert loader.stats.runs == 9
         assert loader.stats.peak_held_bytes <= loader.plan.budget_bytes

@@ -14,6 +14,7 @@ import pytest
 
 from onnxfit.errors import BudgetExceededError, InputError
 from onnxfit.runtime.resources import Event, Priority, ResourceManager
+from runtime_util import start_and_join
 
 pytestmark = pytest.mark.timeout(120)
 MIB = 2**20
@@ -211,12 +212,7 @@ def test_concurrent_acquire_release_keeps_accounting_consistent() -> None:
             except BaseException as exc:
                 errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
+    start_and_join([threading.Thread(target=worker, args=(s,)) for s in range(8)], timeout=60)
     assert not errors and not over
     st = mgr.stats()
     assert st.used_bytes == sum(r.size_bytes for r in st.resources if r.loaded)

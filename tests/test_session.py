@@ -31,6 +31,7 @@ from onnxfit.runtime.settings import (
     plan_session,
 )
 from onnxfit.targets import get_target
+from runtime_util import start_and_join
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -354,12 +355,7 @@ def _hammer(s: Session, n_threads: int, per_thread: int) -> list[BaseException]:
         except BaseException as exc:  # collected and re-raised by the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-        assert not t.is_alive(), "a run did not finish"
+    start_and_join([threading.Thread(target=work) for _ in range(n_threads)], timeout=30)
     return errors
 
 

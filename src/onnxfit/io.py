@@ -26,6 +26,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from onnxfit import atomic
 from onnxfit.errors import ModelLoadError, UnsafeModelError
 
 logger = logging.getLogger(__name__)
@@ -196,32 +197,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _default_mode(path: Path) -> int:
-    """The mode a plain ``open()`` would give a new file (or the existing file's mode)."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    mode = _default_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save(
     model: ir.Model | onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -257,7 +232,7 @@ def save(
     try:
         proto = to_proto(model)
         if proto.ByteSize() < external_threshold:
-            _atomic_write_bytes(out, proto.SerializeToString())
+            atomic.write_bytes(out, proto.SerializeToString())
         else:
             data_name = out.name + ".data"
             fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -8,7 +8,8 @@ The three stages overlap, each in its own thread:
 2. **inference** — runs the session on a filled buffer (a view, no copy; a fixed batch of k
    runs k rows at a time, the last window's stale rows' outputs dropped), frees the buffer;
 3. **the caller's thread** — post-processing (top-k, or decode + per-class NMS + undo the
-   letterbox) and whatever the caller does with each result (JSON lines, drawing).
+   letterbox; :mod:`onnxfit.postprocess`) and whatever the caller does with each result (JSON
+   lines, drawing).
 
 :meth:`Pipeline.results` yields one :class:`ImageResult` per input path, in input order. A file
 that cannot be used (corrupt, truncated, empty, not an image, over the pixel limit) gets an
@@ -33,9 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from onnxfit.data.decode import DEFAULT_MAX_PIXELS
-from onnxfit.data.detection import decode_yolov3_tiny, decode_yolox, detect
 from onnxfit.data.images import ImageMeta, Preprocessor
-from onnxfit.data.tasks import classify
 from onnxfit.model_info import (
     ModelInfo,
     check_options,
@@ -43,6 +42,7 @@ from onnxfit.model_info import (
     load_class_names,
     split_cores,
 )
+from onnxfit.postprocess import chunk_results
 from onnxfit.run_results import BadInput, ImageResult, PipelineStats, RunResult, collect_images
 
 __all__ = ["BadInput", "ImageResult", "Pipeline", "PipelineStats", "RunResult", "run_images"]
@@ -229,41 +229,19 @@ class Pipeline:
             _put(out, _Failure(exc), stop)
 
     def _post(self, item: _Chunk) -> Iterator[ImageResult]:
-        n = len(item.metas)
-        per_image: list[dict[str, Any]] = [{} for _ in range(n)]
-        if n and self.info.task == "classify":
-            logits = item.outputs[0][:n].reshape(n, -1)
-            top = classify(logits, k=self.top_k, names=self.names)
-            for d, c in zip(per_image, top, strict=True):
-                d["classification"] = c
-        elif n:
-            size = self.info.preset.size
-            for k, meta in enumerate(item.metas):
-                if self.info.decoder == "yolox":
-                    boxes, scores = decode_yolox(item.outputs[0][k], input_size=size)
-                else:
-                    heads = [o[k] for o in item.outputs]
-                    boxes, scores = decode_yolov3_tiny(heads, input_size=size)
-                per_image[k]["detections"] = detect(
-                    boxes,
-                    scores,
-                    score_threshold=self.score_threshold,
-                    iou_threshold=self.iou_threshold,
-                    max_detections=self.max_detections,
-                    meta=meta,
-                )
-        k = 0
-        for j, p in enumerate(item.paths):
-            index = item.start + j
-            if k < n and item.metas[k].path == str(p):
-                meta = item.metas[k]
-                yield ImageResult(
-                    index, str(p), size=meta.size, names=self.names, meta=meta, **per_image[k]
-                )
-                k += 1
-            else:
-                reason = item.errors.get(str(p), "could not be preprocessed")
-                yield ImageResult(index, str(p), error=reason, names=self.names)
+        return chunk_results(
+            item.start,
+            item.paths,
+            item.metas,
+            item.errors,
+            item.outputs,
+            info=self.info,
+            names=self.names,
+            top_k=self.top_k,
+            score_threshold=self.score_threshold,
+            iou_threshold=self.iou_threshold,
+            max_detections=self.max_detections,
+        )
 
     # -- the public loop ------------------------------------------------------------------
     def results(self, paths: Sequence[str | os.PathLike[str]]) -> Iterator[ImageResult]:

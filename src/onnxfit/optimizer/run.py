@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxfit import io
+from onnxfit import atomic, io
 from onnxfit.errors import InputError
 from onnxfit.optimizer.backoff import Outcome, clone, run_lossy
 from onnxfit.optimizer.data import RunData, load_run_data
@@ -113,7 +113,7 @@ def _kept_float(reports: list[PassReport], kept: list[str]) -> dict[str, str]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2, default=_json_default) + "\n"
-    io._atomic_write_bytes(path, text.encode())
+    atomic.write_text(path, text)
 
 
 def _json_default(obj: Any) -> Any:

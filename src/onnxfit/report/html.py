@@ -8,16 +8,15 @@ images; :meth:`HtmlPage.write` writes it atomically. :func:`bench_page` and
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as _dt
 import html
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from onnxfit import __version__
+from onnxfit.atomic import write_text
 from onnxfit.errors import InputError
 from onnxfit.report.bench import (
     Rows,
@@ -25,7 +24,7 @@ from onnxfit.report.bench import (
     compare_rows,
     machine_rows,
 )
-from onnxfit.report.plots import Plot, file_mode
+from onnxfit.report.plots import Plot
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
@@ -101,18 +100,7 @@ class HtmlPage:
             raise InputError(f"--html {out}: is a folder", hint="give a file name ending in .html")
         if not out.parent.is_dir():
             raise InputError(f"folder {str(out.parent)!r} does not exist", hint="create it first")
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.render())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, file_mode())  # mkstemp creates 0600
-            os.replace(tmp, out)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_text(out, self.render())
         return out
 
 

@@ -8,15 +8,14 @@ atomically (temporary file in the same folder, then rename).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from onnxfit.analysis.memory import MemoryPlan
+from onnxfit.atomic import atomic_open
 from onnxfit.errors import InputError
 from onnxfit.report.common import MIB, fmt_bytes
 
@@ -175,15 +174,6 @@ def plot_memory_plan(
     if not out.parent.is_dir():
         raise InputError(f"folder {str(out.parent)!r} does not exist", hint="create it first")
     fig = _draw(plan, title)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out) as f:
+        fig.savefig(f, format=fmt)
     return out

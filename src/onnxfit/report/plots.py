@@ -10,7 +10,6 @@ memory-plan picture is :func:`onnxfit.report.memory.plot_memory_plan`; :func:`be
 
 from __future__ import annotations
 
-import contextlib
 import io as _io
 import os
 import tempfile
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxfit.atomic import atomic_open, write_bytes
 from onnxfit.errors import InputError
 from onnxfit.profiling.ortprofile import OrtProfile
 
@@ -47,28 +47,11 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def file_mode() -> int:
-    """The mode a plain ``open()`` gives a new file (0o666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` to ``path`` (.png/.svg/.pdf) atomically; returns the path."""
     out = check_plot_path(path)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=_FORMATS[out.suffix.lower()])
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp creates 0600
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out) as f:
+        fig.savefig(f, format=_FORMATS[out.suffix.lower()])
     return out
 
 
@@ -295,21 +278,5 @@ def write_plots(plots: Sequence[Plot], path: str | os.PathLike[str]) -> list[Pat
         if p.figure is not None:
             written.append(save_figure(p.figure, dest))
         elif dest.suffix.lower() == ".png":
-            written.append(_write_bytes(dest, p.png))
+            written.append(write_bytes(dest, p.png))
     return written
-
-
-def _write_bytes(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path

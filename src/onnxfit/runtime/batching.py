@@ -16,6 +16,8 @@
   batch runs; :meth:`close` stops the worker, fails pending callers with :class:`EngineClosedError`
   and joins the thread. Asyncio futures are completed through ``loop.call_soon_threadsafe`` (by
   :func:`asyncio.wrap_future`).
+
+How items are checked, stacked into a batch and split again: :mod:`onnxfit.runtime.stacking`.
 """
 
 from __future__ import annotations
@@ -35,11 +37,19 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from onnxfit.errors import InputError
+from onnxfit.runtime.stacking import (
+    Feeds,
+    check_item,
+    fixed_batch_dim,
+    signature,
+    split_outputs,
+    stack_items,
+)
 from onnxfit.runtime.tuning import AUTO_SIZES, TuningResult, tune_batch_size
 
-logger = logging.getLogger(__name__)
+__all__ = ["AUTO_SIZES", "BatchEngine", "BatchStats", "EngineClosedError", "Runner", "TuningResult"]
 
-Feeds = dict[str, np.ndarray]
+logger = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
@@ -83,10 +93,6 @@ class _Request:
     key: tuple[Any, ...]
 
 
-def _signature(feeds: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
-    return tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in feeds.items()))
-
-
 class BatchEngine:
     """Batched execution of single items on a session; see the module docstring."""
 
@@ -114,7 +120,7 @@ class BatchEngine:
         self.tuning: TuningResult | None = None
         self.stats = BatchStats()
         self._names = [s.name for s in session.inputs]
-        self.fixed_batch = self._fixed_batch_dim(session.inputs)
+        self.fixed_batch = fixed_batch_dim(session.inputs)
         if self.fixed_batch is not None:
             # A fixed batch dimension decides everything: no tuning, no larger dynamic batches.
             self.max_batch = self.fixed_batch
@@ -135,85 +141,21 @@ class BatchEngine:
         self._closed = False
 
     # ----------------------------------------------------------------- shapes and checks
-    @staticmethod
-    def _fixed_batch_dim(specs: Sequence[Any]) -> int | None:
-        """The fixed leading dim shared by the inputs, or None when it is symbolic/unknown."""
-        dims = {s.shape[0] if len(s.shape) else None for s in specs}
-        fixed = {d for d in dims if isinstance(d, int) and d > 0}
-        if not fixed:
-            return None
-        if len(fixed) > 1:
-            raise InputError(f"inputs disagree on the fixed batch dimension: {sorted(fixed)}")
-        return fixed.pop()
-
     def _check_item(self, item: Mapping[str, np.ndarray], index: int | None = None) -> Feeds:
-        where = "item" if index is None else f"item {index}"
-        if not isinstance(item, Mapping):
-            raise InputError(f"{where}: expected a dict of input name -> array, got {type(item)}")
-        missing = [n for n in self._names if n not in item]
-        if missing:
-            raise InputError(f"{where}: missing input(s) {missing}", hint=f"inputs: {self._names}")
-        out: Feeds = {}
-        for spec in self.session.inputs:
-            name = spec.name
-            arr = np.asarray(item[name])
-            if arr.ndim == 0 or arr.shape[0] != 1:
-                raise InputError(
-                    f"{where}: input {name!r} has shape {arr.shape}; expected a leading batch "
-                    "dimension of 1",
-                    hint="add one with arr[None] (one item per dict)",
-                )
-            # checked here so that a bad item fails its own caller, not a whole dynamic batch
-            want = getattr(spec, "dtype", None)
-            if want is not None and want != np.dtype(np.void) and arr.dtype != want:
-                raise InputError(
-                    f"{where}: input {name!r} has dtype {arr.dtype}, expected {want}",
-                    hint=f"convert it with .astype(np.{np.dtype(want).name})",
-                )
-            shape = tuple(spec.shape)
-            bad = len(shape) != arr.ndim or any(
-                isinstance(d, int) and d != g
-                for d, g in zip(shape[1:], arr.shape[1:], strict=False)
-            )
-            if shape and bad:
-                raise InputError(
-                    f"{where}: input {name!r} has shape {list(arr.shape)}, expected "
-                    f"{['?' if d is None else d for d in shape]} (batch dimension 1)"
-                )
-            out[name] = arr
-        return out
+        return check_item(item, self.session.inputs, index)
 
     # ------------------------------------------------------------------ batched execution
     def _run_batch(self, items: Sequence[Feeds]) -> list[Feeds]:
         """Run one batch (len(items) <= max_batch): concat, pad if fixed, run, split, strip."""
         n = len(items)
-        padded = list(items)
-        if self.fixed_batch is not None and n < self.fixed_batch:
-            padded += [items[-1]] * (self.fixed_batch - n)
-        run_n = len(padded)
-        feeds = (
-            dict(padded[0])
-            if run_n == 1
-            else {k: np.concatenate([it[k] for it in padded], axis=0) for k in self._names}
-        )
+        feeds, run_n = stack_items(items, self._names, self.fixed_batch)
         outs = self.session.run(feeds)
         with self._stats_lock:
             self.stats.runs += 1
             self.stats.items += n
             self.stats.padded_items += run_n - n
             self.stats.batch_sizes[run_n] = self.stats.batch_sizes.get(run_n, 0) + 1
-        if run_n == 1:
-            return [outs]
-        result: list[Feeds] = [{} for _ in range(n)]
-        for name, arr in outs.items():
-            if arr.ndim >= 1 and arr.shape[0] == run_n:
-                for i in range(n):
-                    result[i][name] = arr[i : i + 1]
-            else:  # no batch dimension on this output: every item gets it whole
-                logger.debug("output %r has no batch dim (shape %s)", name, arr.shape)
-                for i in range(n):
-                    result[i][name] = arr
-        return result
+        return split_outputs(outs, n, run_n)
 
     def run(self, items: Sequence[Mapping[str, np.ndarray]]) -> list[Feeds]:
         """Outputs for every item, in order (each output array keeps a leading dim of 1)."""
@@ -227,9 +169,9 @@ class BatchEngine:
         # Items with different trailing shapes cannot share a batch: keep runs of one signature.
         start = 0
         while start < len(checked):
-            key = _signature(checked[start])
+            key = signature(checked[start])
             stop = start + 1
-            while stop < len(checked) and stop - start < bs and _signature(checked[stop]) == key:
+            while stop < len(checked) and stop - start < bs and signature(checked[stop]) == key:
                 stop += 1
             results.extend(self._run_batch(checked[start:stop]))
             start = stop
@@ -274,7 +216,7 @@ class BatchEngine:
                 weakref.finalize(self, self._queue.put, None)
                 self._worker.start()
                 _OPEN.add(self)
-            self._queue.put(_Request(feeds, fut, _signature(feeds)))
+            self._queue.put(_Request(feeds, fut, signature(feeds)))
         return fut
 
     def submit_sync(self, item: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Feeds:

@@ -1,21 +1,18 @@
 """ProgressiveLoader: run a model section by section inside a memory budget.
 
-1. **Metadata first.** The graph is read without its weights (``onnxfit.io.load_proto(...,
-   with_external=False)``): tensors stored as external data stay on disk and their sizes come from
-   the proto's dims. A model with *embedded* weights is parsed whole once, then its weights are
-   written to external data in a private temporary folder (``onnxfit.io.save``) and dropped, so
-   the rest works the same way.
+1. **Metadata first.** The graph is read without its weights; embedded weights are spilled to
+   external data in a private temporary folder first (:func:`onnxfit.runtime.loading.read_graph`).
 2. **Estimate.** Memory = weights + peak live activations (see :mod:`onnxfit.runtime.sections`).
    If that is more than ``fit_fraction`` (80 %) of the budget, the graph is split into sections
    of at most ``section_budget_bytes`` each (default: half the budget, or what the biggest node
    needs when that is more); otherwise (and unless a smaller ``section_budget_bytes`` is given)
-   it is one section.
+   it is one section (:func:`onnxfit.runtime.loading.choose_plan`).
 3. **Load.** The first ``preload`` sections load at once; a background thread loads the rest, in
    order, whenever they fit: a section loads when nothing else is loaded, or when the weights
    already loaded + its weights + the largest section's activations fit the budget. Each section
    is an ONNX Runtime session built from the section's subgraph with only the initializers it
-   needs; ORT reads their bytes straight from the external-data file (session config
-   ``session.model_external_initializers_file_folder_path``), so no Python copy is made.
+   needs, read by ORT straight from the external-data file
+   (:func:`onnxfit.runtime.loading.build_section_session`).
    Sectioned models use ORT's BASIC optimization level by default (ALL adds NCHWc weight copies
    that quadruple the transient memory of a build) and run with ORT's CPU arena off, so
    activations are freed between runs; freed heap is given back with ``malloc_trim``.
@@ -38,7 +35,6 @@ import atexit
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -47,39 +43,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-from onnxfit import io
 from onnxfit.errors import InputError
-from onnxfit.runtime.memstat import available_memory, malloc_trim, rss_bytes
-from onnxfit.runtime.sections import (
-    GraphInfo,
-    SectionPlan,
-    analyze_graph,
-    make_section,
-    max_node_cost,
-    plan_sections,
-    section_proto,
-    tensor_nbytes,
-)
-from onnxfit.runtime.settings import ProviderArg, build_session_options, plan_session
+from onnxfit.runtime.loading import build_section_session, choose_plan, needed_until, read_graph
+from onnxfit.runtime.memstat import malloc_trim, rss_bytes
+from onnxfit.runtime.sections import GraphInfo, analyze_graph, section_proto
+from onnxfit.runtime.settings import OPT_LEVELS, ProviderArg, plan_session
 from onnxfit.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
 
-_EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
-_OPT_LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 #: loaders still open, closed at interpreter exit (a daemon thread inside ORT's session
 #: creation at exit aborts the process)
 _OPEN: weakref.WeakSet[ProgressiveLoader] = weakref.WeakSet()
-#: a model with this many bytes of embedded initializers has them spilled to external data
-_SPILL_BYTES = 1 << 20
 
 
 @dataclass
@@ -120,16 +97,23 @@ class ProgressiveLoader:
         self.target = get_target(target)
         self._tmpdir: str | None = None
         self._closed = False
-        if optimization is not None and optimization not in _OPT_LEVELS:
+        if optimization is not None and optimization not in OPT_LEVELS:
             raise InputError(
-                f"optimization must be one of {', '.join(_OPT_LEVELS)}, got {optimization!r}"
+                f"optimization must be one of {', '.join(OPT_LEVELS)}, got {optimization!r}"
             )
         if budget_bytes is not None and budget_bytes <= 0:
             raise InputError(f"budget_bytes must be positive, got {budget_bytes}")
         try:
-            proto = self._read_graph()
+            proto, self._folder, self._tmpdir = read_graph(self.path)
             self._info: GraphInfo = analyze_graph(proto, batch=batch)
-            self.plan = self._make_plan(budget_bytes, section_budget_bytes, fit_fraction)
+            self.plan = choose_plan(
+                self.path,
+                self._info,
+                target=self.target,
+                budget=budget_bytes,
+                section_budget=section_budget_bytes,
+                fit_fraction=fit_fraction,
+            )
             self._protos = [section_proto(proto, self._info, s) for s in self.plan.sections]
         except BaseException:
             self._remove_tmpdir()
@@ -137,7 +121,7 @@ class ProgressiveLoader:
         self.optimization = optimization or ("basic" if self.plan.sectioned else "all")
         self._sess_plan = plan_session(self.target, providers=providers, threads=threads)
         self._max_act = max((s.activation_bytes for s in self.plan.sections), default=0)
-        self._last_needed = self._needed_until()
+        self._last_needed = needed_until(self.plan, self._info)
         rss0 = rss_bytes()
         self.stats = LoaderStats(rss_start_bytes=rss0, rss_peak_sampled_bytes=rss0)
         self._cond = threading.Condition()
@@ -163,108 +147,19 @@ class ProgressiveLoader:
         _OPEN.add(self)
 
     # ------------------------------------------------------------------------- preparation
-    def _read_graph(self) -> onnx.ModelProto:
-        """The graph without its weights (spilling embedded weights to a temp folder first)."""
-        proto = io.load_proto(self.path, with_external=False)
-        self._folder = str(self.path.resolve().parent)
-        embedded = sum(
-            tensor_nbytes(t)
-            for t in proto.graph.initializer
-            if t.data_location != onnx.TensorProto.EXTERNAL
-        )
-        if embedded < _SPILL_BYTES:
-            return proto
-        del proto
-        self._tmpdir = tempfile.mkdtemp(prefix="onnxfit-progressive-")
-        spilled = Path(self._tmpdir) / "model.onnx"
-        io.save(io.load(self.path), spilled, external_threshold=0)
-        self._folder = self._tmpdir
-        logger.info("embedded weights of %s spilled to %s", self.path.name, spilled)
-        return io.load_proto(spilled, with_external=False)
-
     def _remove_tmpdir(self) -> None:
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
 
-    def _make_plan(
-        self, budget: int | None, section_budget: int | None, fit_fraction: float
-    ) -> SectionPlan:
-        info = self._info
-        weights, act = info.weight_bytes, info.peak_activation_bytes
-        estimate = weights + act
-        if budget is None:
-            budget = min(
-                self.target.memory_budget, available_memory(get_target("cpu").memory_budget)
-            )
-        # split when the model needs more than fit_fraction of the budget, or more than an
-        # explicitly given section budget
-        sectioned = estimate > fit_fraction * budget or (
-            section_budget is not None and estimate > section_budget
-        )
-        if section_budget is None:
-            # half the budget (one section runs while the next loads), but never less than the
-            # biggest single node needs
-            section_budget = (
-                min(budget, max(budget // 2, max_node_cost(info))) if sectioned else budget
-            )
-        if section_budget > budget:
-            raise InputError(
-                f"section_budget_bytes ({section_budget}) exceeds budget_bytes ({budget})"
-            )
-        if sectioned:
-            sections = plan_sections(info, section_budget)
-        else:
-            sections = [make_section(info, 0, 0, len(info.nodes))]
-        max_act = max((s.activation_bytes for s in sections), default=0)
-        resident = sum(s.weight_bytes for s in sections) + max_act <= budget
-        logger.info(
-            "%s: estimate %.2f MiB (weights %.2f + activations %.2f), budget %.2f MiB -> "
-            "%d section(s)%s",
-            self.path.name,
-            estimate / 2**20,
-            weights / 2**20,
-            act / 2**20,
-            budget / 2**20,
-            len(sections),
-            ", resident" if resident else ", streamed",
-        )
-        return SectionPlan(
-            str(self.path),
-            weights,
-            act,
-            estimate,
-            int(budget),
-            int(section_budget),
-            sectioned,
-            resident,
-            tuple(sections),
-        )
-
-    # ------------------------------------------------------------------------- preparation
-    def _needed_until(self) -> dict[str, int]:
-        """Tensor -> index of the last section reading it (len(sections) for graph outputs)."""
-        last: dict[str, int] = {}
-        for s in self.plan.sections:
-            for t in s.inputs:
-                last[t] = s.index
-        for o in self._info.graph_outputs:
-            last[o] = len(self.plan.sections)
-        return last
-
     def _build(self, index: int) -> ort.InferenceSession:
-        so = build_session_options(self._sess_plan)
-        so.add_session_config_entry(_EXTERNAL_FOLDER_KEY, self._folder)
-        so.graph_optimization_level = _OPT_LEVELS[self.optimization]
-        if self.plan.sectioned:
-            so.enable_cpu_mem_arena = False
-        sess = ort.InferenceSession(
-            self._protos[index].SerializeToString(),
-            sess_options=so,
-            providers=[(n, dict(o)) for n, o in self._sess_plan.providers],
+        return build_section_session(
+            self._protos[index],
+            folder=self._folder,
+            session_plan=self._sess_plan,
+            optimization=self.optimization,
+            sectioned=self.plan.sectioned,
         )
-        malloc_trim()
-        return sess
 
     # ----------------------------------------------------------------------------- loading
     def _account(self, delta: int) -> None:

@@ -1,0 +1,166 @@
+"""Preparing a model for :class:`~onnxfit.runtime.progressive.ProgressiveLoader`: read it
+metadata-first, plan its sections for a budget, and build one section's ORT session.
+
+* :func:`read_graph` reads the graph without its weights (``onnxfit.io.load_proto(...,
+  with_external=False)``): tensors stored as external data stay on disk and their sizes come from
+  the proto's dims. A model with at least :data:`SPILL_BYTES` of *embedded* weights is parsed
+  whole once, its weights written to external data in a private temporary folder
+  (``onnxfit.io.save``) and dropped, so the rest works the same way.
+* :func:`choose_plan` splits the graph when weights + peak live activations exceed
+  ``fit_fraction`` of the budget (or an explicit section budget), into sections of at most
+  ``section_budget`` bytes (default: half the budget, or what the biggest node needs when that is
+  more; :func:`onnxfit.runtime.sections.plan_sections`); ``resident`` when every section's
+  weights plus the largest section's activations fit the budget together.
+* :func:`build_section_session` builds a section's ``InferenceSession`` from its subgraph; ORT
+  reads the initializers straight from the external-data folder (session config
+  ``session.model_external_initializers_file_folder_path``), so no Python copy is made. A
+  sectioned model runs with ORT's CPU arena off, so activations are freed between runs; freed
+  heap is given back with ``malloc_trim``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from onnxfit import io
+from onnxfit.errors import InputError
+from onnxfit.runtime.memstat import available_memory, malloc_trim
+from onnxfit.runtime.sections import (
+    GraphInfo,
+    SectionPlan,
+    make_section,
+    max_node_cost,
+    plan_sections,
+    tensor_nbytes,
+)
+from onnxfit.runtime.settings import OPT_LEVELS, SessionPlan, build_session_options
+from onnxfit.targets import Target, get_target
+
+__all__ = ["SPILL_BYTES", "build_section_session", "choose_plan", "needed_until", "read_graph"]
+
+logger = logging.getLogger(__name__)
+
+_EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+#: a model with this many bytes of embedded initializers has them spilled to external data
+SPILL_BYTES = 1 << 20
+
+
+def read_graph(path: Path) -> tuple[onnx.ModelProto, str, str | None]:
+    """(the graph without its weights, the folder its external data is in, the temporary folder
+    to remove once done, or None). Embedded weights are spilled to that temporary folder first;
+    should spilling fail, the folder is removed before the error propagates."""
+    proto = io.load_proto(path, with_external=False)
+    embedded = sum(
+        tensor_nbytes(t)
+        for t in proto.graph.initializer
+        if t.data_location != onnx.TensorProto.EXTERNAL
+    )
+    if embedded < SPILL_BYTES:
+        return proto, str(path.resolve().parent), None
+    del proto
+    tmpdir = tempfile.mkdtemp(prefix="onnxfit-progressive-")
+    try:
+        spilled = Path(tmpdir) / "model.onnx"
+        io.save(io.load(path), spilled, external_threshold=0)
+        logger.info("embedded weights of %s spilled to %s", path.name, spilled)
+        return io.load_proto(spilled, with_external=False), tmpdir, tmpdir
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+
+
+def choose_plan(
+    path: Path,
+    info: GraphInfo,
+    *,
+    target: Target,
+    budget: int | None,
+    section_budget: int | None,
+    fit_fraction: float,
+) -> SectionPlan:
+    """The section plan for ``info`` within ``budget`` bytes (default: the target's memory
+    budget, capped at this host's available memory); see the module docstring."""
+    weights, act = info.weight_bytes, info.peak_activation_bytes
+    estimate = weights + act
+    if budget is None:
+        budget = min(target.memory_budget, available_memory(get_target("cpu").memory_budget))
+    # split when the model needs more than fit_fraction of the budget, or more than an
+    # explicitly given section budget
+    sectioned = estimate > fit_fraction * budget or (
+        section_budget is not None and estimate > section_budget
+    )
+    if section_budget is None:
+        # half the budget (one section runs while the next loads), but never less than the
+        # biggest single node needs
+        section_budget = min(budget, max(budget // 2, max_node_cost(info))) if sectioned else budget
+    if section_budget > budget:
+        raise InputError(f"section_budget_bytes ({section_budget}) exceeds budget_bytes ({budget})")
+    if sectioned:
+        sections = plan_sections(info, section_budget)
+    else:
+        sections = [make_section(info, 0, 0, len(info.nodes))]
+    max_act = max((s.activation_bytes for s in sections), default=0)
+    resident = sum(s.weight_bytes for s in sections) + max_act <= budget
+    logger.info(
+        "%s: estimate %.2f MiB (weights %.2f + activations %.2f), budget %.2f MiB -> "
+        "%d section(s)%s",
+        path.name,
+        estimate / 2**20,
+        weights / 2**20,
+        act / 2**20,
+        budget / 2**20,
+        len(sections),
+        ", resident" if resident else ", streamed",
+    )
+    return SectionPlan(
+        str(path),
+        weights,
+        act,
+        estimate,
+        int(budget),
+        int(section_budget),
+        sectioned,
+        resident,
+        tuple(sections),
+    )
+
+
+def needed_until(plan: SectionPlan, info: GraphInfo) -> dict[str, int]:
+    """Tensor -> index of the last section reading it (len(sections) for graph outputs)."""
+    last: dict[str, int] = {}
+    for s in plan.sections:
+        for t in s.inputs:
+            last[t] = s.index
+    for o in info.graph_outputs:
+        last[o] = len(plan.sections)
+    return last
+
+
+def build_section_session(
+    proto: onnx.ModelProto,
+    *,
+    folder: str,
+    session_plan: SessionPlan,
+    optimization: str,
+    sectioned: bool,
+) -> ort.InferenceSession:
+    """An ORT session for one section's model, its weights read from ``folder``; ``optimization``
+    is a key of :data:`~onnxfit.runtime.settings.OPT_LEVELS`."""
+    so = build_session_options(session_plan)
+    so.add_session_config_entry(_EXTERNAL_FOLDER_KEY, folder)
+    so.graph_optimization_level = OPT_LEVELS[optimization]
+    if sectioned:
+        so.enable_cpu_mem_arena = False
+    sess = ort.InferenceSession(
+        proto.SerializeToString(),
+        sess_options=so,
+        providers=[(n, dict(o)) for n, o in session_plan.providers],
+    )
+    malloc_trim()
+    return sess
