@@ -264,7 +264,7 @@ def accuracy(data: Path, quick: bool, budget: bool, on: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {"metric": metric.name, "rows": rows, "budget": {}}
         if budget:
             grids: dict[pruning.Kind, tuple[float, ...]] = {
-                "unstructured": (0.5, 0.9) if quick else (0.3, 0.5, 0.7, 0.9),
+                "unstructured": (0.5, 0.9) if quick else (0.1, 0.3, 0.5, 0.7, 0.9),
                 "channels": (0.25, 0.5) if quick else (0.1, 0.2, 0.3, 0.5),
             }
             for kind, grid in grids.items():
@@ -313,6 +313,11 @@ def _md_channels(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _attempt(a: dict[str, Any]) -> str:
+    how = f"t={a['tolerance']:.2f}" if a["tolerance"] is not None else f"first {a['prefix']}"
+    return f"{how} ({a['layers']} layers) -> {a['drop']:.2f}"
+
+
 def _md_accuracy(r: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for name, entry in r.items():
@@ -347,8 +352,8 @@ def _md_accuracy(r: dict[str, Any]) -> list[str]:
                 f"{'weights' if kind == 'unstructured' else 'channels'} removed, "
                 f"{m} {b['score']:.2f} (drop **{b['drop']:.2f}** pts on the full set); "
                 f"{b['scan']['evaluations']} scan evaluations, {b['seconds']:.0f} s. "
-                f"Attempts (tolerance -> drop): "
-                + ", ".join(f"{a['tolerance']:.2f} -> {a['drop']:.2f}" for a in b["attempts"]),
+                f"Attempts (tolerance or least-sensitive prefix -> drop): "
+                + ", ".join(_attempt(a) for a in b["attempts"]),
                 "",
                 "Most sensitive layers in the scan (drop in pts at each ratio):",
                 "",

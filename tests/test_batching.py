@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxfit.errors import InputError
 from onnxfit.runtime.batching import AUTO_SIZES, BatchEngine, EngineClosedError
 from onnxfit.runtime.session import Session, TensorSpec
+from onnxfit.runtime.stacking import signature, split_outputs, stack_items
 from runtime_util import assert_outputs_close, start_and_join
 
 pytestmark = pytest.mark.timeout(120)
@@ -114,6 +115,7 @@ def test_auto_tuning_reports_measurements_and_respects_cap() -> None:
     capped = BatchEngine(Session(model), batch_size="auto", latency_cap_ms=1e-9, tune_seconds=0.01)
     capped.tune(items[0])
     assert capped.batch_size == 1
+    assert capped.tuning is not None
     assert len(capped.tuning.measurements) == 1 and not capped.tuning.measurements[0].within_cap
 
 
@@ -131,6 +133,20 @@ def test_items_are_checked() -> None:
         BatchEngine(Session(_linear_model()), batch_size=0)
     engine.close()
     assert engine.run([]) == []
+
+
+def test_stack_and_split_alone_pad_to_a_fixed_batch_and_drop_the_padding() -> None:
+    items = [{"x": np.full((1, 2), float(i), np.float32)} for i in range(3)]
+    feeds, run_n = stack_items(items, ["x"], 4)
+    assert run_n == 4
+    np.testing.assert_array_equal(feeds["x"][:, 0], [0.0, 1.0, 2.0, 2.0])  # last item repeated
+    scalar = np.array([7.0], np.float32)  # an output without the batch dimension: given whole
+    split = split_outputs({"y": 2 * feeds["x"], "s": scalar}, 3, run_n)
+    assert len(split) == 3
+    for i, out in enumerate(split):
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 2.0 * i, np.float32))
+        assert out["s"] is scalar
+    assert signature(items[0]) == signature(items[2]) != signature({"x": np.zeros((1, 3))})
 
 
 # --------------------------------------------------------------------------- gated fake runner

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from test_prune import _net as prune_net
-from test_prune_channels import _resnet_like
 
 from onnxfit import pruning
 from onnxfit.errors import InputError
+from test_prune import _net as prune_net
+from test_prune_channels import _resnet_like
 
 
 def _sparsity(m: ir.Model, name: str) -> float:
@@ -78,3 +78,19 @@ def test_top1_metric_and_bad_grid(rng):
         pruning.sensitivity_scan(m, _fake_metric(), kind="unstructured", ratios=(0.5, 1.0))
     with pytest.raises(InputError):
         pruning.layers(m, "bogus")  # type: ignore[arg-type]
+
+
+def test_compounding_errors_fall_back_to_the_least_sensitive_prefix(rng):
+    """Each layer alone costs 0.5 pt, both together 5: the tolerance rounds all fail, the
+    binary search keeps one layer, at the smallest scanned ratio."""
+
+    def score(m: ir.Model) -> float:
+        n = sum(_sparsity(m, k) > 0 for k in ("w1", "w2"))
+        return 100.0 - {0: 0.0, 1: 0.5, 2: 5.0}[n]
+
+    m = prune_net(rng)
+    result = pruning.fit_budget(m, pruning.Metric("fake", score), kind="unstructured", max_drop=1.0)
+    assert len(result.ratios) == 1 and next(iter(result.ratios.values())) == 0.3
+    assert result.drop == pytest.approx(0.5)
+    assert result.attempts[-1].prefix is not None
+    assert not any(a.accepted for a in result.attempts if a.tolerance is not None)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_prune import _net as prune_net
-from test_prune_channels import _resnet_like
 
 from onnxfit import io
 from onnxfit.errors import InputError
 from onnxfit.optimizer import optimize, plan
+from test_prune import _net as prune_net
+from test_prune_channels import _resnet_like
 
 
 def _save(m, path):
@@ -34,8 +35,9 @@ def test_plan_places_pruning_before_precision_and_storage_last(rng, tmp_path):
 def test_requested_ratio_kept_when_within_budget(rng, tmp_path):
     p = _save(prune_net(rng), tmp_path / "m.onnx")
     out = tmp_path / "o.onnx"
-    res = optimize(p, out, target="cpu", precision="fp32", prune=0.5, max_accuracy_drop=100,
-                   measure_runs=0)  # fmt: skip
+    res = optimize(
+        p, out, target="cpu", precision="fp32", prune=0.5, max_accuracy_drop=100, measure_runs=0
+    )
     prune = next(r for r in res.passes if r.name == "prune")
     assert prune.stats["budget"] == "requested ratios hold"
     assert prune.stats["weights_pruned"] == round(0.5 * (1152 + 256))
@@ -47,14 +49,21 @@ def test_requested_ratio_kept_when_within_budget(rng, tmp_path):
 def test_budget_mode_when_the_request_breaks_it(rng, tmp_path):
     p = _save(_resnet_like(rng, 32), tmp_path / "r.onnx")
     out = tmp_path / "o.onnx"
-    res = optimize(p, out, target="cpu", precision="fp32", prune_channels=0.5,
-                   max_accuracy_drop=0.5, measure_runs=0)  # fmt: skip
+    res = optimize(
+        p,
+        out,
+        target="cpu",
+        precision="fp32",
+        prune_channels=0.5,
+        max_accuracy_drop=0.5,
+        measure_runs=0,
+    )
     step = next(r for r in res.passes if r.name == "prune-channels")
     assert str(step.stats["budget"]).startswith("per-layer ratios")
     assert isinstance(step.stats["scan"], list) and len(step.stats["scan"]) == 3
     assert float(step.stats["loss_pts"]) <= 0.5 + 1e-9
     assert res.gate.passed
-    report = json.loads(res.report_path and open(res.report_path).read())
+    report = json.loads(Path(res.report_path).read_text())
     assert any(p["name"] == "prune-channels" for p in report["passes"])
 
 
@@ -63,9 +72,25 @@ def test_cli_flags_reach_the_plan(rng, tmp_path):
 
     p = _save(prune_net(rng), tmp_path / "m.onnx")
     out = tmp_path / "o.onnx"
-    args = ["optimize", str(p), "-o", str(out), "--target", "cpu", "--precision", "fp32",
-            "--prune", "0.5", "--prune-scope", "layer", "--max-accuracy-drop", "100",
-            "--measure-runs", "0", "--json"]  # fmt: skip
+    args = [
+        "optimize",
+        str(p),
+        "-o",
+        str(out),
+        "--target",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--prune",
+        "0.5",
+        "--prune-scope",
+        "layer",
+        "--max-accuracy-drop",
+        "100",
+        "--measure-runs",
+        "0",
+        "--json",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxfit.errors import BudgetExceededError, InputError
+from onnxfit.runtime.eviction import Resource, plan_admission, refusal_message
 from onnxfit.runtime.resources import Event, Priority, ResourceManager
 from runtime_util import start_and_join
 
@@ -238,3 +239,34 @@ def test_real_model_estimate_load_evict_reload(zoo_resnet18: Path) -> None:
     with mgr.use("resnet") as sess:
         np.testing.assert_allclose(sess.run({"input": x})["logits"], ref, rtol=1e-5, atol=1e-5)
     assert [e.kind for e in events] == ["loaded", "evicted", "loaded", "unloaded", "reloaded"]
+
+
+# ------------------------------------------------------------- the policy alone (eviction.py)
+def _res(name: str, prio: Priority, mib: int, *, loaded: bool = True, **kw: Any) -> Resource:
+    return Resource(name, "model", prio, mib * MIB, loaded=loaded, **kw)
+
+
+def test_plan_admission_alone_evicts_lru_low_then_medium_never_higher() -> None:
+    held = [
+        _res("m", MEDIUM, 20, last_used=1),
+        _res("l_old", LOW, 20, last_used=2),
+        _res("l_new", LOW, 20, last_used=3),
+        _res("h", HIGH, 20, last_used=0),
+        _res("pinned", LOW, 5, pins=1),
+        _res("gone", LOW, 50, loaded=False),
+    ]
+    kw: dict[str, Any] = {"budget": 100 * MIB, "low_threshold": 0.2, "critical_threshold": 0.1}
+    used = 85 * MIB
+    # 15 MiB free; a 10 MiB MEDIUM request leaves 5: the LRU LOW alone frees 20 (25 >= 20)
+    plan = plan_admission(_res("r", MEDIUM, 10, loaded=False), held, used=used, **kw)
+    assert plan is not None and [r.name for r in plan] == ["l_old"]
+    # a LOW request never evicts the MEDIUM one: only the LOWs, and then it fits
+    plan = plan_admission(_res("r", LOW, 40, loaded=False), held, used=used, **kw)
+    assert plan is not None and [r.name for r in plan] == ["l_old", "l_new"]
+    # too big even after evicting LOW and MEDIUM: refused (None); CRITICAL: admitted anyway
+    assert plan_admission(_res("r", HIGH, 90, loaded=False), held, used=used, **kw) is None
+    plan = plan_admission(_res("r", CRITICAL, 90, loaded=False), held, used=used, **kw)
+    assert plan is not None and [r.name for r in plan] == ["l_old", "l_new", "m"]
+    msg = refusal_message(_res("r", HIGH, 90), held, used=used, budget=100 * MIB)
+    assert msg.startswith("cannot load 'r' (90.00 MiB, HIGH): budget 100.00 MiB, 85.00 MiB in use")
+    assert "pinned (5.00 MiB, LOW, pinned)" in msg and "gone" not in msg

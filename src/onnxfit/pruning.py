@@ -12,7 +12,10 @@ The budget mode therefore measures instead of guessing:
    gets the largest ratio whose drop — and that of every smaller ratio — is ``<= t``; the
    combination is evaluated, and ``t`` goes from ``2 x budget`` down (x1, /2, /4, /8, 0) until
    the combined drop is within ``max_drop``. The first combination that holds is kept (the
-   most aggressive one tried); when none does, nothing is pruned.
+   most aggressive one tried). Small errors compound (on YOLOX-Nano, layers each harmless
+   alone broke the model together), so when every tolerance fails, a binary search finds the
+   longest prefix of the least sensitive layers that holds, each at the smallest scanned
+   ratio; when not even one layer holds, nothing is pruned.
 
 Every figure is in points (percent): a drop is ``baseline - score``. Evaluating on a subset
 during the scan and on the full set for the final check is the caller's choice (two metrics).
@@ -205,15 +208,17 @@ def sensitivity_scan(
 class BudgetAttempt:
     """One tolerance tried: the per-layer ratios it gives and what they cost together."""
 
-    tolerance: float
+    tolerance: float | None  # None: a prefix of the least sensitive layers (``prefix``)
     ratios: dict[str, float]
     score: float
     drop: float
     accepted: bool
+    prefix: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tolerance": self.tolerance,
+            "prefix": self.prefix,
             "layers": len(self.ratios),
             "score": self.score,
             "drop": self.drop,
@@ -317,29 +322,53 @@ def fit_budget(
         else [max_drop * f for f in (2, 1, 0.5, 0.25, 0.125)] + [0.0]
     )
     attempts: list[BudgetAttempt] = []
+
+    def attempt(chosen: dict[str, float], tol: float | None, prefix: int | None = None) -> bool:
+        score = final.evaluate(prune_copy(model, kind, ratios=chosen, **options))
+        ok = baseline - score <= max_drop + 1e-9
+        attempts.append(BudgetAttempt(tol, chosen, score, baseline - score, ok, prefix))
+        logger.info(
+            "budget: %d layers pruned (tolerance %s, prefix %s), %s drop %.2f (%s)",
+            len(chosen),
+            tol,
+            prefix,
+            final.name,
+            baseline - score,
+            "ok" if ok else "over",
+        )
+        return ok
+
+    def result(chosen: dict[str, float]) -> BudgetResult:
+        score = next((a.score for a in reversed(attempts) if a.ratios == chosen), baseline)
+        return BudgetResult(kind, final.name, baseline, max_drop, chosen, score, scan, attempts)
+
     seen: list[dict[str, float]] = []
     for t in steps:
         chosen = ratios_for(scan, t)
         if not chosen or chosen in seen:
             continue
         seen.append(chosen)
-        score = final.evaluate(prune_copy(model, kind, ratios=chosen, **options))
-        ok = baseline - score <= max_drop + 1e-9
-        attempts.append(BudgetAttempt(t, chosen, score, baseline - score, ok))
-        logger.info(
-            "budget: tolerance %.3f -> %d layers pruned, %s drop %.2f (%s)",
-            t,
-            len(chosen),
-            final.name,
-            baseline - score,
-            "ok" if ok else "over",
-        )
-        if ok:
-            return BudgetResult(kind, final.name, baseline, max_drop, chosen, score, scan, attempts)
-    logger.warning(
-        "budget: no combination kept the drop within %.2f points; nothing pruned", max_drop
+        if attempt(chosen, t):
+            return result(chosen)
+    # Per-layer tolerances failed together (errors compound): binary search for the longest
+    # prefix of the least sensitive layers, each at the smallest scanned ratio.
+    r0 = scan.ratios[0]
+    ranked = sorted(
+        (d, row.layer)
+        for row in scan.rows
+        if (d := row.drops(scan.baseline)[0]) is not None and d <= max_drop
     )
-    return BudgetResult(kind, final.name, baseline, max_drop, {}, baseline, scan, attempts)
+    lo, hi, best = 0, len(ranked), {}
+    while lo < hi:
+        k = (lo + hi + 1) // 2
+        chosen = {name: r0 for _, name in ranked[:k]}
+        if attempt(chosen, None, k):
+            lo, best = k, chosen
+        else:
+            hi = k - 1
+    if not best:
+        logger.warning("budget: nothing kept the drop within %.2f points; nothing pruned", max_drop)
+    return result(best)
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -100,7 +100,7 @@ def _rel_error(d2: float, r2: float, c2: float) -> float:
 def _cosine(r2: float, c2: float, rc: float) -> float:
     if not (math.isfinite(c2) and math.isfinite(rc)):
         return 0.0
-    return float(rc / math.sqrt(r2 * c2)) if r2 > 0 and c2 > 0 else float(r2 == c2)
+    return float(rc / (math.sqrt(r2) * math.sqrt(c2))) if r2 > 0 and c2 > 0 else float(r2 == c2)
 
 
 def _added(error: float, upstream: float) -> float:
