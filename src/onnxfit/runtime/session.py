@@ -71,12 +71,13 @@ _ORT_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _load_proto(model: str | os.PathLike[str] | ir.Model | onnx.ModelProto) -> onnx.ModelProto:
+    """The model as protobuf; a path is read without its external data (checked for safety)."""
     if isinstance(model, onnx.ModelProto):
         return model
     if isinstance(model, ir.Model):
         return io.to_proto(model)
     if isinstance(model, str | os.PathLike):
-        return io.load_proto(Path(model))
+        return io.load_proto(Path(model), with_external=False)
     raise InputError(
         f"model must be a path or an onnx_ir.Model, given {type(model).__name__}",
         hint="load it with onnxfit.load(path) or pass the .onnx path",
@@ -131,9 +132,15 @@ class Session:
         graph_shapes = (
             graph_capture_shapes(proto, self.plan.free_dims) if self.plan.cuda_graph else {}
         )
+        # A path goes to ORT as a path: serializing a copy would hold the weights twice more
+        # (measured: +60-130 MiB peak RSS on ResNet-18). The proto is dropped before ORT loads.
+        source: str | bytes = (
+            str(model) if isinstance(model, str | os.PathLike) else io.to_bytes(proto)
+        )
+        del proto
         try:
             self._sess: Any = ort.InferenceSession(
-                io.to_bytes(proto),
+                source,
                 sess_options=build_session_options(self.plan),
                 providers=[(n, dict(o)) for n, o in self.plan.providers],
             )
