@@ -109,6 +109,8 @@ def _pass_options(step: PlanStep, feeds: Feeds) -> dict[str, Any]:
     opts = dict(step.options)
     if step.name == "prune-channels" and feeds:
         opts.setdefault("feeds", feeds)
+    if step.name == "prune":  # compact storage is the plan's last step (``sparse-storage``)
+        opts.setdefault("sparse_storage", None)
     return opts
 
 

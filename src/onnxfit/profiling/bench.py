@@ -51,14 +51,10 @@ _CHUNK_S = 0.25
 
 
 def count_parameters(model: ir.Model) -> int:
-    """Elements in the main graph's initializers (weights, biases, quantization parameters)."""
-    total = 0
-    for v in model.graph.initializers.values():
-        if v.const_value is not None:
-            total += int(v.const_value.size)
-        elif v.shape is not None and v.shape.is_static():
-            total += int(v.shape.size()) if hasattr(v.shape, "size") else 0
-    return total
+    """Parameters the way ``onnxfit inspect`` counts them (torchvision's convention)."""
+    from onnxfit.analysis.inspect import count_params
+
+    return count_params(model)[0]
 
 
 def static_figures(

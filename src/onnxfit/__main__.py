@@ -1,0 +1,5 @@
+"""``python -m onnxfit`` runs the command line."""
+
+from onnxfit.cli import main
+
+main()
