@@ -36,6 +36,7 @@ def test_scan_table_and_budget_choice(rng):
     assert result.ratios == {"w1": 0.7}
     assert result.drop <= 1.5 and [a.accepted for a in result.attempts] == [False, True]
     assert 0 < result.pruned_share < 0.7
+    assert result.removed == pytest.approx(round(0.7 * 1152) / (1152 + 256))
     d = result.to_dict()
     assert d["scan"]["rows"][0]["drops"][0] == pytest.approx(0.6, abs=0.01)
     pruned = pruning.prune_copy(m, "unstructured", ratios=result.ratios)

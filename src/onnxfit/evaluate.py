@@ -72,7 +72,7 @@ class EvalResult:
             "model": self.model,
             "dataset": self.dataset,
             "model_info": self.info.to_dict(),
-            "metrics": {k: round(v, 6) for k, v in self.metrics.items()},
+            "metrics": {k: round(float(v), 6) for k, v in self.metrics.items()},
             "evaluated": self.evaluated,
             "limit": self.limit,
             "batch": self.batch,

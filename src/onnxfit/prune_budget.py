@@ -197,7 +197,7 @@ def run_budgeted(
             budget=f"per-layer ratios (requested {requested:g} lost {loss:.2f} > {budget:.2f} pts)",
             loss_pts=round(result.drop, 3),
             measure=measure,
-            pruned_share=round(result.pruned_share, 4),
+            removed_share=round(result.removed, 4),
             scan=scan_lines(result),
         )
         reports.append(report)

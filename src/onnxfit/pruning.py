@@ -92,19 +92,35 @@ def prune_copy(
     *,
     ratio: float | None = None,
     ratios: Mapping[str, float] | None = None,
+    stats: dict[str, Any] | None = None,
     **options: Any,
 ) -> ir.Model:
-    """A pruned copy of ``model``: one ``ratio`` for all, or ``ratios`` per layer label."""
+    """A pruned copy of ``model``: one ``ratio`` for all, or ``ratios`` per layer label
+    (``stats``, when given, receives the pass's stats)."""
     copy = clone(model)
+    p: Any
     if kind == "unstructured":
         from onnxfit.passes.prune import PrunePass
 
-        PrunePass(sparsity=ratio, ratios=ratios, sparse_storage=None, **options)(copy)
+        p = PrunePass(sparsity=ratio, ratios=ratios, sparse_storage=None, **options)
     else:
         from onnxfit.passes.prune_channels import PruneChannelsPass
 
-        PruneChannelsPass(ratio=ratio, ratios=ratios, **options)(copy)
+        p = PruneChannelsPass(ratio=ratio, ratios=ratios, **options)
+    p(copy)
+    if stats is not None:
+        stats.update(p.stats)
     return copy
+
+
+def removed_share(kind: Kind, stats: Mapping[str, Any]) -> float:
+    """What a pass run removed, from its stats: the share of the eligible weights set to zero
+    (unstructured) or of all Conv output channels removed (channels)."""
+    if kind == "unstructured":
+        total = stats.get("weights_eligible") or 0
+        return float(stats.get("weights_pruned", 0)) / total if total else 0.0
+    before = stats.get("channels_before") or 0
+    return 1.0 - float(stats.get("channels_after", before)) / before if before else 0.0
 
 
 # ---------------------------------------------------------------------------- scan
@@ -220,11 +236,13 @@ class BudgetAttempt:
     drop: float
     accepted: bool
     prefix: int | None = None
+    removed: float = 0.0  # share actually removed (see :func:`removed_share`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tolerance": self.tolerance,
             "prefix": self.prefix,
+            "removed": self.removed,
             "layers": len(self.ratios),
             "score": self.score,
             "drop": self.drop,
@@ -250,8 +268,14 @@ class BudgetResult:
         return self.baseline - self.score
 
     @property
+    def removed(self) -> float:
+        """Share actually removed by the chosen ratios: eligible weights zeroed (unstructured)
+        or Conv output channels removed, after rounding to ``multiple_of`` (channels)."""
+        return next((a.removed for a in reversed(self.attempts) if a.ratios == self.ratios), 0.0)
+
+    @property
     def pruned_share(self) -> float:
-        """Size-weighted mean ratio over the scanned layers (share of weights / channels)."""
+        """Size-weighted mean of the chosen ratios over the scanned layers (before rounding)."""
         sizes = {r.layer: r.size for r in self.scan.rows}
         total = sum(sizes.values())
         return (
@@ -269,6 +293,7 @@ class BudgetResult:
             "score": self.score,
             "drop": self.drop,
             "pruned_share": self.pruned_share,
+            "removed": self.removed,
             "ratios": dict(self.ratios),
             "attempts": [a.to_dict() for a in self.attempts],
             "scan": self.scan.to_dict(),
@@ -330,9 +355,11 @@ def fit_budget(
     attempts: list[BudgetAttempt] = []
 
     def attempt(chosen: dict[str, float], tol: float | None, prefix: int | None = None) -> bool:
-        score = final.evaluate(prune_copy(model, kind, ratios=chosen, **options))
+        stats: dict[str, Any] = {}
+        score = final.evaluate(prune_copy(model, kind, ratios=chosen, stats=stats, **options))
         ok = baseline - score <= max_drop + 1e-9
-        attempts.append(BudgetAttempt(tol, chosen, score, baseline - score, ok, prefix))
+        share = removed_share(kind, stats)
+        attempts.append(BudgetAttempt(tol, chosen, score, baseline - score, ok, prefix, share))
         logger.info(
             "budget: %d layers pruned (tolerance %s, prefix %s), %s drop %.2f (%s)",
             len(chosen),

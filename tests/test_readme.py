@@ -1,0 +1,33 @@
+"""The README's Python API example runs as written (against ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.needs_data
+@pytest.mark.slow
+def test_readme_api_example_runs(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    text = README.read_text()
+    block = re.search(r"```python\n(import numpy as np.*?)```", text, re.S)
+    assert block, "README has no Python API example"
+    code = block.group(1).replace('DATA = "../shared/data"', f"DATA = {str(shared_data)!r}")
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "11689512 True" in out  # parameters and the fit verdict
+    assert "fp16 0.499" in out  # FP16 chosen for the console; half the file
+    assert "'top1': 0.778" in out  # ShuffleNetV2 on the 500-image ImageNet sample
+    assert (tmp_path / "resnet18-xbox.deploy.json").is_file()
+    assert os.path.getsize(tmp_path / "resnet18-xbox.onnx") > 0
