@@ -74,9 +74,9 @@ def entries() -> list[Entry]:
     coco = SHARED / "coco-sample"
     have = (SHARED / "models").is_dir()
     out = [
-        Entry(
-            "ResNet-18 (zoo)", _zoo("resnet18"), imagenet / "images" if have else None, None, False
-        ),
+        # Untrained ResNet-18 logits are nearly flat, so top-1 agreement on photos flips on noise
+        # (INT8 backed off to all-float in one run); verify it on seeded inputs by cosine instead.
+        Entry("ResNet-18 (zoo)", _zoo("resnet18"), None, None, False),
         Entry(
             "YOLOv3-tiny (zoo)",
             _zoo("yolov3-tiny"),
@@ -286,7 +286,7 @@ def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, elapsed: 
     lines = [
         "# Benchmark suite: plain onnxruntime FP32 vs onnxfit variants",
         "",
-        f"Command: `.venv/bin/python benchmarks/bench_suite.py{' --quick' if args.quick else ''}`"
+        f"Command: `.venv/bin/python benchmarks/bench_suite.py{_argv()}`"
         f" (`make bench`), {time.strftime('%Y-%m-%d %H:%M')}, {elapsed / 60:.1f} min.",
         "",
         "Every model's variants ran interleaved in one run (A x k, B x k, ...), each in its own "
@@ -306,19 +306,24 @@ def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, elapsed: 
         lines += [f"## {run['name']}", ""]
         lines += [f"- variant: {h}" for h in run["variants"]]
         lines += ["", compare_markdown(res)]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".md.tmp")
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, OUT)
+    os.replace(tmp, out)
     data = {
         "machine": machine,
         "quick": args.quick,
         "target": args.target,
         "runs": [{**r, "result": r["result"].to_dict()} for r in runs],
     }
-    tmpj = OUT.with_suffix(".json.tmp")
+    tmpj = out.with_suffix(".json.tmp")
     tmpj.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmpj, OUT.with_suffix(".json"))
+    os.replace(tmpj, out.with_suffix(".json"))
+
+
+def _argv() -> str:
+    return "".join(" " + a for a in sys.argv[1:])
 
 
 def main() -> None:
@@ -328,6 +333,7 @@ def main() -> None:
     parser.add_argument("--only", help="run only models whose name contains this text")
     parser.add_argument("--no-eval", action="store_true", help="skip accuracy")
     parser.add_argument("--keep", type=Path, help="keep the generated models in this folder")
+    parser.add_argument("--out", type=Path, default=OUT, help="report path (.md; .json beside)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
@@ -341,8 +347,8 @@ def main() -> None:
             log.info("== %s", entry.name)
             runs.append(run_entry(entry, folder, args))
             write_report(runs, args, time.perf_counter() - started)  # partial results survive
-    log.info("wrote %s", OUT)
-    print(OUT.read_text())
+    log.info("wrote %s", args.out)
+    print(args.out.read_text())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from onnxfit.cli import main
 from onnxfit.errors import InputError
-from onnxfit.evaluate import dataset_task, evaluate
+from onnxfit.evaluation import dataset_task, evaluate
 from pipeline_util import colour_classifier, colour_image, constant_detector, corrupt_jpeg
 
 pytestmark = pytest.mark.timeout(300)
@@ -141,26 +141,29 @@ def test_eval_user_errors_exit_2(tmp_path, cls_set, det_set):
 
 @pytest.mark.needs_data
 @pytest.mark.slow
-def test_eval_shufflenet_imagenet_sample(shared_data):
-    """SOURCES.md: top-1 77.80 % on the 500 images (within 0.5 pt)."""
-    model = shared_data / "models" / "shufflenet-v2-12-qdq.onnx"
-    r = invoke("eval", model, shared_data / "imagenet-sample", "--json")
+@pytest.mark.parametrize(
+    ("model_file", "dataset", "count", "metric", "expected", "tolerance"),
+    [
+        # SOURCES.md: top-1 77.80 % on the 500 images (within 0.5 pt)
+        pytest.param(
+            "shufflenet-v2-12-qdq.onnx", "imagenet-sample", 500, "top1", 77.80, 0.5, id="shufflenet"
+        ),
+        # SOURCES.md: mAP@0.5 52.06 % on the 64 images (within 1.5 pt)
+        pytest.param("yolox_nano.onnx", "coco-sample", 64, "map50", 52.06, 1.5, id="yolox"),
+    ],
+)
+def test_eval_reference_accuracy(
+    shared_data, model_file, dataset, count, metric, expected, tolerance
+):
+    """The published accuracy of the shared models on the shared samples (SOURCES.md)."""
+    model = shared_data / "models" / model_file
+    r = invoke("eval", model, shared_data / dataset, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    assert d["evaluated"] == 500 and d["bad_count"] == 0
-    assert abs(100 * d["metrics"]["top1"] - 77.80) <= 0.5
-    assert d["metrics"]["top5"] >= d["metrics"]["top1"]
-
-
-@pytest.mark.needs_data
-@pytest.mark.slow
-def test_eval_yolox_coco_sample(shared_data):
-    """SOURCES.md: mAP@0.5 52.06 % on the 64 images (within 1.5 pt)."""
-    model = shared_data / "models" / "yolox_nano.onnx"
-    r = invoke("eval", model, shared_data / "coco-sample", "--json")
-    assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
-    assert d["evaluated"] == 64 and d["bad_count"] == 0
-    assert abs(100 * d["metrics"]["map50"] - 52.06) <= 1.5
-    assert 0 < d["metrics"]["map50_95"] < d["metrics"]["map50"]
-    assert "person" in d["detection"]["ap50_per_class"]
+    assert d["evaluated"] == count and d["bad_count"] == 0
+    assert abs(100 * d["metrics"][metric] - expected) <= tolerance
+    if metric == "top1":
+        assert d["metrics"]["top5"] >= d["metrics"]["top1"]
+    else:
+        assert 0 < d["metrics"]["map50_95"] < d["metrics"]["map50"]
+        assert "person" in d["detection"]["ap50_per_class"]

@@ -31,3 +31,17 @@ def test_readme_api_example_runs(
     assert "'top1': 0.778" in out  # ShuffleNetV2 on the 500-image ImageNet sample
     assert (tmp_path / "resnet18-xbox.deploy.json").is_file()
     assert os.path.getsize(tmp_path / "resnet18-xbox.onnx") > 0
+
+
+def test_public_names_are_not_shadowed_by_submodules() -> None:
+    """Importing every CLI module must not turn an exported function into a module object."""
+    import importlib
+    import types
+
+    import onnxfit
+    from onnxfit.cli import _COMMANDS
+
+    for spec in _COMMANDS.values():
+        importlib.import_module(spec.split(":")[0])
+    shadowed = [n for n in onnxfit.__all__ if isinstance(getattr(onnxfit, n), types.ModuleType)]
+    assert shadowed == []

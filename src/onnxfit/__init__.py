@@ -9,8 +9,9 @@ The public API is re-exported here lazily (importing :mod:`onnxfit` stays cheap)
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from onnxfit._lazy import lazy_attr
 
 __version__ = "0.1.0"
 
@@ -69,8 +70,8 @@ _API: dict[str, str] = {
     "run_images": "onnxfit.pipeline",
     "RunResult": "onnxfit.run_results",
     "ImageResult": "onnxfit.run_results",
-    "evaluate": "onnxfit.evaluate",
-    "EvalResult": "onnxfit.evaluate",
+    "evaluate": "onnxfit.evaluation",
+    "EvalResult": "onnxfit.evaluation",
     "sensitivity_scan": "onnxfit.pruning",
     "fit_budget": "onnxfit.pruning",
     "prune_copy": "onnxfit.pruning",
@@ -80,7 +81,4 @@ __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onnxfit' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return lazy_attr(__name__, _API, name)

@@ -16,7 +16,7 @@ that cannot be used (corrupt, truncated, empty, not an image, over the pixel lim
 ``ImageResult`` with ``error`` set in its place: counted and reported, never dropped.
 
 Task and preprocessing come from the model unless given (:mod:`onnxfit.model_info`).
-:func:`run_images` is ``onnxfit run``'s API; :func:`onnxfit.evaluate.evaluate` uses the same.
+:func:`run_images` is ``onnxfit run``'s API; :func:`onnxfit.evaluation.evaluate` uses the same.
 """
 
 from __future__ import annotations

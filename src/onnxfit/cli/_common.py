@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -62,6 +63,108 @@ def target_option(default: str = "xbox-series-s") -> Callable[[F], F]:
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table."
 )
+markdown_option = click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
+provider_option = click.option(
+    "--provider", "-p", help="Execution provider(s), e.g. cpu, cuda, dml (comma list)."
+)
+threads_option = click.option(
+    "--threads", type=int, help="Intra-op threads (default: the target's setting)."
+)
+io_binding_option = click.option(
+    "--io-binding", is_flag=True, help="Bind inputs/outputs once (preallocated)."
+)
+plot_option = click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Plots (.png)."
+)
+
+
+def input_shape_option(help: str | None = None) -> Callable[[F], F]:
+    """``--input-shape NAME=1x3x224x224`` (repeatable), read with :func:`parse_shapes`."""
+    return click.option(
+        "--input-shape", "input_shape", multiple=True, metavar="NAME=1x3x224x224", help=help
+    )
+
+
+def html_option(help: str) -> Callable[[F], F]:
+    """``--html FILE``: one self-contained HTML page (parameter ``html_out``)."""
+    return click.option(
+        "--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), help=help
+    )
+
+
+def parse_providers(text: str | None) -> list[str] | None:
+    """``cuda,cpu`` or full provider names -> ORT provider names."""
+    if not text:
+        return None
+    short = {
+        "cpu": "CPUExecutionProvider",
+        "cuda": "CUDAExecutionProvider",
+        "dml": "DmlExecutionProvider",
+        "directml": "DmlExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider",
+    }
+    return [short.get(p.strip().lower(), p.strip()) for p in text.split(",") if p.strip()]
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads`` must be >= 1 when given (InputError)."""
+    from onnxfit.errors import InputError
+
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}", hint="--threads 2")
+
+
+def check_report_paths(plot: Path | None, html_out: Path | None) -> None:
+    """Fail early (InputError) on a ``--plot`` / ``--html`` path that cannot be written."""
+    if plot is not None:
+        from onnxfit.report.plots import check_plot_path
+
+        check_plot_path(plot)
+    if html_out is not None:
+        from onnxfit.report.html import check_html_path
+
+        check_html_path(html_out)
+
+
+def write_reports(
+    plot: Path | None,
+    html_out: Path | None,
+    make_plots: Callable[[], list[Any]],
+    make_page: Callable[[list[Any]], Any],
+) -> list[Path]:
+    """Make the plots (only if ``--plot`` or ``--html`` asks), write them and the HTML page.
+
+    Returns the files written, the plots first.
+    """
+    plots = make_plots() if plot is not None or html_out is not None else []
+    written: list[Path] = []
+    if plot is not None:
+        from onnxfit.report.plots import write_plots
+
+        written = write_plots(plots, plot)
+    if html_out is not None:
+        written.append(make_page(plots).write(html_out))
+    return written
+
+
+def print_result(
+    result: Any,
+    *,
+    as_json: bool,
+    markdown: bool,
+    to_markdown: Callable[[], str],
+    render: Callable[[], Any],
+    written: Sequence[Path] = (),
+) -> None:
+    """``--json``, else ``--markdown``, else the rich table on stdout; then ``wrote F`` lines."""
+    if as_json:
+        echo_json(result.to_dict())
+    elif markdown:
+        click.echo(to_markdown())
+    else:
+        console.print(render())
+    for p in written:
+        click.echo(f"wrote {p}", err=True)
 
 
 def echo_json(data: Any) -> None:
@@ -111,3 +214,13 @@ def parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
             )
         out[name] = shape
     return out
+
+
+def progress_callback(bar: Any) -> Any:
+    """An ``on_progress`` function driving one rich progress task."""
+    task = bar.add_task("starting", total=None)
+
+    def update(done: int, total: int | None, label: str) -> None:
+        bar.update(task, completed=done, total=total, description=label)
+
+    return update

@@ -7,26 +7,37 @@ from pathlib import Path
 import click
 
 from onnxfit.cli._common import (
-    console,
-    echo_json,
+    check_report_paths,
+    check_threads,
     guarded,
+    html_option,
+    input_shape_option,
+    io_binding_option,
     json_option,
+    markdown_option,
+    parse_providers,
     parse_shapes,
+    plot_option,
+    print_result,
     progress,
+    progress_callback,
+    provider_option,
     target_option,
+    threads_option,
+    write_reports,
 )
 
 
 @click.command("compare")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @target_option()
-@click.option("--provider", "-p", help="Execution provider(s), e.g. cpu, cuda, dml (comma list).")
+@provider_option
 @click.option("--batch", "-b", default="1", show_default=True, help="Batch size.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per model.")
 @click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds.")
 @click.option("--per-round", type=int, default=10, show_default=True, help="Runs per model/round.")
-@click.option("--threads", type=int, help="Intra-op threads (default: the target's setting).")
-@click.option("--io-binding", is_flag=True, help="Bind inputs/outputs once (preallocated).")
+@threads_option
+@io_binding_option
 @click.option(
     "--runtime",
     default="onnxfit",
@@ -41,17 +52,12 @@ from onnxfit.cli._common import (
     help="Evaluation folder: labels.tsv (top-1/5) or images/ + labels/ (mAP).",
 )
 @click.option("--eval-limit", type=int, help="Use at most this many evaluation images.")
-@click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=1x3x224x224")
+@input_shape_option()
 @click.option("--in-process", is_flag=True, help="Measure in this process (no fresh children).")
 @click.option("--no-pin", is_flag=True, help="Do not pin the children to the cores they use.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Plots (.png).")
-@click.option(
-    "--html",
-    "html_out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="One self-contained HTML page with the table and plots.",
-)
-@click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
+@plot_option
+@html_option("One self-contained HTML page with the table and plots.")
+@markdown_option
 @json_option
 @guarded
 def compare(
@@ -90,7 +96,6 @@ def compare(
       onnxfit compare base.onnx opt.onnx --runtime ort,onnxfit --rounds 20 --json
     """
     from onnxfit import io
-    from onnxfit.cli.bench_cmd import parse_providers, progress_callback
     from onnxfit.errors import InputError
     from onnxfit.profiling.bench import parse_batches
     from onnxfit.profiling.compare import compare as run_compare
@@ -103,8 +108,7 @@ def compare(
             raise InputError(f"{opt} must be >= 1, got {val}")
     if warmup < 0:
         raise InputError(f"--warmup must be >= 0, got {warmup}")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}", hint="--threads 2")
+    check_threads(threads)
     if eval_limit is not None and eval_limit < 1:
         raise InputError(f"--eval-limit must be >= 1, got {eval_limit}")
     runtimes = [r.strip() for r in runtime.split(",")]
@@ -118,14 +122,7 @@ def compare(
     labels = [n.strip() for n in names.split(",")] if names else None
     if labels is not None and len(labels) != len(models):
         raise InputError(f"--names gives {len(labels)} names for {len(models)} models")
-    if plot is not None:
-        from onnxfit.report.plots import check_plot_path
-
-        check_plot_path(plot)
-    if html_out is not None:
-        from onnxfit.report.html import check_html_path
-
-        check_html_path(html_out)
+    check_report_paths(plot, html_out)
     irs = [io.load(m) for m in models]  # a bad file fails here, before anything runs
     with progress() as bar:
         result = run_compare(
@@ -147,29 +144,21 @@ def compare(
             pin=not no_pin,
             on_progress=progress_callback(bar),
         )
-    plots = []
-    if plot is not None or html_out is not None:
-        from onnxfit.report.plots import compare_plots
+    from onnxfit.report.bench import compare_markdown, render_compare
+    from onnxfit.report.html import compare_page
+    from onnxfit.report.plots import compare_plots
 
-        plots = compare_plots(result, models=irs)
-    written = []
-    if plot is not None:
-        from onnxfit.report.plots import write_plots
-
-        written = write_plots(plots, plot)
-    if html_out is not None:
-        from onnxfit.report.html import compare_page
-
-        written.append(compare_page(result, plots).write(html_out))
-    if as_json:
-        echo_json(result.to_dict())
-    elif markdown:
-        from onnxfit.report.bench import compare_markdown
-
-        click.echo(compare_markdown(result))
-    else:
-        from onnxfit.report.bench import render_compare
-
-        console.print(render_compare(result))
-    for p in written:
-        click.echo(f"wrote {p}", err=True)
+    written = write_reports(
+        plot,
+        html_out,
+        lambda: compare_plots(result, models=irs),
+        lambda plots: compare_page(result, plots),
+    )
+    print_result(
+        result,
+        as_json=as_json,
+        markdown=markdown,
+        to_markdown=lambda: compare_markdown(result),
+        render=lambda: render_compare(result),
+        written=written,
+    )

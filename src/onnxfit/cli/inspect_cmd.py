@@ -8,10 +8,12 @@ import click
 
 from onnxfit.cli._common import (
     console,
-    echo_json,
     guarded,
+    input_shape_option,
     json_option,
+    markdown_option,
     parse_shapes,
+    print_result,
     progress,
     target_option,
 )
@@ -27,19 +29,13 @@ _PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 @click.option(
     "--top", "-k", type=int, default=10, show_default=True, help="Nodes listed by projected time."
 )
-@click.option(
-    "--input-shape",
-    "input_shape",
-    multiple=True,
-    metavar="NAME=1x3x224x224",
-    help="Full shape of an input (repeatable); overrides --batch for that input.",
-)
+@input_shape_option("Full shape of an input (repeatable); overrides --batch for that input.")
 @click.option(
     "--plot-memory",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also draw the memory plan (lifetime across, offset up) to this .png/.svg/.pdf.",
 )
-@click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
+@markdown_option
 @json_option
 @guarded
 def inspect_cmd(
@@ -88,16 +84,14 @@ def inspect_cmd(
 
         plot_memory.parent.mkdir(parents=True, exist_ok=True)
         plot_memory_plan(result.memory, plot_memory)
-    if as_json:
-        echo_json(result.to_dict())
-        return
-    if markdown:
-        from onnxfit.report.inspect import to_markdown
+    from onnxfit.report.inspect import render_inspect, to_markdown
 
-        click.echo(to_markdown(result, top=top))
-    else:
-        from onnxfit.report.inspect import render_inspect
-
-        console.print(render_inspect(result, top=top))
-    if plot_memory is not None:
+    print_result(
+        result,
+        as_json=as_json,
+        markdown=markdown,
+        to_markdown=lambda: to_markdown(result, top=top),
+        render=lambda: render_inspect(result, top=top),
+    )
+    if plot_memory is not None and not as_json:
         console.print(f"memory plan drawn to {plot_memory}")

@@ -8,11 +8,11 @@ from typing import Any
 import click
 
 from onnxfit.cli._common import (
-    console,
-    echo_json,
     err_console,
     guarded,
     json_option,
+    markdown_option,
+    print_result,
     progress,
     target_option,
 )
@@ -109,7 +109,7 @@ from onnxfit.cli._common import (
     help="Remove ratio R of the Conv output channels (smaller dense model), one-shot.",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
-@click.option("--markdown", is_flag=True, help="Print the result as Markdown.")
+@markdown_option
 @json_option
 @guarded
 def optimize(
@@ -196,9 +196,10 @@ def optimize(
         result = run_optimize(
             model, output, target=tgt, force=force, progress=on_progress, plan=the_plan, **values
         )
-    if as_json:
-        echo_json(result.to_dict())
-    elif markdown:
-        click.echo(to_markdown(result))
-    else:
-        console.print(render_optimize(result))
+    print_result(
+        result,
+        as_json=as_json,
+        markdown=markdown,
+        to_markdown=lambda: to_markdown(result),
+        render=lambda: render_optimize(result),
+    )

@@ -11,8 +11,9 @@ Names are re-exported lazily so ``import onnxfit.data`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from onnxfit._lazy import lazy_attr
 
 _API: dict[str, str] = {
     "AsyncLoader": "onnxfit.data.loader",
@@ -51,7 +52,4 @@ __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onnxfit.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return lazy_attr(__name__, _API, name)

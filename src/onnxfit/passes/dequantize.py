@@ -73,6 +73,19 @@ def _axis_block(node: ir.Node) -> tuple[int, int]:
     return int_attr(node, "axis", 1), int_attr(node, "block_size", 0)
 
 
+def _constant_operands(
+    node: ir.Node,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """x, scale and zero point (None if absent) of a Q/DQ node whose operands are all constant,
+    else None."""
+    x, scale = const_array(node.inputs[0]), const_array(node.inputs[1])
+    zp_v = node.inputs[2] if len(node.inputs) > 2 else None
+    zp = const_array(zp_v)
+    if x is None or scale is None or (zp_v is not None and zp is None):
+        return None
+    return x, scale, zp
+
+
 def _new_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     base, i = name, 0
     while name in graph.initializers:
@@ -157,12 +170,11 @@ class DequantizePass(OnnxfitPass):
         for node in list(graph):
             if node.op_type != "QuantizeLinear" or not _is_onnx(node):
                 continue
-            x, scale = const_array(node.inputs[0]), const_array(node.inputs[1])
-            zp_v = node.inputs[2] if len(node.inputs) > 2 else None
-            zp = const_array(zp_v)
+            operands = _constant_operands(node)
             qtype = quant_type(node)
-            if x is None or scale is None or (zp_v is not None and zp is None) or qtype is None:
+            if operands is None or qtype is None:
                 continue
+            x, scale, zp = operands
             axis, block = _axis_block(node)
             q = quantize_array(x, scale, zp, qtype=qtype, axis=axis, block_size=block)
             out = node.outputs[0]
@@ -179,11 +191,10 @@ class DequantizePass(OnnxfitPass):
         for node in list(graph):
             if node.op_type != "DequantizeLinear" or not _is_onnx(node):
                 continue
-            x, scale = const_array(node.inputs[0]), const_array(node.inputs[1])
-            zp_v = node.inputs[2] if len(node.inputs) > 2 else None
-            zp = const_array(zp_v)
-            if x is None or scale is None or (zp_v is not None and zp is None):
+            operands = _constant_operands(node)
+            if operands is None:
                 continue
+            x, scale, zp = operands
             axis, block = _axis_block(node)
             array = dequantize_array(x, scale, zp, axis=axis, block_size=block)
             out = node.outputs[0]

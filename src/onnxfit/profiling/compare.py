@@ -34,6 +34,7 @@ from onnxfit.profiling.bench import (
     static_figures,
 )
 from onnxfit.profiling.client import open_worker
+from onnxfit.profiling.results import Measured
 from onnxfit.profiling.stats import Summary, summarize
 from onnxfit.profiling.system import CpuMonitor, Noise
 from onnxfit.profiling.worker import RUNTIMES
@@ -50,7 +51,7 @@ def interleave_schedule(n_models: int, rounds: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class ModelStats:
+class ModelStats(Measured):
     """One model's figures in a comparison (seconds, bytes)."""
 
     name: str
@@ -72,14 +73,6 @@ class ModelStats:
     batch: int
     accuracy: Accuracy | None = None
     gpu_latency: Summary | None = None
-
-    @property
-    def throughput(self) -> float:
-        return self.batch / self.latency.mean if self.latency.mean > 0 else 0.0
-
-    @property
-    def rss_delta(self) -> int | None:
-        return self.peak_rss - self.rss_baseline if self.rss_baseline is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -32,8 +32,28 @@ class Static:
         return dict(self.__dict__)
 
 
+class Measured:
+    """Figures derived from one measurement (shared by :class:`BatchResult` and
+    :class:`onnxfit.profiling.compare.ModelStats`); the dataclass declares the fields."""
+
+    batch: int
+    latency: Summary
+    peak_rss: int
+    rss_baseline: int | None
+
+    @property
+    def throughput(self) -> float:
+        """Items per second: batch / mean latency."""
+        return self.batch / self.latency.mean if self.latency.mean > 0 else 0.0
+
+    @property
+    def rss_delta(self) -> int | None:
+        """Peak RSS minus the RSS before the session was created (what the model added)."""
+        return self.peak_rss - self.rss_baseline if self.rss_baseline is not None else None
+
+
 @dataclass(frozen=True)
-class BatchResult:
+class BatchResult(Measured):
     """One batch size's measurement (times in seconds, sizes in bytes)."""
 
     batch: int
@@ -55,16 +75,6 @@ class BatchResult:
     profile: OrtProfile | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     pinned_cpus: tuple[int, ...] | None = None
-
-    @property
-    def throughput(self) -> float:
-        """Items per second: batch / mean latency."""
-        return self.batch / self.latency.mean if self.latency.mean > 0 else 0.0
-
-    @property
-    def rss_delta(self) -> int | None:
-        """Peak RSS minus the RSS before the session was created (what the model added)."""
-        return self.peak_rss - self.rss_baseline if self.rss_baseline is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {

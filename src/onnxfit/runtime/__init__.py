@@ -5,8 +5,9 @@ The names below are re-exported lazily so ``import onnxfit.runtime`` stays cheap
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from onnxfit._lazy import lazy_attr
 
 #: public name -> module that defines it (other runtime modules add theirs here)
 _EXPORTS: dict[str, str] = {
@@ -32,7 +33,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onnxfit.runtime' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return lazy_attr(__name__, _EXPORTS, name)
