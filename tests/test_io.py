@@ -188,6 +188,7 @@ def test_save_switches_to_external_data_above_threshold(tmp_path: Path) -> None:
     out = tmp_path / "big.onnx"
     size = io.save(io.load(src), out, external_threshold=1000)
     assert (tmp_path / "big.onnx.data").is_file()
+    assert out.stat().st_mode & 0o777 == atomic.file_mode()  # not mkstemp's 0600
     assert size.external_bytes == 4096 * 4
     reloaded = io.load(out)
     w = reloaded.graph.initializers["w"].const_value
@@ -225,3 +226,10 @@ def test_atomic_write_text_and_failure_leaves_target(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert target.read_text() == "one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_file_size_names_a_corrupt_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(b"not a model at all")
+    with pytest.raises(ModelLoadError, match=r"bad\.onnx"):
+        io.file_size(p)

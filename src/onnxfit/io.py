@@ -235,11 +235,13 @@ def save(
             atomic.write_bytes(out, proto.SerializeToString())
         else:
             data_name = out.name + ".data"
+            mode = atomic.file_mode(out)
             fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
             os.close(fd)
             try:
                 # onnx_ir writes the external file atomically itself, then we rename the graph.
                 ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
+                os.chmod(tmp, mode)  # mkstemp created it 0600
                 os.replace(tmp, out)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -256,8 +258,7 @@ def save(
 def file_size(path: str | os.PathLike[str]) -> FileSize:
     """Exact bytes on disk of a model file and the external-data files it references."""
     p = Path(path)
-    proto = onnx.load(str(p), load_external_data=False)
-    files = check_external_data(proto, p.parent)
+    files = check_external_data(_read_proto(p), p.parent)
     model_bytes = p.stat().st_size
     external = sum(f.stat().st_size for f in files)
     return FileSize(str(p), model_bytes + external, model_bytes, external)
