@@ -22,7 +22,7 @@ Rounds interleave every measurement so that load from other processes hits them 
 best round is kept. CPU ms/img is process CPU time per image (all threads).
 
 Run:  .venv/bin/python benchmarks/bench_e2e.py [--quick] [--configs auto,2x2,1x1] [--batch 8]
-(``auto`` = the pipeline's default split, :func:`onnxfit.model_info.split_cores`.)
+(``auto`` = the pipeline's default split, :func:`onnxfit.data.model_info.split_cores`.)
 Writes benchmarks/results/e2e.md.
 """
 
@@ -43,12 +43,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_preprocess import DATA, baseline, core_check
+from onnxfit.apps.pipeline import Pipeline
 from onnxfit.data.detection import decode_yolox, detect
 from onnxfit.data.images import list_images, resize_geometry
+from onnxfit.data.model_info import split_cores
 from onnxfit.data.presets import PRESETS, ImageMeta
 from onnxfit.data.tasks import classify
-from onnxfit.model_info import split_cores
-from onnxfit.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "e2e.md"

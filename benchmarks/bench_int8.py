@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxfit import io, zoo
-from onnxfit.passes.calibration import CalibrationData, synthetic_inputs
+from onnxfit.data.calibration import CalibrationData, synthetic_inputs
 from onnxfit.passes.int8 import Int8StaticPass
 from onnxfit.verify import compare_models, load_eval_set
 

@@ -1,4 +1,4 @@
-"""Pruning (onnxfit.passes.prune / prune_channels / sparse, onnxfit.pruning), in one run.
+"""Pruning (onnxfit.pruning.unstructured / prune_channels / sparse, onnxfit.pruning), in one run.
 
 1. **File size**, zoo YOLOv3-tiny: FP32 as built (the plain baseline), FP16, FP16 + 70 %
    global magnitude pruning stored dense, as ONNX ``sparse_initializer`` (COO, int64 indices;
@@ -36,9 +36,9 @@ import onnxruntime as ort
 
 from onnxfit import io, pruning, zoo
 from onnxfit.passes.fp16 import Fp16Pass
-from onnxfit.passes.prune import PrunePass
-from onnxfit.passes.prune_channels import PruneChannelsPass
-from onnxfit.passes.sparse import SparseStoragePass, nonzero_mask
+from onnxfit.pruning.channels import PruneChannelsPass
+from onnxfit.pruning.sparse import SparseStoragePass, nonzero_mask
+from onnxfit.pruning.unstructured import PrunePass
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ONNXFIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -94,7 +94,7 @@ def file_sizes(tmp: Path) -> dict[str, Any]:
     m16 = io.from_proto(io.to_proto(m))
     Fp16Pass()(m16)
     fp16 = io.save(m16, tmp / "y16.onnx").bytes
-    p = PrunePass(sparsity=0.7, sparse_storage=None)
+    p = PrunePass(sparsity=0.7)
     p(m)
     Fp16Pass()(m)
     pruned = io.save(m, tmp / "y16p.onnx").bytes

@@ -174,7 +174,7 @@ def _via_passes(
 
             Fp16Pass()(model)
         else:
-            from onnxfit.passes.calibration import load_calibration
+            from onnxfit.data.calibration import load_calibration
             from onnxfit.passes.int8 import Int8StaticPass
 
             data = load_calibration(model, calibrate, limit=16 if quick else 100)

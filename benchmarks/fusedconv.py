@@ -26,8 +26,8 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxfit import io, zoo
+from onnxfit.optimizer.registry import make_pass
 from onnxfit.passes.base import run_passes
-from onnxfit.passes.registry import make_pass
 
 LEVELS = {
     "ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,

@@ -1,4 +1,4 @@
-"""onnxfit.passes.calibration: readers over images / arrays / noise, and range collection."""
+"""onnxfit.data.calibration: readers over images / arrays / noise, and range collection."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from onnx import numpy_helper as nh
 from PIL import Image
 
 from onnxfit import io
+from onnxfit.data import calibration as cal
 from onnxfit.errors import InputError
-from onnxfit.passes import calibration as cal
 from onnxfit.passes import ranges as rg
 
 F = TensorProto.FLOAT

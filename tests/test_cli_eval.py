@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from onnxfit.apps.evaluation import dataset_task, evaluate
 from onnxfit.cli import main
 from onnxfit.errors import InputError
-from onnxfit.evaluation import dataset_task, evaluate
 from pipeline_util import colour_classifier, colour_image, constant_detector, corrupt_jpeg
 
 pytestmark = pytest.mark.timeout(300)

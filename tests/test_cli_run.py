@@ -150,7 +150,7 @@ def test_run_errors_exit_2_and_write_nothing(tmp_path, folder, model):
 
 
 def test_run_aborted_run_leaves_no_output(tmp_path, folder, model, monkeypatch):
-    import onnxfit.pipeline as pipeline
+    import onnxfit.apps.pipeline as pipeline
 
     out = tmp_path / "o.jsonl"
     out.write_text("old\n")

@@ -17,10 +17,10 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 from onnxfit import io, verify
+from onnxfit.data.calibration import CalibrationData
 from onnxfit.errors import InputError
 from onnxfit.passes import int8
 from onnxfit.passes.base import run_passes
-from onnxfit.passes.calibration import CalibrationData
 from onnxfit.passes.ranges import collect_ranges
 
 F = TensorProto.FLOAT

@@ -15,7 +15,7 @@ from onnxfit import io
 from onnxfit.errors import InputError, VerificationError
 from onnxfit.optimizer import optimize, sidecar_paths
 from onnxfit.optimizer.emulate import emulate_fp16
-from onnxfit.passes.registry import make_pass
+from onnxfit.optimizer.registry import make_pass
 
 FAST = {"measure_runs": 0, "synthetic_count": 8}
 

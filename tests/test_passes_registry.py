@@ -8,8 +8,8 @@ import pytest
 from onnx import helper as oh
 
 from onnxfit.errors import InputError
+from onnxfit.optimizer.registry import PASSES, make_pass, pass_options
 from onnxfit.passes.base import OnnxfitPass, PassReport, count_ops, run_passes
-from onnxfit.passes.registry import PASSES, make_pass, pass_options
 from passes_util import model, ops, tensor, vinfo
 
 

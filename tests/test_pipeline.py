@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from onnxfit.apps.pipeline import Pipeline, run_images
+from onnxfit.apps.results import collect_images
+from onnxfit.data.model_info import describe_model, guess_task
 from onnxfit.errors import InputError, ModelLoadError
-from onnxfit.model_info import describe_model, guess_task
-from onnxfit.pipeline import Pipeline, run_images
-from onnxfit.run_results import collect_images
 from pipeline_util import (
     CLASS_OF,
     NAMES,
@@ -289,7 +289,7 @@ def test_split_cores_shares_cpu_between_stages(monkeypatch):
     import onnxruntime as ort
 
     import onnxfit.targets
-    from onnxfit.model_info import split_cores
+    from onnxfit.data.model_info import split_cores
 
     cpu = SimpleNamespace(providers=("CPUExecutionProvider",), worker_cores=8)
     gpu = SimpleNamespace(

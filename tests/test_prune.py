@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from onnx import helper as oh
 
 from onnxfit.errors import InputError
-from onnxfit.passes import scores as sc
-from onnxfit.passes.prune import PrunePass, find_weights, make_masks
+from onnxfit.pruning import scores as sc
+from onnxfit.pruning.unstructured import PrunePass, find_weights, make_masks
 from passes_util import check, model, ops, run, tensor, vinfo
 
 
@@ -60,7 +60,7 @@ def test_first_and_last_layers_are_excluded_by_default(rng):
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.37, 0.5, 0.7, 0.9])
 def test_global_sparsity_is_exact(rng, sparsity, ties):
     m = _net(rng, ties=ties)
-    p = PrunePass(sparsity=sparsity, sparse_storage=None)
+    p = PrunePass(sparsity=sparsity)
     p(m)
     n = 16 * 8 * 9 + 16 * 16
     pruned = _zeros(m, "w1") + _zeros(m, "w2")
@@ -73,7 +73,7 @@ def test_global_sparsity_is_exact(rng, sparsity, ties):
 def test_global_prunes_the_globally_smallest(rng):
     m = _net(rng)
     before = {k: m.graph.initializers[k].const_value.numpy().copy() for k in ("w1", "w2")}
-    PrunePass(sparsity=0.5, sparse_storage=None)(m)
+    PrunePass(sparsity=0.5)(m)
     after = {k: m.graph.initializers[k].const_value.numpy() for k in before}
     pruned = np.concatenate([np.abs(before[k][after[k] == 0]) for k in before])
     kept = np.concatenate([np.abs(before[k][after[k] != 0]) for k in before])
@@ -84,7 +84,7 @@ def test_global_prunes_the_globally_smallest(rng):
 @pytest.mark.parametrize("sparsity", [0.25, 0.6, 0.95])
 def test_layer_scope_is_exact_per_tensor(rng, sparsity):
     m = _net(rng, ties=True)
-    PrunePass(sparsity=sparsity, scope="layer", sparse_storage=None)(m)
+    PrunePass(sparsity=sparsity, scope="layer")(m)
     assert _zeros(m, "w1") == sc.exact_count(sparsity, 16 * 8 * 9)
     assert _zeros(m, "w2") == sc.exact_count(sparsity, 256)
 
@@ -94,7 +94,7 @@ def test_per_layer_cap_holds_and_total_stays_exact(rng):
     m.graph.initializers["w2"].const_value = tensor_ir(
         1e-3 * m.graph.initializers["w2"].const_value.numpy()
     )  # tiny weights: global magnitude would prune all of w2
-    PrunePass(sparsity=0.3, max_sparsity=0.5, sparse_storage=None)(m)
+    PrunePass(sparsity=0.3, max_sparsity=0.5)(m)
     assert _zeros(m, "w2") == 128  # capped at 50 %
     assert _zeros(m, "w1") + _zeros(m, "w2") == sc.exact_count(0.3, 1152 + 256)
 
@@ -108,10 +108,10 @@ def tensor_ir(array: np.ndarray):
 def test_threshold_and_ratios(rng):
     m = _net(rng)
     w1 = m.graph.initializers["w1"].const_value.numpy().copy()
-    PrunePass(sparsity=None, threshold=0.5, sparse_storage=None)(m)
+    PrunePass(sparsity=None, threshold=0.5)(m)
     assert _zeros(m, "w1") == int(np.count_nonzero(np.abs(w1) < 0.5))
     m = _net(rng)
-    p = PrunePass(ratios={"conv1": 0.25}, sparse_storage=None)
+    p = PrunePass(ratios={"conv1": 0.25})
     p(m)
     assert _zeros(m, "w1") == sc.exact_count(0.25, 1152) and _zeros(m, "w2") == 0
     assert p.stats["tensors_pruned"] == 1
@@ -121,7 +121,7 @@ def test_zeros_are_positive_and_outputs_match_a_masked_reference(rng):
     m = _net(rng)
     ref = _net(np.random.default_rng(0))
     m = _net(np.random.default_rng(0))
-    PrunePass(sparsity=0.6, sparse_storage=None)(m)
+    PrunePass(sparsity=0.6)(m)
     for k in ("w1", "w2"):
         a = m.graph.initializers[k].const_value.numpy()
         assert not np.signbit(a[a == 0]).any()  # +0.0 only

@@ -6,8 +6,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxfit import prune_metrics, pruning
 from onnxfit.errors import InputError
+from onnxfit.pruning import budget as pruning
+from onnxfit.pruning import metrics as prune_metrics
 from test_prune import _net as prune_net
 from test_prune_channels import _resnet_like
 

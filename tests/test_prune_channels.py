@@ -17,7 +17,7 @@ import pytest
 from onnx import helper as oh
 
 from onnxfit import io
-from onnxfit.passes.prune_channels import PruneChannelsPass, apply_plan, plan_channels
+from onnxfit.pruning.channels import PruneChannelsPass, apply_plan, plan_channels
 from passes_util import check, copy, model, ops, run, tensor, vinfo
 
 
@@ -276,7 +276,7 @@ def test_zoo_resnet18_30_percent(zoo_resnet18):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shufflenet", "yolox"])
 def test_real_models_stay_valid(shared_data, name):
-    from onnxfit.passes.registry import make_pass
+    from onnxfit.optimizer.registry import make_pass
 
     if name == "shufflenet":
         m = io.load(shared_data / "models" / "shufflenet-v2-12-qdq.onnx")

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from onnxfit.cli._common import model_figures
 from onnxfit.errors import InputError
 from onnxfit.profiling.accuracy import Accuracy
 from onnxfit.profiling.bench import BatchResult, BenchResult, Static
@@ -22,7 +23,7 @@ from onnxfit.profiling.stats import summarize
 from onnxfit.profiling.system import Noise
 from onnxfit.profiling.tracker import Tracker
 from onnxfit.report import bench as rb
-from onnxfit.report import plots, roofline
+from onnxfit.report import figures, plots, roofline
 from onnxfit.report.html import HtmlPage, bench_page, compare_page
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -248,18 +249,18 @@ def test_plots_are_valid_pngs(tmp_path: Path, bench_result: BenchResult) -> None
         "roof": roofline.roofline_figure(roofline.points_from_profile(_profile()), "cpu"),
     }
     for name, fig in figs.items():
-        out = plots.save_figure(fig, tmp_path / f"{name}.png")
+        out = figures.save_figure(fig, tmp_path / f"{name}.png")
         w, h = _valid_png(out.read_bytes())
         assert w > 400 and h > 200
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temporary file
-    written = plots.write_plots(plots.bench_plots(bench_result), tmp_path / "bench.png")
+    written = figures.write_plots(plots.bench_plots(bench_result), tmp_path / "bench.png")
     names = [p.name for p in written]
     assert names[0] == "bench.png" and "bench-ops-b1.png" in names
     assert "bench-roofline-measured-b1.png" in names
     for p in written:
         _valid_png(p.read_bytes())
     with pytest.raises(InputError):
-        plots.save_figure(figs["lat"], tmp_path / "x.gif")
+        figures.save_figure(figs["lat"], tmp_path / "x.gif")
     with pytest.raises(InputError):
         plots.latency_figure({})
 
@@ -283,7 +284,9 @@ def test_model_plots_memory_plan_and_projected_roofline(tmp_path: Path) -> None:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     io.save(m, tmp_path / "m.onnx")
-    got = plots.model_plots(io.load(tmp_path / "m.onnx"), batch=2, target="xbox-series-s")
+    got = plots.model_plots(
+        model_figures(io.load(tmp_path / "m.onnx"), batch=2, target="xbox-series-s")
+    )
     assert [p.tag for p in got] == ["roofline-xbox-series-s", "memory"]
     for p in got:
         _valid_png(p.png)

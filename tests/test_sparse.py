@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import helper as oh
 
 from onnxfit import io
-from onnxfit.passes.sparse import (
+from onnxfit.pruning.sparse import (
     SparseStoragePass,
     decode,
     densify,
@@ -142,10 +142,10 @@ def test_storage_sizes_coo_loses_for_fp16():
 @pytest.mark.slow
 def test_zoo_yolov3_tiny_fp16_pruned_70_is_under_30_percent_of_fp32(zoo_yolov3_tiny, tmp_path):
     from onnxfit.passes.fp16 import Fp16Pass
-    from onnxfit.passes.prune import PrunePass
+    from onnxfit.pruning.unstructured import PrunePass
 
     m = io.load(zoo_yolov3_tiny)
-    PrunePass(sparsity=0.7, sparse_storage=None)(m)
+    PrunePass(sparsity=0.7)(m)
     Fp16Pass()(m)
     io.save(m, tmp_path / "dense16.onnx")
     p = SparseStoragePass()
@@ -162,7 +162,7 @@ def test_zoo_yolov3_tiny_fp16_pruned_70_is_under_30_percent_of_fp32(zoo_yolov3_t
 
 
 def test_int8_qdq_weights_are_encoded_and_ort_still_fuses(rng, tmp_path):
-    from onnxfit.passes.calibration import synthetic_inputs
+    from onnxfit.data.calibration import synthetic_inputs
     from onnxfit.passes.int8 import Int8StaticPass
 
     w1, w2 = _sparse(rng, (32, 16, 3, 3), 0.25), _sparse(rng, (32, 32, 1, 1), 0.25)

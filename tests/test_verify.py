@@ -14,8 +14,8 @@ from onnx import numpy_helper as nh
 from PIL import Image
 
 from onnxfit import io, verify
+from onnxfit.data.calibration import CalibrationData
 from onnxfit.errors import InputError
-from onnxfit.passes.calibration import CalibrationData
 
 F = TensorProto.FLOAT
 

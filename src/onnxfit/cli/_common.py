@@ -117,7 +117,7 @@ def check_threads(threads: int | None) -> None:
 def check_report_paths(plot: Path | None, html_out: Path | None) -> None:
     """Fail early (InputError) on a ``--plot`` / ``--html`` path that cannot be written."""
     if plot is not None:
-        from onnxfit.report.plots import check_plot_path
+        from onnxfit.report.figures import check_plot_path
 
         check_plot_path(plot)
     if html_out is not None:
@@ -139,12 +139,37 @@ def write_reports(
     plots = make_plots() if plot is not None or html_out is not None else []
     written: list[Path] = []
     if plot is not None:
-        from onnxfit.report.plots import write_plots
+        from onnxfit.report.figures import write_plots
 
         written = write_plots(plots, plot)
     if html_out is not None:
         written.append(make_page(plots).write(html_out))
     return written
+
+
+def model_figures(model: Any, *, batch: int, target: str, name: str = "") -> Any:
+    """The analysis the report's model pictures need (report/ never analyses): the cost of
+    ``model`` (an ``onnx_ir.Model``) on ``target`` and its memory plan at ``batch``; a part that
+    cannot be computed (a shape left unresolved) is None and its picture is left out."""
+    from onnxfit.analysis.cost import analyze_cost
+    from onnxfit.analysis.memory import plan_memory
+    from onnxfit.analysis.shapes import infer_shapes
+    from onnxfit.errors import InputError
+    from onnxfit.report.plots import ModelFigures
+
+    try:
+        shaped = infer_shapes(model, batch=batch)
+    except InputError:
+        return ModelFigures(None, None, batch, target, name)
+    try:
+        cost = analyze_cost(shaped, target=target)
+    except InputError:
+        cost = None
+    try:
+        plan = plan_memory(shaped, batch=batch)
+    except InputError:
+        plan = None
+    return ModelFigures(cost, plan, batch, target, name)
 
 
 def print_result(

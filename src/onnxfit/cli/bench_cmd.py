@@ -15,6 +15,7 @@ from onnxfit.cli._common import (
     io_binding_option,
     json_option,
     markdown_option,
+    model_figures,
     parse_providers,
     parse_shapes,
     plot_option,
@@ -133,7 +134,10 @@ def bench(
     written = write_reports(
         plot,
         html_out,
-        lambda: bench_plots(result, model=ir_model),
+        lambda: bench_plots(
+            result,
+            model=model_figures(ir_model, batch=result.batches[0].batch, target=result.target),
+        ),
         lambda plots: bench_page(result, plots, top=top),
     )
     print_result(

@@ -15,6 +15,7 @@ from onnxfit.cli._common import (
     io_binding_option,
     json_option,
     markdown_option,
+    model_figures,
     parse_providers,
     parse_shapes,
     plot_option,
@@ -151,7 +152,13 @@ def compare(
     written = write_reports(
         plot,
         html_out,
-        lambda: compare_plots(result, models=irs),
+        lambda: compare_plots(
+            result,
+            models=[
+                model_figures(m, batch=result.batch, target=result.target, name=r.name)
+                for m, r in zip(irs, result.models, strict=False)
+            ],
+        ),
         lambda plots: compare_page(result, plots),
     )
     print_result(

@@ -49,7 +49,7 @@ def eval_cmd(
       onnxfit eval yolox_nano.onnx ../shared/data/coco-sample --json > coco.json
       onnxfit eval model.onnx my-set/ --limit 100 --batch auto --target cpu
     """
-    from onnxfit.evaluation import evaluate
+    from onnxfit.apps.evaluation import evaluate
     from onnxfit.report.run import render_eval
 
     with progress(not as_json) as bar:

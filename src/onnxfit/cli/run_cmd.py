@@ -158,7 +158,7 @@ def run(
       onnxfit run model.onnx a.jpg b.png --task classify --preset imagenet --top-k 3
       onnxfit run yolov3-tiny.onnx images/ --batch auto --score-threshold 0.4 -o out.jsonl
     """
-    from onnxfit.pipeline import run_images
+    from onnxfit.apps.pipeline import run_images
     from onnxfit.report.run import Drawer, JsonlWriter, render_run
 
     stdout_lines = output is None and not as_json

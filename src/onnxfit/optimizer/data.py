@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxfit.data.calibration import CalibrationData, load_calibration, synthetic_inputs
 from onnxfit.errors import InputError
 from onnxfit.optimizer.options import OptimizeOptions
-from onnxfit.passes.calibration import CalibrationData, load_calibration, synthetic_inputs
 
 logger = logging.getLogger(__name__)
 

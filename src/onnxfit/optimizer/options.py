@@ -43,7 +43,7 @@ class OptimizeOptions:
     * ``synthetic_count``: samples of seeded noise when no data is given; ``seed``.
     * ``prune``: unstructured magnitude sparsity (``prune_scope`` global or per layer);
       ``prune_channels``: ratio of Conv output channels removed. Both one-shot, under the
-      budget (:mod:`onnxfit.prune_budget`).
+      budget (:mod:`onnxfit.optimizer.prune_step`).
     """
 
     precision: PrecisionArg = "auto"

@@ -15,7 +15,7 @@ Default pipeline: ``cleanup`` -> ``dequantize`` (only when the input is an INT8 
 model and the precision is not INT8) -> ``fold-batchnorm`` -> ``fuse`` (counts Conv/Gemm +
 activation pairs; output stays portable unless ``fuse="fusedconv"`` for a CPU/CUDA target)
 -> ``fp16`` | ``int8`` (the lossy step, the one the back-off loop repeats). ``--passes a,b,c``
-replaces the list (names from :data:`onnxfit.passes.registry.PASSES`, plus ``int8`` /
+replaces the list (names from :data:`onnxfit.optimizer.registry.PASSES`, plus ``int8`` /
 ``int8-dynamic``).
 """
 
@@ -33,6 +33,7 @@ import onnx_ir as ir
 from onnxfit import io
 from onnxfit.errors import InputError
 from onnxfit.optimizer.options import OptimizeOptions
+from onnxfit.optimizer.registry import PASSES
 from onnxfit.passes.base import OnnxfitPass
 from onnxfit.targets import Target, get_target, has_vnni
 
@@ -103,27 +104,16 @@ class OptimizePlan:
 # ---------------------------------------------------------------------------- pass table
 
 
-def pass_table() -> dict[str, type[OnnxfitPass]]:
-    """Registry name -> pass class: the registry, plus the INT8 passes if it lacks them."""
-    from onnxfit.passes.int8 import Int8DynamicPass, Int8StaticPass
-    from onnxfit.passes.registry import PASSES
-
-    table = dict(PASSES)
-    table.setdefault("int8", Int8StaticPass)
-    table.setdefault("int8-dynamic", Int8DynamicPass)
-    return table
-
-
 def make_step_pass(step: PlanStep, **extra: Any) -> OnnxfitPass:
     """A new pass instance for ``step`` (``extra`` options override the plan's)."""
-    cls = pass_table().get(step.name)
+    cls = PASSES.get(step.name)
     if cls is None:
         raise InputError(f"unknown pass {step.name!r}", hint=f"known passes: {known_passes()}")
     return cls(**{**step.options, **extra})
 
 
 def known_passes() -> str:
-    return ", ".join(pass_table())
+    return ", ".join(PASSES)
 
 
 # ---------------------------------------------------------------------------- precision
@@ -243,7 +233,7 @@ def prune_steps(options: OptimizeOptions) -> list[PlanStep]:
         steps.append(
             PlanStep(
                 "prune",
-                {"sparsity": options.prune, "scope": options.prune_scope, "sparse_storage": None},
+                {"sparsity": options.prune, "scope": options.prune_scope},
                 f"zero the smallest weights ({options.prune_scope}; one-shot, under the budget)",
             )
         )
@@ -280,7 +270,7 @@ def _fuse_step(target: Target, options: OptimizeOptions, precision: Precision) -
 
 def steps_from_names(names: Sequence[str], options: OptimizeOptions) -> list[PlanStep]:
     """Steps for ``--passes a,b,c``: registry names with their default options."""
-    table = pass_table()
+    table = PASSES
     unknown = [n for n in names if n not in table]
     if unknown:
         raise InputError(

@@ -27,10 +27,10 @@ from onnxfit.optimizer.backoff import Outcome, clone, run_lossy
 from onnxfit.optimizer.data import RunData, load_run_data
 from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import OptimizePlan, build_plan, make_step_pass
+from onnxfit.optimizer.prune_step import PRUNE_STEPS, run_budgeted
 from onnxfit.optimizer.result import OptimizeResult
 from onnxfit.optimizer.stats import measure_latency, model_stats, one_sample
 from onnxfit.passes.base import PassReport
-from onnxfit.prune_budget import PRUNE_STEPS, run_budgeted
 from onnxfit.targets import Target, get_target
 from onnxfit.verify import compare_models
 

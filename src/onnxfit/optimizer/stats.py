@@ -48,7 +48,7 @@ class ModelStats:
 def model_stats(model: ir.Model, *, target: Target, file_bytes: int, precision: str) -> ModelStats:
     """Static figures of ``model`` on ``target`` (``file_bytes`` measured by the caller)."""
     from onnxfit.analysis.inspect import inspect
-    from onnxfit.passes.sparse import densified
+    from onnxfit.pruning.sparse import densified
 
     # sparse-stored weights are decoded (constant-folded) at load: analyse the dense form
     result = inspect(densified(model), target=target, batch=1)

@@ -1,7 +1,7 @@
 """Model passes: one module per pass, each an :class:`onnx_ir.passes.InPlacePass` subclass.
 
 * :mod:`onnxfit.passes.base` — :class:`OnnxfitPass` (stats, report), :func:`run_passes`;
-* :mod:`onnxfit.passes.registry` — the name -> pass table :data:`PASSES` and :func:`make_pass`;
+* :mod:`onnxfit.optimizer.registry` — the name -> pass table :data:`PASSES` and :func:`make_pass`;
 * ``cleanup``, ``fold-batchnorm``, ``fuse``, ``dequantize``, ``fp16`` (and
   :mod:`onnxfit.passes.activations`, the statistics behind the automatic fp16 block list).
 

@@ -47,9 +47,9 @@ import onnx_ir as ir
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from onnxfit import io
+from onnxfit.data.calibration import CalibrationData, synthetic_inputs
 from onnxfit.errors import InputError
 from onnxfit.passes.base import OnnxfitPass, count_ops
-from onnxfit.passes.calibration import CalibrationData, synthetic_inputs
 from onnxfit.passes.ranges import METHODS, Method, Ranges, collect_ranges, default_op_types
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Activation ranges from calibration data: the statistics half of INT8 quantization.
 
 :func:`collect_ranges` runs onnxruntime's calibrator (MinMax, Entropy or Percentile) over
-:class:`~onnxfit.passes.calibration.CalibrationData` and returns :class:`Ranges`, keyed by tensor
+:class:`~onnxfit.data.calibration.CalibrationData` and returns :class:`Ranges`, keyed by tensor
 name of the model it ran on. :func:`onnxfit.passes.int8.quantize_with_ranges` hands them to
 ``quantize_static`` through ORT's public calibration cache (``calibration_cache_path``, ORT >=
 1.32), so calibration and quantization stay separate and ranges are reused while backing off.
@@ -31,8 +31,8 @@ from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, s
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from onnxfit import io
+from onnxfit.data.calibration import CalibrationData, model_inputs
 from onnxfit.errors import InputError
-from onnxfit.passes.calibration import CalibrationData, model_inputs
 
 logger = logging.getLogger(__name__)
 

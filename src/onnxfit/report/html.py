@@ -24,7 +24,7 @@ from onnxfit.report.bench import (
     compare_rows,
     machine_rows,
 )
-from onnxfit.report.plots import Plot
+from onnxfit.report.figures import Plot
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;

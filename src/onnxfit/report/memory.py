@@ -15,13 +15,11 @@ from typing import Any
 from rich.table import Table
 
 from onnxfit.analysis.memory import MemoryPlan
-from onnxfit.atomic import atomic_open
-from onnxfit.errors import InputError
 from onnxfit.report.common import MIB, fmt_bytes
+from onnxfit.report.figures import check_plot_path, save_figure
 
 #: Buffers named inside their rectangle (the largest ones, when the rectangle is big enough).
 _LABELLED = 8
-_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
 def memory_summary_rows(plan: MemoryPlan) -> list[tuple[str, str]]:
@@ -158,6 +156,11 @@ def _draw(plan: MemoryPlan, title: str | None) -> Any:
     return fig
 
 
+def memory_plan_figure(plan: MemoryPlan, *, title: str | None = None) -> Any:
+    """The picture of ``plan`` as a matplotlib figure."""
+    return _draw(plan, title)
+
+
 def plot_memory_plan(
     plan: MemoryPlan, path: str | os.PathLike[str], *, title: str | None = None
 ) -> Path:
@@ -165,15 +168,5 @@ def plot_memory_plan(
 
     Raises :class:`InputError` for another suffix or a missing folder.
     """
-    out = Path(path)
-    fmt = _FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise InputError(
-            f"cannot write a plot to {out.name!r}", hint=f"use one of {', '.join(_FORMATS)}"
-        )
-    if not out.parent.is_dir():
-        raise InputError(f"folder {str(out.parent)!r} does not exist", hint="create it first")
-    fig = _draw(plan, title)
-    with atomic_open(out) as f:
-        fig.savefig(f, format=fmt)
-    return out
+    out = check_plot_path(path)
+    return save_figure(_draw(plan, title), out)

@@ -10,63 +10,20 @@ memory-plan picture is :func:`onnxfit.report.memory.plot_memory_plan`; :func:`be
 
 from __future__ import annotations
 
-import io as _io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from onnxfit.atomic import atomic_open, write_bytes
 from onnxfit.errors import InputError
 from onnxfit.profiling.ortprofile import OrtProfile
+from onnxfit.report.figures import BOUND_COLORS, Plot, figure, make_plot
+from onnxfit.report.memory import memory_plan_figure
+from onnxfit.report.roofline import points_from_cost, points_from_profile, roofline_figure
 
-_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
-BOUND_COLORS = {"compute": "tab:orange", "memory": "tab:blue", None: "0.6"}
-
-
-def figure(w: float, h: float) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=110, layout="constrained")
-
-
-def check_plot_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` if it ends in .png/.svg/.pdf and its folder exists, else InputError."""
-    out = Path(path)
-    if out.suffix.lower() not in _FORMATS:
-        raise InputError(
-            f"cannot write a plot to {out.name!r}", hint=f"use one of {', '.join(_FORMATS)}"
-        )
-    if not out.parent.is_dir():
-        raise InputError(f"folder {str(out.parent)!r} does not exist", hint="create it first")
-    return out
-
-
-def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` to ``path`` (.png/.svg/.pdf) atomically; returns the path."""
-    out = check_plot_path(path)
-    with atomic_open(out) as f:
-        fig.savefig(f, format=_FORMATS[out.suffix.lower()])
-    return out
-
-
-def png_bytes(fig: Any) -> bytes:
-    """``fig`` as PNG bytes."""
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def sibling(path: str | os.PathLike[str], tag: str) -> Path:
-    """``plots/x.png`` + ``ops`` -> ``plots/x-ops.png``."""
-    p = Path(path)
-    return p.with_name(f"{p.stem}-{tag}{p.suffix}")
-
+if TYPE_CHECKING:
+    from onnxfit.analysis.cost import CostReport
+    from onnxfit.analysis.memory import MemoryPlan
 
 # ------------------------------------------------------------------------------ latency
 
@@ -151,44 +108,24 @@ def op_time_figure(profile: OrtProfile, *, top: int = 25, title: str | None = No
 # --------------------------------------------------------------------------- collections
 
 
-def _memory_figure_png(model: Any, batch: int, title: str) -> bytes | None:
-    """The memory-plan picture (report.memory.plot_memory_plan) of ``model`` at ``batch``."""
-    from onnxfit.analysis.memory import plan_memory
-    from onnxfit.analysis.shapes import infer_shapes
-    from onnxfit.report.memory import plot_memory_plan
-
-    try:
-        plan = plan_memory(infer_shapes(model, batch=batch), batch=batch)
-    except InputError:
-        return None
-    with tempfile.TemporaryDirectory(prefix="onnxfit-plot-") as tmp:
-        out = plot_memory_plan(plan, Path(tmp) / "memory.png", title=title)
-        return out.read_bytes()
-
-
 @dataclass(frozen=True)
-class Plot:
-    """A named picture: ``tag`` (file-name suffix), caption, PNG bytes (and the figure)."""
+class ModelFigures:
+    """What the pictures of one model need, computed by the caller (report/ never analyses):
+    its cost on ``target`` and its memory plan at ``batch`` (either None when unavailable)."""
 
-    tag: str
-    caption: str
-    png: bytes
-    figure: Any = None
-
-
-def _plot(tag: str, caption: str, fig: Any) -> Plot:
-    return Plot(tag, caption, png_bytes(fig), fig)
+    cost: CostReport | None
+    plan: MemoryPlan | None
+    batch: int
+    target: str
+    name: str = ""
 
 
-def bench_plots(result: Any, *, model: Any = None, target: str | None = None) -> list[Plot]:
+def bench_plots(result: Any, *, model: ModelFigures | None = None) -> list[Plot]:
     """Every picture of a :class:`~onnxfit.profiling.bench.BenchResult`: latency distribution per
     batch size; per batch with a profile, operator bars and the measured roofline; with the
-    model (an ``onnx_ir.Model``), the projected roofline on the target and the memory plan of
-    the first batch size."""
-    from onnxfit.report.roofline import points_from_profile, roofline_figure
-
+    model's analysis, its projected roofline and memory plan."""
     plots = [
-        _plot(
+        make_plot(
             "latency",
             "Latency distribution per batch size",
             latency_figure(
@@ -200,14 +137,14 @@ def bench_plots(result: Any, *, model: Any = None, target: str | None = None) ->
     for b in result.batches:
         if b.profile is not None and b.profile.ops:
             plots.append(
-                _plot(
+                make_plot(
                     f"ops-b{b.batch}", f"Operator time, batch {b.batch}", op_time_figure(b.profile)
                 )
             )
             pts = points_from_profile(b.profile)
             if pts and b.profile.roofline_target:
                 plots.append(
-                    _plot(
+                    make_plot(
                         f"roofline-measured-b{b.batch}",
                         f"Measured operators on the roofline of {b.profile.roofline_target}, "
                         f"batch {b.batch}",
@@ -220,63 +157,42 @@ def bench_plots(result: Any, *, model: Any = None, target: str | None = None) ->
                     )
                 )
     if model is not None:
-        plots += model_plots(model, batch=result.batches[0].batch, target=target or result.target)
+        plots += model_plots(model)
     return plots
 
 
-def model_plots(model: Any, *, batch: int, target: str, name: str = "") -> list[Plot]:
-    """The projected roofline on ``target`` and the memory plan of ``model`` at ``batch``."""
-    from onnxfit.analysis.cost import analyze_cost
-    from onnxfit.analysis.shapes import infer_shapes
-    from onnxfit.report.roofline import points_from_cost, roofline_figure
-
+def model_plots(model: ModelFigures) -> list[Plot]:
+    """The projected roofline on the target and the memory plan of one analysed model."""
     out = []
-    try:
-        cost = analyze_cost(infer_shapes(model, batch=batch), target=target)
-    except InputError:
-        cost = None
-    label = f" {name}" if name else ""
-    if cost is not None and points_from_cost(cost):
+    label = f" {model.name}" if model.name else ""
+    if model.cost is not None and (pts := points_from_cost(model.cost)):
         out.append(
-            _plot(
-                f"roofline-{target}",
-                f"Operators{label} projected on {target} (cost model), batch {batch}",
+            make_plot(
+                f"roofline-{model.target}",
+                f"Operators{label} projected on {model.target} (cost model), batch {model.batch}",
                 roofline_figure(
-                    points_from_cost(cost), target, title=f"Projected roofline{label}: {target}"
+                    pts, model.target, title=f"Projected roofline{label}: {model.target}"
                 ),
             )
         )
-    mem = _memory_figure_png(model, batch, f"Activation memory plan{label}, batch {batch}")
-    if mem is not None:
-        out.append(Plot("memory", f"Activation memory plan{label}, batch {batch}", mem))
+    if model.plan is not None:
+        title = f"Activation memory plan{label}, batch {model.batch}"
+        out.append(make_plot("memory", title, memory_plan_figure(model.plan, title=title)))
     return out
 
 
-def compare_plots(result: Any, *, models: Sequence[Any] = ()) -> list[Plot]:
+def compare_plots(result: Any, *, models: Sequence[ModelFigures] = ()) -> list[Plot]:
     """Pictures of a :class:`~onnxfit.profiling.compare.CompareResult`: the latency distribution
-    of every model; with the models (``onnx_ir.Model``, same order), each one's projected
-    roofline and memory plan."""
+    of every model; with their analyses (same order), each one's projected roofline and memory
+    plan."""
     plots = [
-        _plot(
+        make_plot(
             "latency",
             "Latency distribution per model (interleaved runs)",
             latency_figure({m.name: m.samples for m in result.models}, title="Latency per model"),
         )
     ]
     for m, model in zip(result.models, models, strict=False):
-        for p in model_plots(model, batch=result.batch, target=result.target, name=m.name):
+        for p in model_plots(model):
             plots.append(Plot(f"{p.tag}-{Path(m.name).stem}", p.caption, p.png, p.figure))
     return plots
-
-
-def write_plots(plots: Sequence[Plot], path: str | os.PathLike[str]) -> list[Path]:
-    """The first plot to ``path``, the others beside it as ``<stem>-<tag><suffix>``."""
-    out = check_plot_path(path)
-    written = []
-    for i, p in enumerate(plots):
-        dest = out if i == 0 else sibling(out, p.tag)
-        if p.figure is not None:
-            written.append(save_figure(p.figure, dest))
-        elif dest.suffix.lower() == ".png":
-            written.append(write_bytes(dest, p.png))
-    return written

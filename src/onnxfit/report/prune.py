@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from onnxfit.passes.base import PassReport
-from onnxfit.pruning import SensitivityScan
+from onnxfit.pruning.budget import SensitivityScan
 from onnxfit.report.common import markdown_table
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onnxfit.profiling.ortprofile import OrtProfile
-from onnxfit.report.plots import BOUND_COLORS, figure
+from onnxfit.report.figures import BOUND_COLORS, figure
 from onnxfit.targets import Target, get_target
 
 _PREC_STYLE: dict[str, Any] = {"fp32": "-", "fp16": "--", "int8": ":"}

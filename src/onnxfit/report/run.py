@@ -17,8 +17,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from onnxfit.evaluation import EvalResult
-from onnxfit.run_results import BadInput, ImageResult, PipelineStats, RunResult, count_kinds
+from onnxfit.apps.evaluation import EvalResult
+from onnxfit.apps.results import BadInput, ImageResult, PipelineStats, RunResult, count_kinds
 
 __all__ = ["Drawer", "JsonlWriter", "bad_table", "render_eval", "render_run"]
 

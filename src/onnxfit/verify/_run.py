@@ -11,8 +11,8 @@ import onnx
 import onnx_ir as ir
 
 from onnxfit import io
+from onnxfit.data.calibration import CalibrationData
 from onnxfit.errors import InputError
-from onnxfit.passes.calibration import CalibrationData
 
 ModelArg = ir.Model | str | os.PathLike[str]
 Inputs = CalibrationData | np.ndarray | Sequence[Mapping[str, np.ndarray]]

@@ -15,9 +15,9 @@ from typing import Any
 
 from onnxfit.data.detection import Detections
 from onnxfit.data.images import ImageMeta, scan_images
+from onnxfit.data.model_info import ModelInfo
 from onnxfit.data.tasks import Classification
 from onnxfit.errors import InputError
-from onnxfit.model_info import ModelInfo
 
 __all__ = ["BadInput", "ImageResult", "PipelineStats", "RunResult", "collect_images"]
 

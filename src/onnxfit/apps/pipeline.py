@@ -8,15 +8,15 @@ The three stages overlap, each in its own thread:
 2. **inference** — runs the session on a filled buffer (a view, no copy; a fixed batch of k
    runs k rows at a time, the last window's stale rows' outputs dropped), frees the buffer;
 3. **the caller's thread** — post-processing (top-k, or decode + per-class NMS + undo the
-   letterbox; :mod:`onnxfit.postprocess`) and whatever the caller does with each result (JSON
+   letterbox; :mod:`onnxfit.apps.postprocess`) and whatever the caller does with each result (JSON
    lines, drawing).
 
 :meth:`Pipeline.results` yields one :class:`ImageResult` per input path, in input order. A file
 that cannot be used (corrupt, truncated, empty, not an image, over the pixel limit) gets an
 ``ImageResult`` with ``error`` set in its place: counted and reported, never dropped.
 
-Task and preprocessing come from the model unless given (:mod:`onnxfit.model_info`).
-:func:`run_images` is ``onnxfit run``'s API; :func:`onnxfit.evaluation.evaluate` uses the same.
+Task and preprocessing come from the model unless given (:mod:`onnxfit.data.model_info`).
+:func:`run_images` is ``onnxfit run``'s API; :func:`onnxfit.apps.evaluation.evaluate` uses the same.
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from onnxfit.apps.postprocess import chunk_results
+from onnxfit.apps.results import BadInput, ImageResult, PipelineStats, RunResult, collect_images
 from onnxfit.data.decode import DEFAULT_MAX_PIXELS
 from onnxfit.data.images import ImageMeta, Preprocessor
-from onnxfit.model_info import (
+from onnxfit.data.model_info import (
     ModelInfo,
     check_options,
     describe_model,
     load_class_names,
     split_cores,
 )
-from onnxfit.postprocess import chunk_results
-from onnxfit.run_results import BadInput, ImageResult, PipelineStats, RunResult, collect_images
 
 __all__ = ["BadInput", "ImageResult", "Pipeline", "PipelineStats", "RunResult", "run_images"]
 
@@ -74,7 +74,7 @@ class Pipeline:
     ``batch`` is the number of images per inference run (``"auto"``: measured on this host with
     :meth:`onnxfit.runtime.batching.BatchEngine.tune`); for a model whose batch dimension is
     fixed at 1 it is the number of images preprocessed together. ``threads`` inference threads
-    and ``workers`` preprocessing threads default to :func:`~onnxfit.model_info.split_cores`
+    and ``workers`` preprocessing threads default to :func:`~onnxfit.data.model_info.split_cores`
     (half the cores each when inference runs on the CPU). ``labels`` is a class-name file
     (``synset.txt``, ``coco80_names.txt``) or a list of names.
     """

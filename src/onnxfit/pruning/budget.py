@@ -5,7 +5,7 @@ retrained or fine-tuned afterwards, so the accuracy a ratio costs is what remova
 The budget mode therefore measures instead of guessing:
 
 1. :func:`sensitivity_scan` prunes each layer *alone* (unstructured: one weight tensor; channels:
-   one coupling group of :mod:`onnxfit.passes.prune_channels`) at each ratio of a grid and
+   one coupling group of :mod:`onnxfit.pruning.channels`) at each ratio of a grid and
    evaluates the model with a :class:`Metric` (top-1 accuracy on labelled images, mAP@0.5 on a
    detection set, or top-1 agreement with the original model), giving a table of drops;
 2. :func:`fit_budget` turns the table into per-layer ratios: for a tolerance ``t``, each layer
@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 from onnxfit import io
 from onnxfit.errors import InputError
-from onnxfit.prune_metrics import Metric, agreement_metric, map50_metric, top1_metric
+from onnxfit.pruning.metrics import Metric, agreement_metric, map50_metric, top1_metric
 
 __all__ = [
     "BudgetAttempt",
@@ -72,13 +72,13 @@ def layers(model: ir.Model, kind: Kind, **options: Any) -> list[tuple[str, int]]
     """(label, size) of every prunable layer: weight tensors (size: weights) for unstructured,
     coupling groups with removable channels (size: channel sets) for channels."""
     if kind == "unstructured":
-        from onnxfit.passes.prune import find_weights
+        from onnxfit.pruning.unstructured import find_weights
 
         wanted = ("exclude_first", "exclude_last", "exclude")
         refs, _ = find_weights(model, **{k: v for k, v in options.items() if k in wanted})
         return [(r.name, r.size) for r in refs]
     if kind == "channels":
-        from onnxfit.passes.prune_channels import plan_channels
+        from onnxfit.pruning.channels import plan_channels
 
         keys = ("norm", "exclude")
         plan = plan_channels(model, ratio=0.0, **{k: v for k, v in options.items() if k in keys})
@@ -100,11 +100,11 @@ def prune_copy(
     copy = clone(model)
     p: Any
     if kind == "unstructured":
-        from onnxfit.passes.prune import PrunePass
+        from onnxfit.pruning.unstructured import PrunePass
 
-        p = PrunePass(sparsity=ratio, ratios=ratios, sparse_storage=None, **options)
+        p = PrunePass(sparsity=ratio, ratios=ratios, **options)
     else:
-        from onnxfit.passes.prune_channels import PruneChannelsPass
+        from onnxfit.pruning.channels import PruneChannelsPass
 
         p = PruneChannelsPass(ratio=ratio, ratios=ratios, **options)
     p(copy)

@@ -1,7 +1,8 @@
 """Pruning statistics: importance scores, and exact "k smallest" selection (no model changes).
 
-DESIGN habit 3 (scores -> mask -> pass): this module only *measures*; :mod:`onnxfit.passes.prune`
-turns scores into masks and applies them, :mod:`onnxfit.passes.prune_channels` removes channels.
+DESIGN habit 3 (scores -> mask -> pass): this module only *measures*;
+:mod:`onnxfit.pruning.unstructured` turns scores into masks and applies them,
+:mod:`onnxfit.pruning.channels` removes channels.
 
 * :func:`magnitude` — ``|w|`` per weight (float64, whatever the weight dtype), the score of
   unstructured magnitude pruning (Han et al. 2015, "Learning both Weights and Connections",

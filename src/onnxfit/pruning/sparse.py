@@ -50,8 +50,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxfit.passes.base import OnnxfitPass
-from onnxfit.passes.prune import weight_input
-from onnxfit.passes.scores import exact_count
+from onnxfit.pruning.scores import exact_count
+from onnxfit.pruning.unstructured import weight_input
 
 logger = logging.getLogger(__name__)
 

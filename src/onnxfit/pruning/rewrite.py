@@ -1,4 +1,4 @@
-"""The rewrite half of channel pruning: apply a :class:`~onnxfit.passes.prune_channels.ChannelPlan`.
+"""The rewrite half of channel pruning: apply a :class:`~onnxfit.pruning.channels.ChannelPlan`.
 
 Cuts the removed channels out of every constant the coupling analysis recorded (producer
 filters and biases, consumer input channels, BatchNormalization parameters, per-channel
@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 if TYPE_CHECKING:
-    from onnxfit.passes.prune_channels import ChannelPlan
+    from onnxfit.pruning.ids import ChannelPlan
 
 
 def _set_input(node: ir.Node, index: int, array: np.ndarray) -> None:

@@ -1,17 +1,17 @@
 """Channel ids for structured pruning: the union-find, the records of what to slice, and the
-id bookkeeping the coupling walk (:mod:`onnxfit.passes.prune_groups`) is built on.
+id bookkeeping the coupling walk (:mod:`onnxfit.pruning.groups`) is built on.
 
 Every tracked tensor maps to an id array, one id per channel on axis 1 (features of a 2-D
 tensor); ids united in :class:`UnionFind` must be removed together, and a *locked* set is never
 removed. :class:`ConstSlice` and :class:`Edit` record where removed ids must be cut out of a
-constant or an attribute when the plan is applied (:mod:`onnxfit.passes.prune_channels`).
+constant or an attribute when the plan is applied (:mod:`onnxfit.pruning.channels`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -99,7 +99,7 @@ class Edit:
 
 @dataclass
 class ChannelGraph:
-    """Everything :func:`analyze` learnt; :mod:`onnxfit.passes.prune_channels` applies it."""
+    """Everything :func:`analyze` learnt; :mod:`onnxfit.pruning.channels` applies it."""
 
     uf: UnionFind
     sources: list[Source]
@@ -186,3 +186,52 @@ class IdTracker:
         self.g.values[node.outputs[0]] = ids
         for out in node.outputs[1:]:  # MaxPool indices, Dropout mask
             self.fresh(out)
+
+
+@dataclass
+class CouplingGroup:
+    """Convs whose output channels are united, and the channel sets they share."""
+
+    label: str
+    convs: list[str]
+    sets: np.ndarray  # prunable root ids, best score last
+    scores: np.ndarray  # one per set, same order
+    locked_sets: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "convs": list(self.convs),
+            "sets": int(self.sets.size),
+            "locked_sets": self.locked_sets,
+        }
+
+
+@dataclass
+class ChannelPlan:
+    """Which channel sets go: ``removed`` holds root ids; per conv, the output channels lost."""
+
+    graph: ChannelGraph
+    groups: list[CouplingGroup]
+    removed: set[int] = field(default_factory=set)
+    #: activation (mean, variance) per consumed tensor, when the plan was made with data
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def removed_mask(self, ids: np.ndarray) -> np.ndarray:
+        roots = np.array([self.graph.uf.find(int(i)) for i in ids], np.int64)
+        return np.isin(roots, np.fromiter(self.removed, np.int64, len(self.removed)))
+
+    def removed_channels(self) -> dict[str, list[int]]:
+        """Conv name -> indices of its removed output channels (sources only)."""
+        out: dict[str, list[int]] = {}
+        for s in self.graph.sources:
+            gone = np.nonzero(self.removed_mask(s.ids))[0]
+            if gone.size:
+                out[str(s.node.name)] = [int(i) for i in gone]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "groups": [g.to_dict() for g in self.groups],
+            "removed_channels": self.removed_channels(),
+        }

@@ -12,7 +12,7 @@ output is far from zero.
 
 Statistics apart from transformation (DESIGN habit 3): :func:`channel_stats` measures,
 :func:`activation_scores` ranks channels by what removing them costs, :func:`compensate`
-rewrites (before :func:`onnxfit.passes.prune_channels.apply_plan` slices).
+rewrites (before :func:`onnxfit.pruning.channels.apply_plan` slices).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import onnx
 import onnx_ir as ir
 
 from onnxfit import io
-from onnxfit.passes.prune_ids import ChannelGraph, ConstSlice
+from onnxfit.pruning.ids import ChannelGraph, ConstSlice
 
 if TYPE_CHECKING:
-    from onnxfit.passes.prune_channels import ChannelPlan
+    from onnxfit.pruning.ids import ChannelPlan
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _add_to_input(node: ir.Node, index: int, delta: np.ndarray, dtype: np.dtype)
 
 def compensate(plan: ChannelPlan, stats: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> int:
     """Add each removed input channel's mean contribution to its consumer's bias; how many
-    layers were compensated. Call before :func:`~onnxfit.passes.prune_channels.apply_plan`."""
+    layers were compensated. Call before :func:`~onnxfit.pruning.channels.apply_plan`."""
     cg = plan.graph
     roots = cg.uf.roots()
     gone = np.zeros(len(roots), bool)

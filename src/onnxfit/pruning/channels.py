@@ -2,12 +2,12 @@
 
 Scores -> selection -> rewrite (DESIGN habit 3):
 
-1. :func:`onnxfit.passes.prune_groups.analyze` finds the channel sets that must go together
+1. :func:`onnxfit.pruning.groups.analyze` finds the channel sets that must go together
    (union-find over residual Adds, Concat offsets, depthwise convs...) and the locked ones
    (reaching a graph output, a channel shuffle, an unknown op...);
 2. each source channel is scored by the L1 (or L2) norm of its filter, times
    ``|gamma| / sqrt(var + eps)`` when a BatchNormalization reads the conv directly, divided by
-   the layer's mean score (:mod:`onnxfit.passes.scores`); a set's score is the mean of its
+   the layer's mean score (:mod:`onnxfit.pruning.scores`); a set's score is the mean of its
    members';
 3. :func:`plan_channels` picks the sets to remove: per coupling **group** (the convs whose
    channels are united, e.g. every conv writing one residual stream) ``round(ratio x sets)``
@@ -18,7 +18,7 @@ Scores -> selection -> rewrite (DESIGN habit 3):
    16: onnxruntime's NCHWc CPU layout, GPU tensor cores; on the zoo ResNet-18 at ratio 0.3 the
    rounded model ran ~1.2x faster than the exact one on this CPU); a group always keeps
    ``min_channels`` and at least ``1 - max_ratio`` of its channels;
-4. :func:`apply_plan` (:mod:`onnxfit.passes.prune_rewrite`) rewrites the model: producer
+4. :func:`apply_plan` (:mod:`onnxfit.pruning.rewrite`) rewrites the model: producer
    filters and biases, consumer input channels (next conv, BatchNormalization parameters,
    per-channel constants, Gemm / MatMul rows after flatten or pooling), depthwise ``group``,
    Split sizes, Slice bounds, Reshape constants and the shapes of every touched value.
@@ -35,7 +35,7 @@ stream, the largest activations, so it is off by default; the budget mode's scan
 groups by itself). No fine-tuning follows (one-shot): accuracy is what removal alone leaves.
 
 With calibration ``feeds`` (a few images) the choice and the rewrite use data
-(:mod:`onnxfit.passes.prune_compensate`): channel sets are ranked by the output energy the
+(:mod:`onnxfit.pruning.compensate`): channel sets are ranked by the output energy the
 consuming layers lose without them (``var(x_c) x ||W[:, c]||^2``), and with ``compensate``
 (default) each removed channel's mean is folded into the consumer's bias (mean replacement
 instead of zero). Without feeds the pruned model equals the zero-forced reference below.
@@ -50,18 +50,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxfit.errors import InputError
-from onnxfit.passes import scores as sc
 from onnxfit.passes.base import OnnxfitPass
-from onnxfit.passes.prune_groups import ChannelGraph, analyze
-from onnxfit.passes.prune_rewrite import apply_plan
+from onnxfit.pruning import scores as sc
+from onnxfit.pruning.groups import analyze
+from onnxfit.pruning.ids import ChannelGraph, ChannelPlan, CouplingGroup
+from onnxfit.pruning.rewrite import apply_plan
 
 __all__ = [
     "ChannelPlan",
@@ -75,55 +75,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Scope = Literal["global", "layer"]
-
-
-@dataclass
-class CouplingGroup:
-    """Convs whose output channels are united, and the channel sets they share."""
-
-    label: str
-    convs: list[str]
-    sets: np.ndarray  # prunable root ids, best score last
-    scores: np.ndarray  # one per set, same order
-    locked_sets: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "convs": list(self.convs),
-            "sets": int(self.sets.size),
-            "locked_sets": self.locked_sets,
-        }
-
-
-@dataclass
-class ChannelPlan:
-    """Which channel sets go: ``removed`` holds root ids; per conv, the output channels lost."""
-
-    graph: ChannelGraph
-    groups: list[CouplingGroup]
-    removed: set[int] = field(default_factory=set)
-    #: activation (mean, variance) per consumed tensor, when the plan was made with data
-    stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-
-    def removed_mask(self, ids: np.ndarray) -> np.ndarray:
-        roots = np.array([self.graph.uf.find(int(i)) for i in ids], np.int64)
-        return np.isin(roots, np.fromiter(self.removed, np.int64, len(self.removed)))
-
-    def removed_channels(self) -> dict[str, list[int]]:
-        """Conv name -> indices of its removed output channels (sources only)."""
-        out: dict[str, list[int]] = {}
-        for s in self.graph.sources:
-            gone = np.nonzero(self.removed_mask(s.ids))[0]
-            if gone.size:
-                out[str(s.node.name)] = [int(i) for i in gone]
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "groups": [g.to_dict() for g in self.groups],
-            "removed_channels": self.removed_channels(),
-        }
 
 
 def _shapes(model: ir.Model) -> dict[str, list[int]]:
@@ -244,7 +195,7 @@ def plan_channels(
 
     ``ratios`` maps a group label or any of its conv names to a ratio; only those groups lose
     channels then. With calibration ``feeds`` the sets are ranked by what removing them costs
-    the layers that read them (:func:`~onnxfit.passes.prune_compensate.activation_scores`)
+    the layers that read them (:func:`~onnxfit.pruning.compensate.activation_scores`)
     instead of by filter norms. See the module docstring for the rest.
     """
     if scope not in ("global", "layer"):
@@ -254,7 +205,7 @@ def plan_channels(
             raise InputError(f"{name} must be in [0, 1), got {r}", hint=f"{name}=0.3")
     excluded = list(exclude)
     if exclude_first:
-        from onnxfit.passes.prune import boundary_nodes
+        from onnxfit.pruning.unstructured import boundary_nodes
 
         first, _ = boundary_nodes(model.graph)
         excluded += [str(n.name) for n in first if n.op_type == "Conv"]
@@ -262,7 +213,7 @@ def plan_channels(
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     data_scores = None
     if feeds:
-        from onnxfit.passes import prune_compensate as pc
+        from onnxfit.pruning import compensate as pc
 
         stats = pc.channel_stats(model, feeds, pc.mixed_inputs(cg))
         data_scores = pc.activation_scores(cg, stats)
@@ -364,7 +315,7 @@ class PruneChannelsPass(OnnxfitPass):
         before = sum(len(s.ids) for s in plan.graph.sources)
         removed = plan.removed_channels()
         if self.compensate and removed and plan.stats:
-            from onnxfit.passes.prune_compensate import compensate
+            from onnxfit.pruning.compensate import compensate
 
             self.stats["compensated"] = compensate(plan, plan.stats)
         apply_plan(model, plan)

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxfit import pruning
 from onnxfit.passes.base import PassReport
+from onnxfit.pruning import budget as pruning
 
 if TYPE_CHECKING:
     from onnxfit.optimizer.data import RunData
@@ -109,8 +109,6 @@ def _pass_options(step: PlanStep, feeds: Feeds) -> dict[str, Any]:
     opts = dict(step.options)
     if step.name == "prune-channels" and feeds:
         opts.setdefault("feeds", feeds)
-    if step.name == "prune":  # compact storage is the plan's last step (``sparse-storage``)
-        opts.setdefault("sparse_storage", None)
     return opts
 
 
@@ -180,7 +178,7 @@ def run_budgeted(
         share = left if i == len(steps) - 1 else left / 2
         say(f"pruning budget: scanning {kind} sensitivity")
         opts = {k: v for k, v in _pass_options(step, calib).items()
-                if k not in (key, "scope", "sparse_storage")}  # fmt: skip
+                if k not in (key, "scope")}  # fmt: skip
         result = pruning.fit_budget(
             current,
             pruning.Metric(measure, scan_score),

@@ -16,9 +16,9 @@ from onnxfit.passes.fold_batchnorm import FoldBatchNormPass
 from onnxfit.passes.fp16 import Fp16Pass
 from onnxfit.passes.fuse import FusePass
 from onnxfit.passes.int8 import Int8DynamicPass, Int8StaticPass
-from onnxfit.passes.prune import PrunePass
-from onnxfit.passes.prune_channels import PruneChannelsPass
-from onnxfit.passes.sparse import SparseStoragePass
+from onnxfit.pruning.channels import PruneChannelsPass
+from onnxfit.pruning.sparse import SparseStoragePass
+from onnxfit.pruning.unstructured import PrunePass
 
 #: Registry name -> pass class. Names are the ones the CLI and reports show.
 PASSES: dict[str, type[OnnxfitPass]] = {

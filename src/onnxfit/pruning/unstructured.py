@@ -1,7 +1,7 @@
 """``prune``: unstructured magnitude pruning of Conv / Gemm / MatMul weights (one-shot).
 
 Scores -> mask -> pass (DESIGN habit 3): :func:`find_weights` lists the prunable tensors,
-:mod:`onnxfit.passes.scores` scores them (``|w|``), :func:`make_masks` turns scores into exact
+:mod:`onnxfit.pruning.scores` scores them (``|w|``), :func:`make_masks` turns scores into exact
 keep-masks, and :class:`PrunePass` writes the zeros.
 
 What is pruned: the constant float weight of every Conv (input 1), Gemm (input 1) and MatMul
@@ -22,16 +22,14 @@ How much:
   the named tensors are pruned.
 
 Ties are broken by position, so counts are exact. Zeros are written as +0.0. Per tensor the
-pruned share is logged at DEBUG, the overall ratio at INFO. When the overall sparsity of the
-pruned tensors reaches ``sparse_storage`` (0.7 by default; None: never) the weights are stored
-in the compact lossless form of :mod:`onnxfit.passes.sparse` at the end of the pass (run
-:class:`~onnxfit.passes.sparse.SparseStoragePass` yourself, last, when other passes follow —
-the optimize planner does). Pruning is one-shot: there is no fine-tuning, so accuracy is what
-magnitude pruning alone leaves (see :mod:`onnxfit.pruning` for the accuracy budget).
+pruned share is logged at DEBUG, the overall ratio at INFO. The zeros stay dense: storing them
+compactly is its own pass, :class:`~onnxfit.pruning.sparse.SparseStoragePass`
+(``sparse-storage``), run last (the optimize planner lists it as its own step). Pruning is
+one-shot: there is no fine-tuning, so accuracy is what magnitude pruning alone leaves (see
+:mod:`onnxfit.pruning.budget` for the accuracy budget).
 
 Portable: the output is the same ops with zeros in the weights. Stats: ``tensors_pruned``,
-``weights_pruned``, ``weights_eligible``, ``sparsity`` (over the pruned tensors), ``excluded``,
-and from the storage step ``tensors_encoded``, ``weight_bytes_before``, ``weight_bytes_after``.
+``weights_pruned``, ``weights_eligible``, ``sparsity`` (over the pruned tensors), ``excluded``.
 """
 
 from __future__ import annotations
@@ -45,8 +43,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfit.errors import InputError
-from onnxfit.passes import scores as sc
 from onnxfit.passes.base import OnnxfitPass
+from onnxfit.pruning import scores as sc
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +288,6 @@ class PrunePass(OnnxfitPass):
         exclude_first: bool = True,
         exclude_last: bool = True,
         exclude: Sequence[str] = (),
-        sparse_storage: float | None = 0.7,
     ) -> None:
         super().__init__()
         self.sparsity = sparsity
@@ -301,7 +298,6 @@ class PrunePass(OnnxfitPass):
         self.exclude_first = exclude_first
         self.exclude_last = exclude_last
         self.exclude = tuple(exclude)
-        self.sparse_storage = sparse_storage
         self.tensors: list[TensorSparsity] = []
 
     def run(self, model: ir.Model) -> bool:
@@ -342,12 +338,4 @@ class PrunePass(OnnxfitPass):
             sparsity=round(overall, 6),
             excluded=excluded,
         )
-        if self.sparse_storage is not None and self.tensors:
-            from onnxfit.passes.sparse import SparseStoragePass
-
-            storage = SparseStoragePass(min_sparsity=self.sparse_storage)
-            storage(model)
-            for key in ("tensors_encoded", "weight_bytes_before", "weight_bytes_after"):
-                if key in storage.stats:
-                    self.stats[key] = storage.stats[key]
         return pruned > 0

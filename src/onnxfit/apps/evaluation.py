@@ -30,13 +30,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from onnxfit.apps.pipeline import Pipeline
+from onnxfit.apps.results import BadInput, ImageResult, PipelineStats, count_kinds
 from onnxfit.data.images import scan_images
 from onnxfit.data.metrics import DetectionEvaluator, DetectionMetrics, read_yolo_labels
+from onnxfit.data.model_info import ModelInfo
 from onnxfit.data.tasks import read_labels_tsv
 from onnxfit.errors import InputError
-from onnxfit.model_info import ModelInfo
-from onnxfit.pipeline import Pipeline
-from onnxfit.run_results import BadInput, ImageResult, PipelineStats, count_kinds
 
 __all__ = ["EvalResult", "dataset_task", "evaluate"]
 
@@ -145,7 +145,8 @@ def evaluate(
 ) -> EvalResult:
     """Top-1/top-5 (classification) or mAP@0.5 and mAP@0.5:0.95 (detection) of ``model`` on
     ``dataset``; see the module docstring. ``limit`` keeps the first N usable images (sorted).
-    ``on_start(pipeline, n)`` / ``on_result(result)`` as in :func:`onnxfit.pipeline.run_images`.
+    ``on_start(pipeline, n)`` / ``on_result(result)`` as in
+    :func:`onnxfit.apps.pipeline.run_images`.
     """
     root = Path(dataset)
     kind = dataset_task(root)

@@ -1,5 +1,5 @@
 """Post-processing of the image pipeline: the raw outputs of one preprocessed chunk of images ->
-one :class:`~onnxfit.run_results.ImageResult` per path, in order.
+one :class:`~onnxfit.apps.results.ImageResult` per path, in order.
 
 Classification: top-k classes (:func:`onnxfit.data.tasks.classify`). Detection: decode the
 YOLOX or YOLOv3 heads (:mod:`onnxfit.data.detection`), then score threshold, per-class NMS and
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from onnxfit.apps.results import ImageResult
 from onnxfit.data.detection import decode_yolov3_tiny, decode_yolox, detect
 from onnxfit.data.images import ImageMeta
+from onnxfit.data.model_info import ModelInfo
 from onnxfit.data.tasks import classify
-from onnxfit.model_info import ModelInfo
-from onnxfit.run_results import ImageResult
 
 __all__ = ["chunk_results"]
 
