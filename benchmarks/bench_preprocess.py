@@ -33,10 +33,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
+try:  # optional peer, not an onnxfit dependency: pip install '.[bench]'
+    import cv2
+except ImportError:
+    cv2 = None
 try:  # optional: not an onnxfit dependency, only compared here
     import simplejpeg
 except ImportError:  # pragma: no cover
@@ -198,17 +201,26 @@ def make_approaches(
     def rows(fn: Row) -> Approach:
         return lambda ps: run_rows(fn, ps, preset, pool)
 
-    return [
-        ("baseline", base),
-        (f"baseline in {w} threads", base_threads),
-        (f"**ours** (Preprocessor, {w} threads)", lambda ps: ours.batch(ps)[0]),
-        ("ours, 1 thread", lambda ps: one.batch(ps)[0]),
-        ("ours + draft=True", lambda ps: draft.batch(ps)[0]),
-        ("PIL resize then crop (bit-exact)", rows(pil_full)),
-        ("PIL resize(box=, reducing_gap=2)", rows(pil_gap)),
-        ("OpenCV INTER_LINEAR", rows(_cv2(cv2.INTER_LINEAR))),
-        ("OpenCV INTER_AREA", rows(_cv2(cv2.INTER_AREA))),
-    ] + ([("simplejpeg + PIL resize(box=)", rows(simplejpeg_pil))] if simplejpeg else [])
+    return (
+        [
+            ("baseline", base),
+            (f"baseline in {w} threads", base_threads),
+            (f"**ours** (Preprocessor, {w} threads)", lambda ps: ours.batch(ps)[0]),
+            ("ours, 1 thread", lambda ps: one.batch(ps)[0]),
+            ("ours + draft=True", lambda ps: draft.batch(ps)[0]),
+            ("PIL resize then crop (bit-exact)", rows(pil_full)),
+            ("PIL resize(box=, reducing_gap=2)", rows(pil_gap)),
+        ]
+        + (
+            [
+                ("OpenCV INTER_LINEAR", rows(_cv2(cv2.INTER_LINEAR))),
+                ("OpenCV INTER_AREA", rows(_cv2(cv2.INTER_AREA))),
+            ]
+            if cv2
+            else []
+        )
+        + ([("simplejpeg + PIL resize(box=)", rows(simplejpeg_pil))] if simplejpeg else [])
+    )
 
 
 def main() -> None:
@@ -222,7 +234,10 @@ def main() -> None:
     coco = list_images(DATA / "coco-sample" / "images" / "val2017")[: 32 if args.quick else 64]
     tmp = tempfile.TemporaryDirectory()
     large = make_large(Path(tmp.name), imagenet, n_large)
-    cv2.setNumThreads(1)  # one thread per worker; our pool provides the parallelism
+    if cv2:
+        cv2.setNumThreads(1)  # one thread per worker; our pool provides the parallelism
+    else:
+        print("OpenCV rows left out: pip install '.[bench]' (opencv-python-headless) for them")
     w = args.workers
     pool = ThreadPoolExecutor(w)
     sets = [("imagenet-sample", imagenet, "imagenet"), ("coco-sample", coco, "yolox")]

@@ -33,6 +33,19 @@ def shared_data(request: pytest.FixtureRequest) -> Path:
     return SHARED_DATA
 
 
+def shufflenet_qdq_top1() -> float:
+    """Top-1 (%) of the zoo's ShuffleNetV2 QDQ model on the 500-image sample *on this CPU*.
+
+    SOURCES.md's 77.80 % was measured on a CPU with AVX-512 VNNI. Without VNNI (AVX2 only),
+    onnxruntime's fused U8S8 QLinearConv kernels saturate their int16 accumulation
+    (``vpmaddubsw``): the same model, same images, gives 71.40 % at ORT_ENABLE_ALL and 77.80 %
+    with the QDQ graph left unfused (ORT_ENABLE_BASIC). Measured on an AVX2 AMD EPYC, ORT 1.32.
+    """
+    from onnxfit.targets import cpu_features, has_vnni
+
+    return 77.80 if has_vnni(cpu_features()) else 71.40
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

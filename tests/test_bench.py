@@ -15,10 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxfit import io
 from onnxfit.cli import main
+from onnxfit.data.feeds import free_dims_for, make_feeds
 from onnxfit.errors import InputError, ModelLoadError
 from onnxfit.profiling.bench import BenchResult, bench, parse_batches, pin_cpus
 from onnxfit.profiling.client import LocalWorker, SubprocessWorker
-from onnxfit.profiling.feeds import free_dims_for, make_feeds
 
 
 def _tiny(batch_dim: str | int = "batch") -> onnx.ModelProto:

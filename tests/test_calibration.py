@@ -131,7 +131,7 @@ def test_synthetic_inputs_seeded_and_flagged() -> None:
     assert a.synthetic and len(a) == 3 and a.feeds[0]["x"].shape == (2, 3, 16, 16)
     np.testing.assert_array_equal(a.feeds[2]["x"], b.feeds[2]["x"])
     assert not np.array_equal(a.feeds[0]["x"], cal.synthetic_inputs(model, 1, seed=8).feeds[0]["x"])
-    with pytest.raises(InputError, match="symbolic dimension"):
+    with pytest.raises(InputError, match="unknown dimension 2"):
         cal.synthetic_inputs(_conv_model(size="S"), 1)  # type: ignore[arg-type]
 
 

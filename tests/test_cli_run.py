@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,13 +82,17 @@ def test_run_writes_ordered_jsonl_and_counts_bad_files(tmp_path, folder, model, 
 
 
 def test_run_table_lists_bad_inputs(tmp_path, folder, model):
+    """Each bad file is named whole on one line (relative to the folder printed above the table),
+    whatever the length of the temporary path."""
     out = tmp_path / "results.jsonl"
     r = invoke("run", model, folder, "-o", out)
     assert r.exit_code == 0
     assert "5 done, 4 unreadable, of 9" in r.output
     assert "5 input(s) not used" in r.output
+    lines = r.output.splitlines()
+    assert any(line.strip() == f"in {folder}{os.sep}" for line in lines)
     for name in ("1b_truncated.jpg", "2b_empty.png", "3b_fake.jpg", "3c_huge.png", "readme.txt"):
-        assert name in r.output
+        assert any(name in line for line in lines), name
 
 
 def test_run_lines_to_stdout_without_output(folder, model):

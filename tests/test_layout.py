@@ -52,7 +52,7 @@ ONNX_ALLOWED = {
     "onnxfit.passes.int8",
     "onnxfit.passes.qoperator",
     "onnxfit.passes.ranges",
-    "onnxfit.profiling.feeds",
+    "onnxfit.data.feeds",
     "onnxfit.pruning.compensate",
     "onnxfit.pruning.sparse",
     "onnxfit.runtime.binding",

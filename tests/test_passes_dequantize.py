@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto
 from onnx import helper as oh
 
+from conftest import shufflenet_qdq_top1
 from onnxfit import io
 from onnxfit.passes._quant import dequantize_array, quantize_array
 from onnxfit.passes.dequantize import DequantizePass
@@ -291,14 +292,17 @@ def test_shufflenet_qdq_dequantized_accuracy(shared_data) -> None:  # type: igno
     top_fp32 = run_batches(m, x).argmax(1)
     top_range = run_batches(ranged, x).argmax(1)
     acc_int8, acc_fp32 = (top_int8 == y).mean() * 100, (top_fp32 == y).mean() * 100
-    assert abs(acc_int8 - 77.8) < 0.01  # the reference number of SOURCES.md
-    # measured 78.6 % (+0.8): the float model drops the activation rounding, so it is not worse
-    # (the 0.5 pt band is passed upwards, by 4 of 500 images)
-    assert -0.5 <= acc_fp32 - acc_int8 <= 1.5
-    assert (top_int8 == top_fp32).mean() > 0.9  # measured 94.6 %
-    # keeping the saturation too (clip="range"): measured 78.4 %, 95.2 % agreement
-    assert -0.5 <= (top_range == y).mean() * 100 - acc_int8 <= 1.5
-    assert (top_int8 == top_range).mean() > 0.9
+    assert abs(acc_int8 - shufflenet_qdq_top1()) < 0.01  # SOURCES.md's figure on a VNNI CPU
+    # measured 78.6 % (+0.8 over the INT8 model's 77.8 % where ORT's int8 kernels do not
+    # saturate): the float model drops the activation rounding, so it is not worse
+    assert -0.5 <= acc_fp32 - 77.8 <= 1.5
+    assert acc_fp32 >= acc_int8 - 0.5
+    # keeping the saturation too (clip="range"): measured 78.4 %
+    assert -0.5 <= (top_range == y).mean() * 100 - 77.8 <= 1.5
+    if acc_int8 > 77:  # the INT8 kernels agree with the float math (VNNI): measured 94.6 %
+        assert (top_int8 == top_fp32).mean() > 0.9
+        assert (top_int8 == top_range).mean() > 0.9
+    assert (top_fp32 == top_range).mean() > 0.9  # the two float forms agree (saturation aside)
     # and a naive removal of the Q/DQ pairs (no Relu) would be useless
     naive = io.load(path)
     DequantizePass(clip="none")(naive)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shufflenet_qdq_top1
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -28,7 +30,9 @@ def test_readme_api_example_runs(
     out = capsys.readouterr().out
     assert "11689512 True" in out  # parameters and the fit verdict
     assert "fp16 0.499" in out  # FP16 chosen for the console; half the file
-    assert "'top1': 0.778" in out  # ShuffleNetV2 on the 500-image ImageNet sample
+    # ShuffleNetV2 on the 500-image ImageNet sample: 0.778 on a VNNI CPU (README), 0.714 on an
+    # AVX2-only one (conftest.shufflenet_qdq_top1)
+    assert f"'top1': {shufflenet_qdq_top1() / 100:.3f}" in out
     assert (tmp_path / "resnet18-xbox.deploy.json").is_file()
     assert os.path.getsize(tmp_path / "resnet18-xbox.onnx") > 0
 

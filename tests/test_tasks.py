@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import shufflenet_qdq_top1
 from onnxfit.data.detection import YOLOV3_TINY_ANCHORS
 from onnxfit.data.images import ImageMeta, Preprocessor, list_images
 from onnxfit.data.metrics import DetectionEvaluator, average_precision, read_yolo_labels
@@ -309,7 +310,7 @@ def test_reference_top1_shufflenet(shared_data: Path) -> None:
             x, _ = pre.batch(paths[i : i + 50])
             logits += [sess.run(None, {"input": row[None]})[0][0] for row in x]
     acc = topk_accuracy(np.stack(logits), labels, ks=(1, 5))
-    assert abs(acc[1] * 100 - 77.80) <= 0.5, acc
+    assert abs(acc[1] * 100 - shufflenet_qdq_top1()) <= 0.5, acc  # 77.80 with VNNI
     assert classify(logits[0][None], names=names)[0].names[0].startswith("tench")
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,30 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 def from_proto(proto: onnx.ModelProto) -> ir.Model:
     """Deserialize a ModelProto (with all data in memory) into an IR model."""
     return ir.from_proto(proto)
+
+
+def clone(model: ir.Model) -> ir.Model:
+    """An independent copy of ``model`` for passes to change: ``onnx_ir.Model.clone`` (new graph,
+    nodes and values; tensors shared, which passes replace and never write in place) with every
+    value's *type* unshared too. ``Model.clone`` shares type objects between the copies, and
+    ``Value.dtype = ...`` changes the type object in place, so retyping a value of the copy
+    (the FP16 emulation does) would retype the original's value as well. The copy has no
+    source-path marker."""
+    copy = model.clone()
+    graphs = [copy.graph, *(f for f in copy.functions.values())]
+    for node in ir.traversal.RecursiveGraphIterator(copy.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                graphs.append(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                graphs.extend(attr.value)
+    for graph in graphs:
+        values = [*graph.inputs, *getattr(graph, "initializers", {}).values()]
+        values += [out for node in graph for out in node.outputs]
+        for value in values:
+            if value.type is not None:
+                value.type = deepcopy(value.type)
+    return copy
 
 
 def to_bytes(model: ir.Model | onnx.ModelProto) -> bytes:

@@ -1,19 +1,24 @@
-"""End-to-end image inference: files -> preprocessing -> batched inference -> post-processing.
+"""End-to-end image inference, the one data flow of DESIGN.md:
 
-The three stages overlap, each in its own thread:
+    files -> data.loader.AsyncLoader -> data.images (decode/resize/normalize)
+          -> runtime.batching.BatchEngine -> runtime.session -> apps.postprocess (top-k, boxes)
 
-1. **feeder** — preprocesses the next chunk of images with the :class:`Preprocessor` worker pool
-   straight into one of ``slots`` (default 2) preallocated float32 batch buffers (double
-   buffering); it waits only while every buffer is still held by inference;
-2. **inference** — runs the session on a filled buffer (a view, no copy; a fixed batch of k
-   runs k rows at a time, the last window's stale rows' outputs dropped), frees the buffer;
+1. **loading** — an :class:`~onnxfit.data.loader.AsyncLoader` runs ``workers`` threads that each
+   decode, resize and normalize one image (:func:`onnxfit.data.images.preprocess_into`) into a
+   float32 row; ordered, with a bounded prefetch (``slots`` chunks of images held at most), so
+   memory stays bounded however slow inference is;
+2. **inference** — one thread takes the rows in order, ``chunk`` at a time, and runs them
+   through a :class:`~onnxfit.runtime.batching.BatchEngine` (batches of the model's batch size;
+   a fixed batch is padded and the padding's outputs dropped);
 3. **the caller's thread** — post-processing (top-k, or decode + per-class NMS + undo the
-   letterbox; :mod:`onnxfit.apps.postprocess`) and whatever the caller does with each result (JSON
-   lines, drawing).
+   letterbox; :mod:`onnxfit.apps.postprocess`) and whatever the caller does with each result
+   (JSON lines, drawing).
 
 :meth:`Pipeline.results` yields one :class:`ImageResult` per input path, in input order. A file
-that cannot be used (corrupt, truncated, empty, not an image, over the pixel limit) gets an
-``ImageResult`` with ``error`` set in its place: counted and reported, never dropped.
+that cannot be used (corrupt, truncated, empty, not an image, over the pixel limit, unreadable)
+gets an ``ImageResult`` with ``error`` set in its place: counted and reported, never dropped.
+:class:`PipelineStats` keeps the per-stage times (preprocessing busy time per worker, inference,
+post-processing, and how long inference waited for images).
 
 Task and preprocessing come from the model unless given (:mod:`onnxfit.data.model_info`).
 :func:`run_images` is ``onnxfit run``'s API; :func:`onnxfit.apps.evaluation.evaluate` uses the same.
@@ -36,7 +41,8 @@ import numpy as np
 from onnxfit.apps.postprocess import chunk_results
 from onnxfit.apps.results import BadInput, ImageResult, PipelineStats, RunResult, collect_images
 from onnxfit.data.decode import DEFAULT_MAX_PIXELS
-from onnxfit.data.images import ImageMeta, Preprocessor
+from onnxfit.data.images import ImageError, ImageMeta, Preprocessor
+from onnxfit.data.loader import AsyncLoader, FileLoadError
 from onnxfit.data.model_info import (
     ModelInfo,
     check_options,
@@ -57,7 +63,6 @@ _POLL_S = 0.05
 class _Chunk:
     start: int
     paths: list[Path]
-    slot: int
     metas: list[ImageMeta]
     errors: dict[str, str]
     outputs: list[np.ndarray] = field(default_factory=list)
@@ -73,7 +78,8 @@ class Pipeline:
 
     ``batch`` is the number of images per inference run (``"auto"``: measured on this host with
     :meth:`onnxfit.runtime.batching.BatchEngine.tune`); for a model whose batch dimension is
-    fixed at 1 it is the number of images preprocessed together. ``threads`` inference threads
+    fixed at 1 it is the number of images handed to inference together. ``slots`` chunks of
+    preprocessed images are held at most (the loader's prefetch). ``threads`` inference threads
     and ``workers`` preprocessing threads default to :func:`~onnxfit.data.model_info.split_cores`
     (half the cores each when inference runs on the CPU). ``labels`` is a class-name file
     (``synset.txt``, ``coco80_names.txt``) or a list of names.
@@ -97,6 +103,7 @@ class Pipeline:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         slots: int = 2,
     ) -> None:
+        from onnxfit.runtime.batching import BatchEngine
         from onnxfit.runtime.session import Session
 
         check_options(top_k, score_threshold, iou_threshold, max_detections, slots, batch)
@@ -113,17 +120,24 @@ class Pipeline:
             self.score_threshold = score_threshold
             self.iou_threshold = iou_threshold
             self.max_detections = max_detections
-            self.tuning: Any = None
-            self.batch_size, self.chunk = self._resolve_batch(batch)
             self.preprocessor = Preprocessor(
                 self.info.preset, workers=workers, target=target, max_pixels=max_pixels
+            )
+            sample = {self.info.input_name: self._zeros(1)} if batch == "auto" else None
+            self.engine = BatchEngine(
+                self.session,
+                batch_size="auto" if batch == "auto" else int(batch),
+                max_batch=32 if batch == "auto" else max(int(batch), 1),
+                sample=sample,
             )
         except BaseException:
             self.session.close()
             raise
-        shape = (self.chunk, 3, *self.info.preset.size)
-        self._buffers = [np.empty(shape, np.float32) for _ in range(slots)]
+        self.tuning: Any = self.engine.tuning
+        self.batch_size, self.chunk = self._resolve_batch(batch)
+        self.slots = slots
         self.stats = PipelineStats()
+        self._busy_lock = threading.Lock()
         info = self.info
         log.info(
             "pipeline: %s (%s), preset %s, %d images per run, chunks of %d, %d workers, on %s",
@@ -132,100 +146,96 @@ class Pipeline:
         )
 
     # -- setup ----------------------------------------------------------------------------
-    def _resolve_batch(self, batch: int | Literal["auto"]) -> tuple[int, int]:
-        """(images per session run, images per preprocessed chunk)."""
-        fixed = self.info.fixed_batch
-        if fixed is not None:
-            if fixed == 1:
-                chunk = 8 if batch == "auto" else int(batch)
-                if chunk > 1:
-                    log.info("the model's batch is fixed at 1: images run one by one")
-                return 1, chunk
-            if batch not in ("auto", fixed):
-                log.warning("the model's batch is fixed at %d: --batch %s ignored", fixed, batch)
-            return fixed, fixed
-        if batch != "auto":
-            return int(batch), int(batch)
-        from onnxfit.runtime.batching import BatchEngine
+    def _zeros(self, n: int) -> np.ndarray:
+        return np.zeros((n, 3, *self.info.preset.size), self.info.input_dtype)
 
-        dtype = self.info.input_dtype
-        sample = {self.info.input_name: np.zeros((1, 3, *self.info.preset.size), dtype)}
-        engine = BatchEngine(self.session, batch_size="auto", max_batch=32, sample=sample)
-        self.tuning = engine.tuning
-        chosen = int(engine.batch_size)
-        engine.close()
-        return chosen, chosen
+    def _resolve_batch(self, batch: int | Literal["auto"]) -> tuple[int, int]:
+        """(images per session run, images per chunk handed to inference)."""
+        fixed = self.info.fixed_batch
+        if fixed == 1:
+            chunk = 8 if batch == "auto" else int(batch)
+            if chunk > 1:
+                log.info("the model's batch is fixed at 1: images run one by one")
+            return 1, chunk
+        if fixed is not None and batch not in ("auto", fixed):
+            log.warning("the model's batch is fixed at %d: --batch %s ignored", fixed, batch)
+        size = int(self.engine.batch_size)
+        return size, size
 
     # -- the stages -----------------------------------------------------------------------
     def infer(self, buf: np.ndarray, n: int) -> list[np.ndarray]:
         """Raw outputs (in the model's output order) for the first ``n`` rows of ``buf``, a
-        preprocessed batch ``[>= n, 3, H, W]`` (at least the model's batch when it is fixed)."""
+        preprocessed batch ``[>= n, 3, H, W]``, run through the pipeline's BatchEngine."""
         name, dtype = self.info.input_name, self.info.input_dtype
-        names = list(self.info.outputs)
+        rows = buf[:n] if buf.dtype == dtype else buf[:n].astype(dtype)
+        outs = self.engine.run([{name: rows[i : i + 1]} for i in range(n)])
+        return [np.concatenate([o[k] for o in outs]) for k in self.info.outputs]
 
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            feed = x if x.dtype == dtype else x.astype(dtype)
-            out = self.session.run({name: feed})
-            return [out[k] for k in names]
+    def _load(self, path: Path) -> tuple[np.ndarray, ImageMeta] | ImageError:
+        """One image into a new float32 row (a loader worker); a bad image is returned."""
+        row = np.empty((3, *self.info.preset.size), np.float32)
+        t0 = time.perf_counter()
+        try:
+            return row, self.preprocessor.load(path, row)
+        except ImageError as exc:
+            return exc
+        finally:
+            busy = time.perf_counter() - t0
+            with self._busy_lock:
+                self.stats.preprocess_s += busy / self.preprocessor.workers
 
-        k = self.info.fixed_batch
-        if k is None:
-            return run(buf[:n])
-        parts = []  # fixed batch k: windows of k rows; rows past n (stale) give dropped outputs
-        for start in range(0, n, k):
-            window = buf[start : start + k]
-            if window.shape[0] < k:  # a caller's buffer shorter than k: pad with the last row
-                pad = np.repeat(window[-1:], k - window.shape[0], axis=0)
-                window = np.concatenate([window, pad])
-            parts.append([o[: min(k, n - start)] for o in run(window)])
-        if len(parts) == 1:
-            return parts[0]
-        return [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
+    def _next(self, loader: AsyncLoader, stop: Any) -> Any:
+        """The loader's next result (an item, a LoadError-turned-ImageError) or None at the end."""
+        while not stop.is_set():
+            try:
+                return loader.next(timeout=_POLL_S)
+            except TimeoutError:
+                continue
+            except StopIteration:
+                return None
+            except FileLoadError as exc:  # an unexpected failure of one file: a bad input
+                return exc.error
+        return None
 
-    def _feeder(self, paths: list[Path], free: queue.Queue, out: queue.Queue, stop: Any) -> None:
+    def _inferrer(self, loader: AsyncLoader, out: queue.Queue, stop: Any) -> None:
         st = self.stats
         try:
-            for start in range(0, len(paths), self.chunk):
-                part = paths[start : start + self.chunk]
+            start, done = 0, False
+            while not done:
+                paths: list[Path] = []
+                rows: list[np.ndarray] = []
+                metas: list[ImageMeta] = []
+                errors: dict[str, str] = {}
                 t0 = time.perf_counter()
-                slot = _get(free, stop)
-                st.feeder_wait_s += time.perf_counter() - t0
-                if slot is None:
-                    return
-                t0 = time.perf_counter()
-                _, metas = self.preprocessor.batch(part, out=self._buffers[slot], on_error="skip")
-                errors = {e.path: e.reason for e in self.preprocessor.errors}
-                self.preprocessor.errors.clear()
-                st.preprocess_s += time.perf_counter() - t0
-                if not _put(out, _Chunk(start, part, slot, metas, errors), stop):
-                    return
-            _put(out, _END, stop)
-        except BaseException as exc:  # handed to the caller's thread, which raises it
-            _put(out, _Failure(exc), stop)
-
-    def _inferrer(self, inp: queue.Queue, free: queue.Queue, out: queue.Queue, stop: Any) -> None:
-        st = self.stats
-        try:
-            while True:
-                t0 = time.perf_counter()
-                item = _get(inp, stop)
+                while len(paths) < self.chunk:
+                    got = self._next(loader, stop)
+                    if got is None:
+                        done = True
+                        break
+                    if hasattr(got, "value"):  # a loaded Item
+                        paths.append(got.path)
+                        if isinstance(got.value, ImageError):
+                            errors[str(got.path)] = got.value.reason
+                        else:
+                            rows.append(got.value[0])
+                            metas.append(got.value[1])
+                    else:  # a LoadError
+                        paths.append(got.path)
+                        errors[str(got.path)] = got.reason
                 st.infer_wait_s += time.perf_counter() - t0
-                if item is None:
-                    return
-                if not isinstance(item, _Chunk):
-                    _put(out, item, stop)
-                    return
+                if stop.is_set() or not paths:
+                    break
+                item = _Chunk(start, paths, metas, errors)
+                start += len(paths)
                 t0 = time.perf_counter()
-                try:
-                    if item.metas:
-                        item.outputs = self.infer(self._buffers[item.slot], len(item.metas))
-                        st.runs += 1
-                finally:
-                    free.put(item.slot)
+                if rows:
+                    item.outputs = self.infer(np.stack(rows), len(rows))
+                    st.runs += 1
                 st.inference_s += time.perf_counter() - t0
                 if not _put(out, item, stop):
                     return
-        except BaseException as exc:
+            _put(out, _END, stop)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
             _put(out, _Failure(exc), stop)
 
     def _post(self, item: _Chunk) -> Iterator[ImageResult]:
@@ -248,28 +258,28 @@ class Pipeline:
         """One :class:`ImageResult` per path, in order, with the stages overlapped.
 
         Closing the iterator early (``break``) stops and joins the worker threads. An error in a
-        stage (other than a bad image, which becomes a result with ``error``) is raised here.
-        One iteration at a time per pipeline (they share the batch buffers)."""
+        stage (other than a bad image, which becomes a result with ``error``) is raised here."""
         todo = [Path(p) for p in paths]
         stop = threading.Event()
-        free: queue.Queue[int] = queue.Queue()
-        for slot in range(len(self._buffers)):
-            free.put(slot)
-        to_infer: queue.Queue[Any] = queue.Queue(maxsize=len(self._buffers))
-        to_post: queue.Queue[Any] = queue.Queue(maxsize=len(self._buffers))
-        feeder, infer = self._feeder, self._inferrer
-        threads = [
-            threading.Thread(target=feeder, args=(todo, free, to_infer, stop), daemon=True),
-            threading.Thread(target=infer, args=(to_infer, free, to_post, stop), daemon=True),
-        ]
-        threads[0].name, threads[1].name = "onnxfit-feeder", "onnxfit-infer"
+        loader: AsyncLoader = AsyncLoader(
+            todo,
+            load=self._load,
+            max_concurrent=self.preprocessor.workers,
+            prefetch=max(self.slots * self.chunk, self.preprocessor.workers),
+            ordered=True,
+            on_error="raise",
+        )
+        to_post: queue.Queue[Any] = queue.Queue(maxsize=self.slots)
+        infer = threading.Thread(
+            target=self._inferrer, args=(loader, to_post, stop), name="onnxfit-infer", daemon=True
+        )
         self.stats = PipelineStats()
         t_start = time.perf_counter()
-        for t in threads:
-            t.start()
+        loader.start()
+        infer.start()
         try:
             while True:
-                item = _get(to_post, stop, alive=threads)
+                item = _get(to_post, stop, alive=[infer])
                 if item is None or item is _END:
                     break
                 if isinstance(item, _Failure):
@@ -283,14 +293,15 @@ class Pipeline:
                     yield res
         finally:
             stop.set()
-            for t in threads:
-                t.join(timeout=60)
-                if t.is_alive():
-                    log.warning("pipeline thread %s still running after 60 s", t.name)
+            loader.close()
+            infer.join(timeout=60)
+            if infer.is_alive():
+                log.warning("pipeline thread %s still running after 60 s", infer.name)
             self.stats.wall_s += time.perf_counter() - t_start
 
     def close(self) -> None:
-        """Stop the preprocessing pool and release the session."""
+        """Stop the batch engine and the preprocessing pool, and release the session."""
+        self.engine.close()
         self.preprocessor.close()
         self.session.close()
 

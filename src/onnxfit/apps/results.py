@@ -87,8 +87,9 @@ class ImageResult:
 class PipelineStats:
     """Counters and busy times of the stages (seconds, summed over batches).
 
-    ``feeder_wait_s``: the feeder waited for a free batch buffer (inference is the bottleneck);
-    ``infer_wait_s``: inference waited for preprocessed images (preprocessing is).
+    ``preprocess_s``: the loader workers' busy time divided by their number (so images /
+    preprocess_s is the preprocessing stage's rate); ``infer_wait_s``: inference waited for
+    preprocessed images (preprocessing is the bottleneck when it is large).
     """
 
     images: int = 0
@@ -98,7 +99,6 @@ class PipelineStats:
     preprocess_s: float = 0.0
     inference_s: float = 0.0
     postprocess_s: float = 0.0
-    feeder_wait_s: float = 0.0
     infer_wait_s: float = 0.0
 
     @property
@@ -118,7 +118,6 @@ class PipelineStats:
             "preprocess_s": round(self.preprocess_s, 4),
             "inference_s": round(self.inference_s, 4),
             "postprocess_s": round(self.postprocess_s, 4),
-            "feeder_wait_s": round(self.feeder_wait_s, 4),
             "infer_wait_s": round(self.infer_wait_s, 4),
             "preprocess_images_per_s": rate(self.preprocess_s),
             "inference_images_per_s": rate(self.inference_s),

@@ -301,36 +301,18 @@ def _read_arrays(file: Path, ranks: Mapping[str, int]) -> dict[str, np.ndarray]:
 
 
 def synthetic_inputs(
-    model: ir.Model, n: int = 8, *, seed: int = 0, batch: int = 1
+    model: ir.Model, n: int = 8, *, seed: int = 0, batch: int | None = None
 ) -> CalibrationData:
-    """``n`` feeds of seeded standard-normal noise (integers: zeros) shaped like the inputs.
-
-    A symbolic first dimension becomes ``batch``; any other symbolic dimension raises
-    :class:`InputError`. The result has ``synthetic=True``: callers must say so in reports.
+    """``n`` feeds of seeded standard-normal noise (integers: zeros) shaped like the inputs
+    (:func:`onnxfit.data.feeds.make_feeds`): a symbolic first dimension becomes ``batch`` (1 when
+    None), a fixed one is kept; any other symbolic dimension raises :class:`InputError`. The
+    result has ``synthetic=True``: callers must say so in reports.
     """
+    from onnxfit.data.feeds import make_feeds
+
     rng = np.random.default_rng(seed)
     specs = model_inputs(model)
-    feeds = []
-    for _ in range(n):
-        feed = {}
-        for spec in specs:
-            shape = []
-            for axis, dim in enumerate(spec.shape):
-                if isinstance(dim, int) and dim > 0:
-                    shape.append(dim)
-                elif axis == 0:
-                    shape.append(batch)
-                else:
-                    raise InputError(
-                        f"input {spec.name!r} has a symbolic dimension {dim!r} "
-                        f"at axis {axis}; cannot make synthetic data",
-                        hint="give calibration data, or fix the input shape",
-                    )
-            if np.issubdtype(spec.dtype, np.floating):
-                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            else:
-                feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
-        feeds.append(feed)
+    feeds = [make_feeds(specs, batch=batch, seed=rng) for _ in range(n)]
     logger.warning("no calibration data given: using %d synthetic samples (seed %d)", n, seed)
     return CalibrationData(feeds, f"synthetic(seed={seed})", True, [], None)
 

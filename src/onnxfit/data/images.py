@@ -182,6 +182,12 @@ class Preprocessor:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnxfit-preprocess")
         return self._pool
 
+    def load(self, path: str | os.PathLike[str], out: np.ndarray) -> ImageMeta:
+        """Preprocess one image into ``out`` (float32 ``[3, H, W]``) with this preprocessor's
+        preset and limits; raises :class:`ImageError` for a bad file. The per-image step that
+        :class:`~onnxfit.data.loader.AsyncLoader` workers run in ``onnxfit run`` / ``eval``."""
+        return preprocess_into(path, self.preset, out, max_pixels=self.max_pixels, draft=self.draft)
+
     def batch(
         self,
         paths: Sequence[str | os.PathLike[str]],

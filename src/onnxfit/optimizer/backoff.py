@@ -44,13 +44,6 @@ Say = Callable[[str], None]
 RANKING_FEEDS = 16
 
 
-def clone(model: ir.Model) -> ir.Model:
-    """A deep copy of ``model`` (through protobuf; the copy has no source-path marker)."""
-    copy = io.from_proto(io.to_proto(model))
-    copy.meta.clear()
-    return copy
-
-
 @dataclass
 class Attempt:
     """One round: the nodes kept in higher precision and the verdict."""
@@ -89,7 +82,7 @@ class _Fp16:
         self.fp32_nodes: set[str] = set()
 
     def build(self, kept: Sequence[str]) -> tuple[ir.Model, PassReport]:
-        model = clone(self.base)
+        model = io.clone(self.base)
         opts = {"block_list": sorted(set(kept) | set(self.step.options.get("block_list", ())))}
         p = make_step_pass(self.step, **opts)
         p(model)
@@ -144,7 +137,7 @@ class _Int8:
         self._say = say
 
     def build(self, kept: Sequence[str]) -> tuple[ir.Model, PassReport]:
-        model = clone(self.prepared)
+        model = io.clone(self.prepared)
         extra: dict[str, Any] = {"prepare": False, "nodes_to_exclude": list(kept)}
         if self.step.name == "int8":
             if self.ranges is None:
@@ -221,7 +214,7 @@ def run_lossy(
             candidate, report = strategy.build(kept)
             reports.append(report)
         else:
-            candidate = clone(base)
+            candidate = io.clone(base)
         for extra in suffix:
             p = make_step_pass(extra)
             p(candidate)

@@ -28,7 +28,7 @@ F32, F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
 
 def emulate_fp16(model: ir.Model) -> ir.Model:
     """A float32 copy of fp16-pass output ``model`` with float16 rounding at every fp16 value."""
-    emu = io.from_proto(io.to_proto(model))
+    emu = io.clone(model)
     graph = emu.graph
     for value in list(graph.initializers.values()):
         tensor = value.const_value

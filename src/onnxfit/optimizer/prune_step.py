@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxfit import io
 from onnxfit.passes.base import PassReport
 from onnxfit.pruning import budget as pruning
 
@@ -158,7 +159,7 @@ def run_budgeted(
         budget = 100.0 * (1.0 - options.cosine_floor) * (0.5 if lossy_follows else 1.0)
     baseline = score(model)
     say("pruning as requested")
-    candidate = pruning.clone(model)
+    candidate = io.clone(model)
     reports = _run_steps(candidate, steps, calib)
     loss = baseline - score(candidate)
     logger.info("pruning as requested: %s loss %.2f pts (budget %.2f)", measure, loss, budget)
@@ -188,7 +189,7 @@ def run_budgeted(
             check=pruning.Metric(measure, score),
             **opts,
         )
-        pruned = pruning.clone(current)
+        pruned = io.clone(current)
         step_opts = {**step.options, key: None, "ratios": result.ratios}
         [report] = _run_steps(pruned, [Step(step.name, step_opts, step.why)], calib)
         report.stats.update(

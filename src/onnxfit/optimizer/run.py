@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from onnxfit import atomic, io
 from onnxfit.errors import InputError
-from onnxfit.optimizer.backoff import Outcome, clone, run_lossy
+from onnxfit.optimizer.backoff import Outcome, run_lossy
 from onnxfit.optimizer.data import RunData, load_run_data
 from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import OptimizePlan, build_plan, make_step_pass
@@ -246,7 +246,7 @@ def _run_pipeline(
     stages: _Stages,
 ) -> tuple[Outcome, list[PassReport], bool]:
     """Float passes once, then the lossy step in the back-off loop; which reference gated."""
-    model = clone(original)
+    model = io.clone(original)
     reports: list[PassReport] = []
     pruning_steps = [s for s in prefix if s.name in PRUNE_STEPS]
     for step in prefix:

@@ -73,7 +73,7 @@ class Fp16Risk:
 
 def _exposed_proto(model: ir.Model) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
     """A copy of ``model`` with every float32 node output added to the graph outputs."""
-    typed = io.from_proto(io.to_proto(model))
+    typed = io.clone(model)
     infer_dtypes(typed)
     existing = {v.name for v in typed.graph.outputs}
     where: dict[str, tuple[str, str]] = {}

@@ -25,9 +25,14 @@ from __future__ import annotations
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxscript.optimizer import _constant_folding
+from onnxscript.optimizer import fold_constants_ir
 
 from onnxfit.passes.base import OnnxfitPass, count_ops
+
+#: onnxscript's own defaults (``fold_constants_ir``): inputs up to 8,192 elements are folded and
+#: folded outputs up to 262,144 elements kept (larger ones stay as computed nodes).
+FOLD_INPUT_LIMIT = 8192
+FOLD_OUTPUT_LIMIT = 262144
 
 
 class CleanupPass(OnnxfitPass):
@@ -48,8 +53,8 @@ class CleanupPass(OnnxfitPass):
         deduplicate: bool = True,
         lift_constants: bool = True,
         remove_initializer_inputs: bool = True,
-        fold_input_limit: int = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-        fold_output_limit: int = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+        fold_input_limit: int = FOLD_INPUT_LIMIT,
+        fold_output_limit: int = FOLD_OUTPUT_LIMIT,
     ) -> None:
         super().__init__()
         self.fold_constants = fold_constants
@@ -69,12 +74,13 @@ class CleanupPass(OnnxfitPass):
             modified = common.RemoveInitializersFromInputsPass()(model).modified
         if self.fold_constants:
             before = count_ops(model)
-            folder = _constant_folding.FoldConstantsPass(
-                shape_inference=True,
+            folded = fold_constants_ir(
+                model,
+                onnx_shape_inference=True,
                 input_size_limit=self.fold_input_limit,
                 output_size_limit=self.fold_output_limit,
             )
-            modified = folder(model).modified or modified
+            modified = folded.modified or modified
             after = count_ops(model)
             self.stats["folded"] = {
                 op: n - after.get(op, 0) for op, n in before.items() if n > after.get(op, 0)

@@ -1,7 +1,7 @@
 """``fold-batchnorm``: BatchNormalization folded into the Conv / ConvTranspose / Gemm before it.
 
 Rewrite (pattern / check / rewrite, the onnxscript rules in
-``onnxscript.rewriter.rules.common._fuse_batchnorm``)::
+``onnxscript.rewriter.rules.common``)::
 
     BatchNormalization(Conv(x, W, B), gamma, beta, mean, var)
       -> Conv(x, W * s, (B - mean) * s + beta)        with s = gamma / sqrt(var + epsilon)
@@ -23,16 +23,20 @@ import logging
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
-from onnxscript.rewriter.rules.common import _fuse_batchnorm
+from onnxscript.rewriter.rules.common import (
+    fuse_batchnorm_into_conv_rule,
+    fuse_batchnorm_into_conv_transpose_rule,
+    fuse_batchnorm_into_gemm_rule,
+)
 
 from onnxfit.passes.base import OnnxfitPass
 
 logger = logging.getLogger(__name__)
 
 _RULES: dict[str, pattern.RewriteRule] = {
-    "Conv": _fuse_batchnorm.fuse_batchnorm_into_conv_rule,
-    "ConvTranspose": _fuse_batchnorm.fuse_batchnorm_into_conv_transpose_rule,
-    "Gemm": _fuse_batchnorm.fuse_batchnorm_into_gemm_rule,
+    "Conv": fuse_batchnorm_into_conv_rule,
+    "ConvTranspose": fuse_batchnorm_into_conv_transpose_rule,
+    "Gemm": fuse_batchnorm_into_gemm_rule,
 }
 
 

@@ -32,9 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, pattern
 
 from onnxfit.errors import InputError
 from onnxfit.passes.base import OnnxfitPass

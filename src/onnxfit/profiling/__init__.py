@@ -6,7 +6,7 @@
   :mod:`onnxfit.profiling.opcost` joins it with the cost model (achieved vs roofline).
 * :mod:`onnxfit.profiling.worker` — one session, timed on command (the child's side);
   :mod:`onnxfit.profiling.client` runs it in a fresh child process or in this one;
-  :mod:`onnxfit.profiling.feeds` makes its random inputs.
+  :mod:`onnxfit.data.feeds` makes its random inputs.
 * :mod:`onnxfit.profiling.bench` — :func:`bench`: per-batch latency, throughput, memory
   (result types in :mod:`onnxfit.profiling.results`).
 * :mod:`onnxfit.profiling.compare` — :func:`compare`: models interleaved, before/after table;

@@ -1,8 +1,7 @@
 """What the machine is doing while we measure: memory high-water marks, CPU noise, a description.
 
-* :func:`peak_rss_bytes` — the process's resident-set high-water mark: ``VmHWM`` from
-  ``/proc/self/status`` (Linux), else ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux,
-  bytes on macOS). :func:`rss_bytes` is the current ``VmRSS``.
+* :func:`peak_rss_bytes` / :func:`rss_bytes` — the process's resident-set high-water mark and
+  current size, re-exported from :mod:`onnxfit.runtime.memstat` (the one place that reads them).
 * :func:`device_memory_bytes` — GPU memory used by a process as ``nvidia-smi
   --query-compute-apps`` reports it (CUDA only; None elsewhere). ORT exposes no per-session
   figure for CUDA or DirectML.
@@ -19,7 +18,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,34 +26,21 @@ from typing import Any
 import numpy as np
 
 from onnxfit.profiling.stats import percentile
+from onnxfit.runtime.memstat import peak_rss_bytes, rss_bytes
 
-
-def _status_field(field: str, pid: int | str = "self") -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            parts = line.split()
-            return int(parts[1]) * 1024  # kB
-    return None
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size in bytes (see the module docstring)."""
-    hwm = _status_field("VmHWM")
-    if hwm is not None:
-        return hwm
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == "darwin" else r * 1024)
-
-
-def rss_bytes() -> int | None:
-    """This process's current resident set size in bytes (None where /proc is absent)."""
-    return _status_field("VmRSS")
+__all__ = [
+    "CpuMonitor",
+    "Noise",
+    "allowed_cpus",
+    "device_memory_bytes",
+    "load_average",
+    "machine_description",
+    "noise_probe",
+    "own_cpu_seconds",
+    "peak_rss_bytes",
+    "pin_to",
+    "rss_bytes",
+]
 
 
 def device_memory_bytes(pid: int | None = None) -> int | None:

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxfit.data.feeds import free_dims_for, make_feeds, ort_specs, proto_specs
 from onnxfit.errors import InputError, ModelLoadError, OnnxfitError
 from onnxfit.profiling import system
-from onnxfit.profiling.feeds import free_dims_for, make_feeds, ort_specs, proto_specs
 
 logger = logging.getLogger(__name__)
 

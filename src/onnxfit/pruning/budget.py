@@ -58,13 +58,6 @@ ProgressFn = Callable[[int, int, str], None]
 GRID_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
-def clone(model: ir.Model) -> ir.Model:
-    """A deep copy (through protobuf), without the source-path marker."""
-    copy = io.from_proto(io.to_proto(model))
-    copy.meta.clear()
-    return copy
-
-
 # ---------------------------------------------------------------------------- layers / apply
 
 
@@ -97,7 +90,7 @@ def prune_copy(
 ) -> ir.Model:
     """A pruned copy of ``model``: one ``ratio`` for all, or ``ratios`` per layer label
     (``stats``, when given, receives the pass's stats)."""
-    copy = clone(model)
+    copy = io.clone(model)
     p: Any
     if kind == "unstructured":
         from onnxfit.pruning.unstructured import PrunePass

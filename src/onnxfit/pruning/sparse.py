@@ -49,6 +49,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from onnxfit import io
 from onnxfit.passes.base import OnnxfitPass
 from onnxfit.pruning.scores import exact_count
 from onnxfit.pruning.unstructured import weight_input
@@ -386,8 +387,6 @@ def densified(model: ir.Model) -> ir.Model:
     the runtime folds the decode at load, so memory and FLOPs are those of the dense model)."""
     if not is_encoded(model):
         return model
-    from onnxfit import io
-
-    copy = io.from_proto(io.to_proto(model))
+    copy = io.clone(model)
     densify(copy)
     return copy

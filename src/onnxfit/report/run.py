@@ -34,31 +34,46 @@ def _stage_rows(stats: PipelineStats) -> list[tuple[str, str]]:
     n = stats.images - stats.failed
     return [
         ("wall time", f"{stats.wall_s:.2f} s ({_rate(stats.images, stats.wall_s)} images/s)"),
-        ("preprocessing (busy)", f"{stats.preprocess_s:.2f} s ({_rate(n, stats.preprocess_s)}/s)"),
+        (
+            "preprocessing (busy, per worker)",
+            f"{stats.preprocess_s:.2f} s ({_rate(n, stats.preprocess_s)}/s)",
+        ),
         ("inference (busy)", f"{stats.inference_s:.2f} s ({_rate(n, stats.inference_s)}/s)"),
         ("post-processing", f"{stats.postprocess_s:.2f} s"),
-        (
-            "waits",
-            f"feeder for a free buffer {stats.feeder_wait_s:.2f} s, "
-            f"inference for images {stats.infer_wait_s:.2f} s",
-        ),
+        ("inference waited for images", f"{stats.infer_wait_s:.2f} s"),
     ]
 
 
+def _common_folder(paths: Sequence[str]) -> str | None:
+    """The deepest folder holding every path (None when they share none, e.g. mixed drives)."""
+    try:
+        root = os.path.commonpath([os.path.dirname(p) or "." for p in paths])
+    except ValueError:
+        return None
+    return root if root not in ("", ".") else None
+
+
 def bad_table(bad: Sequence[BadInput], *, limit: int = SHOW_BAD) -> RenderableType:
-    """The bad inputs: counts by kind, then the first ``limit`` with path and reason."""
+    """The bad inputs: counts by kind, then the first ``limit`` with path and reason.
+
+    Paths are shown relative to the folder that holds them all (named above the table) and are
+    never wrapped, so that each can be copied whole whatever the terminal's width."""
     if not bad:
         return Text("no bad inputs", style="green")
     counts = ", ".join(f"{n} {k}" for k, n in count_kinds(bad).items())
+    root = _common_folder([b.path for b in bad])
     table = Table(title=f"{len(bad)} input(s) not used: {counts}", title_justify="left")
-    table.add_column("kind")
-    table.add_column("path", overflow="fold")
-    table.add_column("reason", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("path" if root is None else "path (under the folder above)", no_wrap=True)
+    table.add_column("reason", overflow="fold", ratio=1)
     for b in bad[:limit]:
-        table.add_row(b.kind, b.path, b.reason)
+        path = b.path if root is None else os.path.relpath(b.path, root)
+        table.add_row(b.kind, path, b.reason)
     if len(bad) > limit:
         table.caption = f"... and {len(bad) - limit} more (all listed with --json)"
-    return table
+    if root is None:
+        return table
+    return Group(Text(f"in {root}{os.sep}", no_wrap=True, overflow="ignore"), table)
 
 
 def render_run(result: RunResult, *, output: str | None = None) -> RenderableType:

@@ -1,8 +1,10 @@
-"""Inputs for measurement: random feeds of the right shapes, and the free dimensions to fix.
+"""Made-up inputs: the one maker of random feeds (for benchmarks, and for the synthetic
+calibration data of :func:`onnxfit.data.calibration.synthetic_inputs`), the free dimensions to
+fix, and input specs read from a ModelProto or an ORT session.
 
-The leading (batch) dimension of every input comes from the batch size asked for; other
-unknown dimensions from ``input_shapes`` (``--input-shape name=1x3x224x224``). Feeds are seeded
-standard-normal floats, zero integers.
+The leading (batch) dimension of every input comes from the batch size asked for (or the model's
+own fixed one); other unknown dimensions from ``input_shapes`` (``--input-shape
+name=1x3x224x224``). Feeds are seeded standard-normal floats, zero integers.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ from onnxfit.errors import InputError
 def make_feeds(
     inputs: Sequence[Any],
     *,
-    batch: int,
+    batch: int | None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    seed: int = 0,
+    seed: int | np.random.Generator = 0,
 ) -> dict[str, np.ndarray]:
     """Random feeds for ``inputs`` (objects with ``name``, ``shape``, ``dtype``) at ``batch``.
 
-    A symbolic or unknown leading dimension becomes ``batch``; ``input_shapes`` gives full shapes
-    for inputs with other unknown dimensions. A fixed leading dimension that differs from
-    ``batch`` raises :class:`InputError`. Floats are standard normal (seeded), integers zero.
+    A symbolic or unknown leading dimension becomes ``batch`` (1 when None); ``input_shapes``
+    gives full shapes for inputs with other unknown dimensions. A fixed leading dimension is
+    kept when ``batch`` is None and raises :class:`InputError` when it differs from ``batch``.
+    Floats are standard normal (``seed``: an int or a Generator to draw from), integers zero.
     """
-    rng = np.random.default_rng(seed)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     shapes = dict(input_shapes or {})
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
@@ -38,7 +41,7 @@ def make_feeds(
             shape = []
             for i, d in enumerate(spec.shape):
                 if isinstance(d, int) and d > 0:
-                    if i == 0 and d != batch:
+                    if i == 0 and batch is not None and d != batch:
                         raise InputError(
                             f"input {spec.name!r} has a fixed batch of {d}; batch {batch} cannot "
                             "run",
@@ -46,11 +49,12 @@ def make_feeds(
                         )
                     shape.append(d)
                 elif i == 0:
-                    shape.append(batch)
+                    shape.append(1 if batch is None else batch)
                 else:
                     raise InputError(
                         f"input {spec.name!r} has an unknown dimension {i} ({d!r})",
-                        hint=f"give its full shape: --input-shape {spec.name}=1x3x224x224",
+                        hint=f"give its full shape (--input-shape {spec.name}=1x3x224x224) or "
+                        "real data",
                     )
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
@@ -58,7 +62,7 @@ def make_feeds(
         elif dtype.kind in "biu":
             feeds[spec.name] = np.zeros(shape, dtype)
         else:
-            raise InputError(f"input {spec.name!r} has dtype {dtype}; bench feeds numbers only")
+            raise InputError(f"input {spec.name!r} has dtype {dtype}; random feeds hold numbers")
     return feeds
 
 
