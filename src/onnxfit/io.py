@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -193,7 +194,7 @@ def clone(model: ir.Model) -> ir.Model:
     (the FP16 emulation does) would retype the original's value as well. The copy has no
     source-path marker."""
     copy = model.clone()
-    graphs = [copy.graph, *(f for f in copy.functions.values())]
+    graphs: list[Any] = [copy.graph, *(f for f in copy.functions.values())]
     for node in ir.traversal.RecursiveGraphIterator(copy.graph):
         for attr in node.attributes.values():
             if attr.type == ir.AttributeType.GRAPH:
