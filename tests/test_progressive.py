@@ -96,14 +96,14 @@ def test_live_bytes_of_a_chain() -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
     )
-    info = analyze_graph(helper.make_model(graph), batch=2)
+    info = analyze_graph(io.from_proto(helper.make_model(graph)), batch=2)
     assert info.value_bytes == {"x": 32, "a": 32, "y": 32}
     assert info.live_bytes == [64, 64]  # x + a, then a + y
     assert info.weight_bytes == 0
 
 
 def test_sections_are_contiguous_and_fit(tmp_path: Path) -> None:
-    info = analyze_graph(io.load_proto(_save(_mlp(), tmp_path / "m.onnx"), with_external=False))
+    info = analyze_graph(io.load(_save(_mlp(), tmp_path / "m.onnx")))
     assert info.weight_bytes == 8 * 256 * 256 * 4
     budget = 600 * KIB  # two 256 KiB layers + activations at most
     sections = plan_sections(info, budget)
@@ -127,8 +127,9 @@ def test_streamed_sections_match_whole_model_and_stay_in_budget(tmp_path: Path) 
     with ProgressiveLoader(path, budget_bytes=budget, batch=2) as loader:
         plan = loader.plan
         assert plan.sectioned and not plan.resident and len(plan.sections) >= 3
-        # metadata only: the section graphs hold no weight bytes, only references to the file
-        inits = [t for p in loader._protos for t in p.graph.initializer]
+        # metadata only: the section models hold no weight bytes, only references to the file
+        protos = [io.to_proto(m) for m in loader._models]
+        inits = [t for p in protos for t in p.graph.initializer]
         assert len(inits) == 8
         assert all(t.data_location == TensorProto.EXTERNAL and not t.raw_data for t in inits)
         for _ in range(2):
@@ -251,7 +252,7 @@ def test_concurrent_runs_are_serialized(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- real models
 def _weights(path: Path) -> int:
-    return analyze_graph(io.load_proto(path, with_external=False)).weight_bytes
+    return analyze_graph(io.load(path)).weight_bytes
 
 
 @pytest.mark.slow
@@ -280,7 +281,7 @@ def test_yolov3_tiny_sectioned(zoo_yolov3_tiny: Path) -> None:
     # budget is 40 % of the weights on top of the peak activations. The section budget leaves room
     # for the first Conv and its BatchNormalization together: cut apart, ORT cannot fuse them and
     # the outputs move by 2e-5 (more than the tolerance).
-    info = analyze_graph(io.load_proto(zoo_yolov3_tiny, with_external=False))
+    info = analyze_graph(io.load(zoo_yolov3_tiny))
     act, weights = info.peak_activation_bytes, info.weight_bytes
     budget, section_budget = act + int(0.4 * weights), act + int(0.2 * weights)
     feeds = {"input": np.random.default_rng(1).standard_normal((1, 3, 416, 416), np.float32)}
@@ -300,7 +301,7 @@ def test_yolov3_tiny_sectioned(zoo_yolov3_tiny: Path) -> None:
 )
 def test_real_models_sectioned(shared_data: Path, name: str, input_name: str, size: int) -> None:
     path = shared_data / "models" / name
-    info = analyze_graph(io.load_proto(path, with_external=False))
+    info = analyze_graph(io.load(path))
     budget = int(0.5 * info.weight_bytes) + info.peak_activation_bytes
     section_budget = max(max_node_cost(info), budget // 3)
     feeds = {input_name: np.random.default_rng(2).standard_normal((1, 3, size, size), np.float32)}

@@ -177,7 +177,8 @@ def load_proto(path: str | os.PathLike[str], *, with_external: bool = True) -> o
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialize an IR model to a ModelProto (external tensors are read into memory)."""
+    """Serialize an IR model to a ModelProto; external tensors stay references to their files
+    (location, offset, length), unread."""
     return ir.to_proto(model)
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import onnx
 import onnx_ir as ir
 
+from onnxfit import io
 from onnxfit.analysis import shape_engines as engines
 from onnxfit.errors import InputError
 
@@ -99,7 +100,7 @@ def _graph_inputs(model: ir.Model) -> list[ir.Value]:
 
 
 def _copy(model: ir.Model) -> ir.Model:
-    copy = model.clone()
+    copy = io.clone(model)
     for key, value in model.meta.items():
         copy.meta[key] = value
     return copy

@@ -1,17 +1,17 @@
 """Preparing a model for :class:`~onnxfit.runtime.progressive.ProgressiveLoader`: read it
 metadata-first, plan its sections for a budget, and build one section's ORT session.
 
-* :func:`read_graph` reads the graph without its weights (``onnxfit.io.load_proto(...,
-  with_external=False)``): tensors stored as external data stay on disk and their sizes come from
-  the proto's dims. A model with at least :data:`SPILL_BYTES` of *embedded* weights is parsed
-  whole once, its weights written to external data in a private temporary folder
-  (``onnxfit.io.save``) and dropped, so the rest works the same way.
+* :func:`read_graph` reads the model with :func:`onnxfit.io.load`: tensors stored as external
+  data stay unread on disk (``onnx_ir.ExternalTensor``) and their sizes come from dtype and
+  shape. A model with at least :data:`SPILL_BYTES` of *embedded* weights has them written to
+  external data in a private temporary folder (``onnxfit.io.save``) and is read again from
+  there, so the rest works the same way.
 * :func:`choose_plan` splits the graph when weights + peak live activations exceed
   ``fit_fraction`` of the budget (or an explicit section budget), into sections of at most
   ``section_budget`` bytes (default: half the budget, or what the biggest node needs when that is
   more; :func:`onnxfit.runtime.sections.plan_sections`); ``resident`` when every section's
   weights plus the largest section's activations fit the budget together.
-* :func:`build_section_session` builds a section's ``InferenceSession`` from its subgraph; ORT
+* :func:`build_section_session` builds a section's ``InferenceSession`` from its model; ORT
   reads the initializers straight from the external-data folder (session config
   ``session.model_external_initializers_file_folder_path``), so no Python copy is made. A
   sectioned model runs with ORT's CPU arena off, so activations are freed between runs; freed
@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxfit import io
@@ -37,7 +37,7 @@ from onnxfit.runtime.sections import (
     make_section,
     max_node_cost,
     plan_sections,
-    tensor_nbytes,
+    tensor_bytes,
 )
 from onnxfit.runtime.settings import OPT_LEVELS, SessionPlan, build_session_options
 from onnxfit.targets import Target, get_target
@@ -51,25 +51,26 @@ _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 SPILL_BYTES = 1 << 20
 
 
-def read_graph(path: Path) -> tuple[onnx.ModelProto, str, str | None]:
-    """(the graph without its weights, the folder its external data is in, the temporary folder
-    to remove once done, or None). Embedded weights are spilled to that temporary folder first;
-    should spilling fail, the folder is removed before the error propagates."""
-    proto = io.load_proto(path, with_external=False)
+def read_graph(path: Path) -> tuple[ir.Model, str, str | None]:
+    """(the model with its external weights unread, the folder its external data is in, the
+    temporary folder to remove once done, or None). Embedded weights are spilled to that
+    temporary folder first; should spilling fail, the folder is removed before the error
+    propagates."""
+    model = io.load(path)
     embedded = sum(
-        tensor_nbytes(t)
-        for t in proto.graph.initializer
-        if t.data_location != onnx.TensorProto.EXTERNAL
+        tensor_bytes(v.const_value)
+        for v in model.graph.initializers.values()
+        if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor)
     )
     if embedded < SPILL_BYTES:
-        return proto, str(path.resolve().parent), None
-    del proto
+        return model, str(path.resolve().parent), None
     tmpdir = tempfile.mkdtemp(prefix="onnxfit-progressive-")
     try:
         spilled = Path(tmpdir) / "model.onnx"
-        io.save(io.load(path), spilled, external_threshold=0)
+        io.save(model, spilled, external_threshold=0)
+        del model
         logger.info("embedded weights of %s spilled to %s", path.name, spilled)
-        return io.load_proto(spilled, with_external=False), tmpdir, tmpdir
+        return io.load(spilled), tmpdir, tmpdir
     except BaseException:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
@@ -143,14 +144,15 @@ def needed_until(plan: SectionPlan, info: GraphInfo) -> dict[str, int]:
 
 
 def build_section_session(
-    proto: onnx.ModelProto,
+    model: ir.Model,
     *,
     folder: str,
     session_plan: SessionPlan,
     optimization: str,
     sectioned: bool,
 ) -> ort.InferenceSession:
-    """An ORT session for one section's model, its weights read from ``folder``; ``optimization``
+    """An ORT session for one section's model (its external weights are references, read by ORT
+    from ``folder``, not by Python); ``optimization``
     is a key of :data:`~onnxfit.runtime.settings.OPT_LEVELS`."""
     so = build_session_options(session_plan)
     so.add_session_config_entry(_EXTERNAL_FOLDER_KEY, folder)
@@ -158,7 +160,7 @@ def build_section_session(
     if sectioned:
         so.enable_cpu_mem_arena = False
     sess = ort.InferenceSession(
-        proto.SerializeToString(),
+        io.to_bytes(model),
         sess_options=so,
         providers=[(n, dict(o)) for n, o in session_plan.providers],
     )

@@ -48,7 +48,7 @@ import onnxruntime as ort
 from onnxfit.errors import InputError
 from onnxfit.runtime.loading import build_section_session, choose_plan, needed_until, read_graph
 from onnxfit.runtime.memstat import malloc_trim, rss_bytes
-from onnxfit.runtime.sections import GraphInfo, analyze_graph, section_proto
+from onnxfit.runtime.sections import GraphInfo, analyze_graph, section_model
 from onnxfit.runtime.settings import OPT_LEVELS, ProviderArg, plan_session
 from onnxfit.targets import Target, get_target
 
@@ -104,8 +104,8 @@ class ProgressiveLoader:
         if budget_bytes is not None and budget_bytes <= 0:
             raise InputError(f"budget_bytes must be positive, got {budget_bytes}")
         try:
-            proto, self._folder, self._tmpdir = read_graph(self.path)
-            self._info: GraphInfo = analyze_graph(proto, batch=batch)
+            model, self._folder, self._tmpdir = read_graph(self.path)
+            self._info: GraphInfo = analyze_graph(model, batch=batch)
             self.plan = choose_plan(
                 self.path,
                 self._info,
@@ -114,7 +114,7 @@ class ProgressiveLoader:
                 section_budget=section_budget_bytes,
                 fit_fraction=fit_fraction,
             )
-            self._protos = [section_proto(proto, self._info, s) for s in self.plan.sections]
+            self._models = [section_model(model, s) for s in self.plan.sections]
         except BaseException:
             self._remove_tmpdir()
             raise
@@ -154,7 +154,7 @@ class ProgressiveLoader:
 
     def _build(self, index: int) -> ort.InferenceSession:
         return build_section_session(
-            self._protos[index],
+            self._models[index],
             folder=self._folder,
             session_plan=self._sess_plan,
             optimization=self.optimization,

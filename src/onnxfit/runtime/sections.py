@@ -5,8 +5,9 @@
 the section + peak live activations inside it``, stays within a section budget, choosing (by
 dynamic programming over cut points) the fewest sections; among those, the fewest cuts between
 two ops ORT would fuse (Conv | BatchNormalization, Conv | Relu, ...: a cut there changes
-rounding), then the fewest tensors crossing the cuts. :func:`section_proto` builds a section's
-standalone model, keeping external-data references as they are.
+rounding), then the fewest tensors crossing the cuts. :func:`section_model` cuts a section's
+standalone model out of the IR (``onnx_ir.convenience.extract``), its weights still external
+references on disk.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import helper
+import onnx_ir as ir
 
 from onnxfit.errors import BudgetExceededError, ModelLoadError
-from onnxfit.runtime.graphinfo import GraphInfo, analyze_graph, max_node_cost, tensor_nbytes
+from onnxfit.runtime.graphinfo import GraphInfo, analyze_graph, max_node_cost, tensor_bytes
 
 __all__ = [
     "GraphInfo",
@@ -31,8 +31,8 @@ __all__ = [
     "make_section",
     "max_node_cost",
     "plan_sections",
-    "section_proto",
-    "tensor_nbytes",
+    "section_model",
+    "tensor_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _fusion_spans(info: GraphInfo) -> list[tuple[int, int]]:
     for pos, node in enumerate(info.nodes):
         if node.op_type not in _FUSE_PRODUCERS:
             continue
-        for out in node.output:
+        for out in (str(o.name) for o in node.outputs if o.name):
             users = consumers.get(out, [])
             if len(users) == 1 and info.nodes[users[0]].op_type in _FUSE_CONSUMERS:
                 spans.append((pos, users[0]))
@@ -222,7 +222,7 @@ def make_section(info: GraphInfo, index: int, start: int, stop: int) -> Section:
                 inits.add(x)
             elif x not in produced and x not in inputs:
                 inputs.append(x)
-        produced.update(o for o in info.nodes[pos].output if o)
+        produced.update(str(o.name) for o in info.nodes[pos].outputs if o.name)
     outs = [
         t for t in sorted(produced) if info.last_use.get(t, -1) >= stop or t in info.graph_outputs
     ]
@@ -234,22 +234,24 @@ def make_section(info: GraphInfo, index: int, start: int, stop: int) -> Section:
     )
 
 
-def section_proto(proto: onnx.ModelProto, info: GraphInfo, section: Section) -> onnx.ModelProto:
-    """A standalone model of one section: its nodes, only the initializers it needs (external
-    references kept as they are, so no weight bytes are read here), inputs and outputs typed."""
-    by_name = {t.name: t for t in proto.graph.initializer}
-    g = onnx.GraphProto(name=f"{proto.graph.name or 'graph'}_section{section.index}")
-    g.node.extend(info.nodes[section.start : section.stop])
-    g.initializer.extend(by_name[x] for x in section.initializers)
-    for names, field in ((section.inputs, g.input), (section.outputs, g.output)):
-        for name in names:
-            elem = info.elem_types.get(name)
-            if elem is None:
-                raise ModelLoadError(
-                    f"cannot tell the element type of {name!r} (cut between sections)",
-                    hint="run shape inference on the model first (onnxfit inspect)",
-                )
-            field.append(helper.make_tensor_value_info(name, elem, None))
-    m = helper.make_model(g, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
-    m.functions.extend(proto.functions)
-    return m
+def section_model(model: ir.Model, section: Section) -> ir.Model:
+    """A standalone model of one section, cut out of ``model`` by its boundary values
+    (``onnx_ir.convenience.extract``): its nodes, only the initializers it reads (external
+    tensors stay references, so no weight bytes are read here), inputs and outputs typed."""
+    graph = model.graph
+    by_name = {v.name: v for v in graph.inputs}
+    by_name.update({v.name: v for n in graph for v in n.outputs})
+    for name in (*section.inputs, *section.outputs):
+        value = by_name.get(name)
+        if value is None or value.dtype is None:
+            raise ModelLoadError(
+                f"cannot tell the element type of {name!r} (cut between sections)",
+                hint="run shape inference on the model first (onnxfit inspect)",
+            )
+    try:
+        sub = ir.convenience.extract(graph, list(section.inputs), list(section.outputs))
+    except ValueError as exc:
+        msg = f"cannot cut section {section.index} out of the graph: {exc}"
+        raise ModelLoadError(msg) from None
+    sub.name = f"{graph.name or 'graph'}_section{section.index}"
+    return ir.Model(sub, ir_version=model.ir_version, functions=list(model.functions.values()))
