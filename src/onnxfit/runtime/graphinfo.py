@@ -16,6 +16,7 @@ outputs.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ def tensor_bytes(tensor: ir.TensorProtocol) -> int:
     """Bytes of a tensor from its dtype and shape (its data is not read)."""
     if tensor.dtype == ir.DataType.STRING:
         return int(tensor.nbytes)
-    return int(np.prod(tensor.shape.numpy(), dtype=np.int64)) * int(tensor.dtype.itemsize)
+    return math.ceil(int(np.prod(tensor.shape.numpy(), dtype=np.int64)) * tensor.dtype.itemsize)
 
 
 def _const_bytes(node: ir.Node) -> int:
