@@ -4,8 +4,8 @@ For each (model, image set) — ShuffleNetV2-QDQ on the ImageNet sample, YOLOX-N
 sample — and each thread configuration (inference threads x preprocessing workers), in one run:
 
 * preprocessing images/s: the PIL single-thread torchvision-style baseline
-  (``bench_preprocess.baseline``) and ours (the pipeline's :class:`Preprocessor`, chunk by chunk
-  into its batch buffer), measured alone;
+  (``bench_preprocess.baseline``) and ours (the pipeline's own first stage,
+  :meth:`Pipeline.loader`: an AsyncLoader whose workers preprocess each image), measured alone;
 * inference images/s: the pipeline's own inference (:meth:`Pipeline.infer`) on preprocessed
   batches, measured alone;
 * end-to-end images/s: ``Pipeline.results`` over the files (decode -> preprocess -> infer ->
@@ -139,9 +139,10 @@ def measure_case(case: Case, configs: list[tuple[int, int]], batch: int, rounds:
         for c, pipe in pipes.items():
             ch, buf = pipe.chunk, bufs[c]
 
-            def pre(pipe: Pipeline = pipe, ch: int = ch, buf: np.ndarray = buf) -> None:
-                for i in range(0, n, ch):
-                    pipe.preprocessor.batch(case.images[i : i + ch], out=buf)
+            def pre(pipe: Pipeline = pipe) -> None:
+                with pipe.loader(case.images) as loader:
+                    for item in loader:
+                        assert not isinstance(item.value, Exception), item.value
 
             def inf(pipe: Pipeline = pipe, ch: int = ch, buf: np.ndarray = buf) -> None:
                 for i in range(0, n, ch):

@@ -184,6 +184,19 @@ class Pipeline:
             with self._busy_lock:
                 self.stats.preprocess_s += busy / self.preprocessor.workers
 
+    def loader(self, paths: Sequence[str | os.PathLike[str]]) -> AsyncLoader:
+        """The first stage alone: an ordered :class:`~onnxfit.data.loader.AsyncLoader` over
+        ``paths`` whose items are ``(row, meta)`` (a preprocessed float32 ``[3, H, W]`` image)
+        or an :class:`ImageError` for a bad file; ``workers`` threads, ``slots`` chunks held."""
+        return AsyncLoader(
+            [Path(p) for p in paths],
+            load=self._load,
+            max_concurrent=self.preprocessor.workers,
+            prefetch=max(self.slots * self.chunk, self.preprocessor.workers),
+            ordered=True,
+            on_error="raise",
+        )
+
     def _next(self, loader: AsyncLoader, stop: Any) -> Any:
         """The loader's next result (an item, a LoadError-turned-ImageError) or None at the end."""
         while not stop.is_set():
@@ -259,16 +272,8 @@ class Pipeline:
 
         Closing the iterator early (``break``) stops and joins the worker threads. An error in a
         stage (other than a bad image, which becomes a result with ``error``) is raised here."""
-        todo = [Path(p) for p in paths]
         stop = threading.Event()
-        loader: AsyncLoader = AsyncLoader(
-            todo,
-            load=self._load,
-            max_concurrent=self.preprocessor.workers,
-            prefetch=max(self.slots * self.chunk, self.preprocessor.workers),
-            ordered=True,
-            on_error="raise",
-        )
+        loader = self.loader(paths)
         to_post: queue.Queue[Any] = queue.Queue(maxsize=self.slots)
         infer = threading.Thread(
             target=self._inferrer, args=(loader, to_post, stop), name="onnxfit-infer", daemon=True
