@@ -36,6 +36,7 @@ _API: dict[str, str] = {
     "ProgressiveLoader": "onnxfit.runtime.progressive",
     "resnet18": "onnxfit.zoo",
     "yolov3_tiny": "onnxfit.zoo",
+    "load_darknet": "onnxfit.zoo",
     "inspect": "onnxfit.analysis.inspect",
     "InspectResult": "onnxfit.analysis.inspect",
     "infer_shapes": "onnxfit.analysis.shapes",

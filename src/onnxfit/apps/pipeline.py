@@ -113,7 +113,11 @@ class Pipeline:
         self.session = Session(model, target=target, threads=threads, allow_spinning=False)
         try:
             self.info: ModelInfo = describe_model(
-                self.session.inputs, self.session.outputs, task=task, preset=preset
+                self.session.inputs,
+                self.session.outputs,
+                task=task,
+                preset=preset,
+                metadata=self.session.metadata,
             )
             self.names = load_class_names(labels, self.info)
             self.top_k = top_k

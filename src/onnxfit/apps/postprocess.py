@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnxfit.apps.results import ImageResult
-from onnxfit.data.detection import decode_yolov3_tiny, decode_yolox, detect
+from onnxfit.data.detection import YOLOV3_TINY_ANCHORS, decode_yolov3_tiny, decode_yolox, detect
 from onnxfit.data.images import ImageMeta
 from onnxfit.data.model_info import ModelInfo
 from onnxfit.data.tasks import classify
@@ -56,7 +56,8 @@ def chunk_results(
                 boxes, scores = decode_yolox(outputs[0][k], input_size=size)
             else:
                 heads = [o[k] for o in outputs]
-                boxes, scores = decode_yolov3_tiny(heads, input_size=size)
+                anchors = info.anchors or YOLOV3_TINY_ANCHORS
+                boxes, scores = decode_yolov3_tiny(heads, input_size=size, anchors=anchors)
             per_image[k]["detections"] = detect(
                 boxes,
                 scores,

@@ -56,7 +56,9 @@ from onnxfit.cli._common import (
     help="Budget in points; over it, the worst layers stay in higher precision and it retries.",
 )
 @click.option("--passes", help="Comma-separated pass list replacing the default pipeline.")
-@click.option("--preset", help="Image preprocessing preset (imagenet, yolox, yolov3-tiny).")
+@click.option(
+    "--preset", help="Image preprocessing preset (imagenet, yolox, yolov3-tiny, darknet)."
+)
 @click.option(
     "--calib-count",
     type=int,

@@ -19,7 +19,7 @@ from onnxfit.cli._common import (
     target_option,
 )
 
-PRESET_NAMES = ("imagenet", "yolox", "yolov3-tiny")
+PRESET_NAMES = ("imagenet", "yolox", "yolov3-tiny", "darknet")
 
 
 def parse_batch(ctx: click.Context | None, param: Any, value: str) -> int | str:

@@ -11,13 +11,17 @@ Rules (:func:`describe_model`), applied unless ``task`` / ``preset`` are given:
   output heads); when that contradicts the task (a classifier with a large input, a detector
   with a small one) the task's own preset is used: ``imagenet`` for ``softmax``, ``yolox`` for
   ``yolox``, ``yolov3-tiny`` for ``yolov3``. The preset is resized to the model's input size.
+* the model's own ``metadata_props`` come first when present (``onnxfit.task``,
+  ``onnxfit.decoder``, ``onnxfit.preset``, ``onnxfit.anchors`` = ``"w,h w,h ...;w,h ..."`` per
+  head, coarsest first), as :func:`onnxfit.zoo.load_darknet` writes them; an explicit ``task`` /
+  ``preset`` still wins, and a decoder the output shapes contradict is refused.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +38,7 @@ __all__ = [
     "describe_model",
     "guess_task",
     "load_class_names",
+    "parse_anchors",
     "split_cores",
 ]
 
@@ -58,6 +63,7 @@ class ModelInfo:
     preset: Preset
     num_classes: int | None
     outputs: tuple[str, ...]
+    anchors: tuple[tuple[tuple[float, float], ...], ...] | None = None  # YOLOv3, from metadata
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +76,7 @@ class ModelInfo:
             "input_size": list(self.preset.size),
             "num_classes": self.num_classes,
             "outputs": list(self.outputs),
+            "anchors": None if self.anchors is None else [list(map(list, g)) for g in self.anchors],
         }
 
 
@@ -102,10 +109,12 @@ def describe_model(
     *,
     task: str | None = None,
     preset: str | Preset | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> ModelInfo:
-    """A :class:`ModelInfo` from a session's input/output specs (``name``, ``shape``, ``dtype``);
-    see the module docstring. Raises :class:`InputError` when the model is not a one-input
-    ``[N, 3, H, W]`` image model or the task cannot be told (hint: ``--task``)."""
+    """A :class:`ModelInfo` from a session's input/output specs (``name``, ``shape``, ``dtype``)
+    and the model's ``metadata_props`` (``metadata``); see the module docstring. Raises
+    :class:`InputError` when the model is not a one-input ``[N, 3, H, W]`` image model or the
+    task cannot be told (hint: ``--task``)."""
     if len(inputs) != 1:
         raise InputError(
             f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
@@ -124,6 +133,14 @@ def describe_model(
         )
     out_shapes = [list(o.shape) for o in outputs]
     guessed = guess_task(out_shapes)
+    meta = dict(metadata or {})
+    said: Any = meta.get("onnxfit.decoder")
+    if said in _DEFAULT_PRESET:
+        if guessed is not None and guessed[1] != said:
+            raise InputError(f"the model's metadata says the {said} decode, but its outputs "
+                             f"{out_shapes} look like {guessed[1]}")  # fmt: skip
+        guessed = guessed or ("classify" if said == "softmax" else "detect", said, None)
+    preset = preset if preset is not None else meta.get("onnxfit.preset")
     if task is not None and task not in TASKS:
         raise InputError(f"unknown task {task!r}", hint="use classify or detect")
     found: tuple[Task, Decoder, int | None]
@@ -153,7 +170,21 @@ def describe_model(
         preset=_preset(shape, out_shapes, decoder, preset),
         num_classes=classes,
         outputs=tuple(o.name for o in outputs),
+        anchors=parse_anchors(meta.get("onnxfit.anchors")),
     )
+
+
+def parse_anchors(text: str | None) -> tuple[tuple[tuple[float, float], ...], ...] | None:
+    """``"81,82 135,169;10,14 23,27"`` -> ``(((81, 82), (135, 169)), ((10, 14), (23, 27)))``."""
+    if not text:
+        return None
+    try:
+        groups = [[tuple(map(float, p.split(","))) for p in g.split()] for g in text.split(";")]
+    except ValueError:
+        groups = []
+    if not groups or any(not g or any(len(p) != 2 for p in g) for g in groups):
+        raise InputError(f"the model's metadata onnxfit.anchors={text!r} is not 'w,h w,h;...'")
+    return tuple(tuple((p[0], p[1]) for p in g) for g in groups)
 
 
 def _preset(shape: list[Any], out_shapes: list[list[Any]], decoder: str, given: Any) -> Preset:

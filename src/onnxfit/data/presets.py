@@ -9,6 +9,9 @@ Presets (:data:`PRESETS`):
   pad 114, BGR, 0-255, no normalization (the YOLOX reference preprocessing; SOURCES.md).
 * ``yolov3-tiny`` — letterbox 416x416 centered, pad 128 (the ONNX Model Zoo tiny-yolov3
   ``letterbox_image``; darknet pads with 0.5 = 127.5), RGB, /255.
+* ``darknet`` — darknet's own ``letterbox_image``: 416x416 centered, pad grey 0.5 (127.5 in
+  0-255 units, so exactly 0.5 after /255), RGB, /255, no mean/std. The default for models
+  imported from Darknet weights (:func:`onnxfit.zoo.load_darknet` marks them so).
 
 The geometry (:func:`resize_geometry`) follows the SOURCES.md reference exactly: the shorter side
 is resized to ``resize_to`` with the longer one *rounded*, then a center crop with
@@ -89,6 +92,15 @@ PRESETS: dict[str, Preset] = {
         mode="letterbox",
         placement="center",
         pad_value=128.0,
+        channel_order="RGB",
+        scale=1.0 / 255.0,
+    ),
+    "darknet": Preset(
+        name="darknet",
+        size=(416, 416),
+        mode="letterbox",
+        placement="center",
+        pad_value=127.5,
         channel_order="RGB",
         scale=1.0 / 255.0,
     ),

@@ -92,7 +92,8 @@ def _preset_for(sess: Any) -> tuple[str, Any]:
     from onnxfit.data.images import get_preset, guess_preset
 
     spec = sess.inputs[0]
-    name = guess_preset(spec.shape, output_shapes=[o.shape for o in sess.outputs])
+    name = getattr(sess, "metadata", {}).get("onnxfit.preset")  # the model's own, when it says
+    name = name or guess_preset(spec.shape, output_shapes=[o.shape for o in sess.outputs])
     preset = get_preset(name)
     h, w = spec.shape[2], spec.shape[3]
     if isinstance(h, int) and isinstance(w, int) and (h, w) != preset.size:
@@ -156,9 +157,11 @@ def _label_path(folder: Path, image: Path) -> Path:
 
 
 def _detect(sess: Any, folder: Path, limit: int | None, cache: dict) -> Accuracy:
+    from onnxfit.data.detection import YOLOV3_TINY_ANCHORS as YOLO_ANCHORS
     from onnxfit.data.detection import decode_yolov3_tiny, decode_yolox, detect
     from onnxfit.data.images import list_images, preprocess_with_meta
     from onnxfit.data.metrics import DetectionEvaluator, read_yolo_labels
+    from onnxfit.data.model_info import parse_anchors
 
     name, preset = _preset_for(sess)
     key = ("detect", preset)
@@ -177,13 +180,14 @@ def _detect(sess: Any, folder: Path, limit: int | None, cache: dict) -> Accuracy
     spec = sess.inputs[0]
     size = (int(preset.size[0]), int(preset.size[1]))
     evaluator = DetectionEvaluator()
+    anchors = parse_anchors(getattr(sess, "metadata", {}).get("onnxfit.anchors")) or YOLO_ANCHORS
     for arr, meta, (gt_boxes, gt_classes) in cache[key]:
         outs = sess.run({spec.name: arr[None]})
         values = [outs[o.name] for o in sess.outputs]
         if len(values) == 1 and values[0].ndim == 3:
             boxes, scores = decode_yolox(values[0], input_size=size)
         elif all(v.ndim == 4 for v in values):
-            boxes, scores = decode_yolov3_tiny(values, input_size=size)
+            boxes, scores = decode_yolov3_tiny(values, input_size=size, anchors=anchors)
         else:
             raise InputError(
                 "--eval detection: outputs are neither YOLOX [1, A, 5+C] nor YOLOv3 heads",

@@ -160,6 +160,8 @@ class Session:
         self.inputs: list[TensorSpec] = [spec_from_ort(a, fd) for a in self._sess.get_inputs()]
         self.outputs: list[TensorSpec] = [spec_from_ort(a, fd) for a in self._sess.get_outputs()]
         self._output_names = [s.name for s in self.outputs]
+        #: the model's ``metadata_props`` (e.g. ``onnxfit.preset`` written by the Darknet import)
+        self.metadata: dict[str, str] = dict(self._sess.get_modelmeta().custom_metadata_map)
         self._lock = threading.Lock()  # guards the binding; also serializes runs when asked
         self._closed = False
         self._binding: StaticBinding | PooledBinding | DeviceBinding | None = None

@@ -25,9 +25,15 @@ keys (``layer1.0.conv1.weight``, ``bn1.running_mean``).
   ``layers.<i>.bn.running_var`` .... 8,852,366 parameters, 8,858,734 values with the 6,368 BN
   running statistics; 35,447,242 bytes (33.81 MiB) saved with seed 0.
 
+Trained weights: :func:`load_darknet` puts Darknet's official ``yolov3-tiny.weights`` (checked
+byte for byte against ``yolov3-tiny.cfg``) into the :func:`yolov3_tiny` graph and marks the model
+(``metadata_props``) for the YOLOv3 decode and the ``darknet`` preprocessing preset. ResNet-18
+has no trained weights here: it is always seeded random (untrained).
+
 Modules: :mod:`~onnxfit.zoo._builder` (the calibrating tape builder), :mod:`~onnxfit.zoo.resnet`,
-:mod:`~onnxfit.zoo.yolo`, :mod:`~onnxfit.zoo.catalog` (specs, build by name, parameter counts,
-build-and-save); every public name is re-exported here.
+:mod:`~onnxfit.zoo.yolo`, :mod:`~onnxfit.zoo.darknet` (cfg and weights reader),
+:mod:`~onnxfit.zoo.catalog` (specs, build by name, parameter counts, build-and-save); every
+public name is re-exported here.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from onnxfit.zoo.catalog import (
     canonical_name,
     count_parameters,
 )
+from onnxfit.zoo.darknet import load_darknet, parse_cfg, read_weights, yolov3_tiny_layout
 from onnxfit.zoo.resnet import resnet18
 from onnxfit.zoo.yolo import yolov3_tiny
 
@@ -60,6 +67,10 @@ __all__ = [
     "build_and_save",
     "canonical_name",
     "count_parameters",
+    "load_darknet",
+    "parse_cfg",
+    "read_weights",
     "resnet18",
     "yolov3_tiny",
+    "yolov3_tiny_layout",
 ]

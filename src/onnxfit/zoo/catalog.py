@@ -1,5 +1,6 @@
 """What the zoo holds and how to get it: :data:`ZOO_SPECS`, :func:`build` by name,
-:func:`count_parameters` (torchvision's way) and :func:`build_and_save`."""
+:func:`count_parameters` (torchvision's way) and :func:`build_and_save` (seeded random weights,
+or YOLOv3-tiny with trained Darknet weights)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import onnx_ir as ir
 
 from onnxfit.errors import InputError
 from onnxfit.io import FileSize, save
+from onnxfit.zoo.darknet import load_darknet
 from onnxfit.zoo.resnet import resnet18
 from onnxfit.zoo.yolo import yolov3_tiny
 
@@ -107,18 +109,27 @@ def count_parameters(model: ir.Model) -> ParamCount:
 
 @dataclass(frozen=True)
 class ZooBuild:
-    """A zoo model built and saved: what, where, how big, and how long building took."""
+    """A zoo model built and saved: what, where, how big, and how long building took.
+    ``weights`` is the Darknet weights file it was loaded from (``seed`` is then None), or None
+    for seeded random (untrained) weights."""
 
     name: str
-    seed: int
+    seed: int | None
     params: ParamCount
     file: FileSize
     build_s: float
+    weights: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.weights is not None
 
     def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
             "seed": self.seed,
+            "trained": self.trained,
+            "weights": self.weights,
             **self.params.to_dict(),
             **self.file.to_dict(),
             "build_s": round(self.build_s, 3),
@@ -126,15 +137,33 @@ class ZooBuild:
 
 
 def build_and_save(
-    name: str, path: str | os.PathLike[str], *, seed: int = 0, force: bool = False
+    name: str,
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    force: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+    cfg: str | os.PathLike[str] | None = None,
 ) -> ZooBuild:
     """Build zoo model ``name`` and save it atomically with :func:`onnxfit.io.save`.
 
-    An existing ``path`` is refused (``ModelLoadError``, nothing written) unless ``force``.
+    With ``weights`` (a Darknet ``.weights`` file; ``yolov3-tiny`` only, optionally with its
+    ``cfg``) the model carries those trained weights (:func:`onnxfit.zoo.load_darknet`);
+    otherwise seeded random ones. An existing ``path`` is refused (``ModelLoadError``, nothing
+    written) unless ``force``.
     """
     key = canonical_name(name)
+    if weights is None and cfg is not None:
+        raise InputError("a cfg was given without weights", hint="add --weights PATH.weights")
+    if weights is not None and key != "yolov3-tiny":
+        raise InputError(
+            f"trained weights can only be loaded into yolov3-tiny, not {key}",
+            hint=f"{key} has no trained weights in onnxfit: build it without --weights "
+            "(seeded random weights, untrained)",
+        )
     start = time.perf_counter()
-    model = build(key, seed=seed)
+    model = build(key, seed=seed) if weights is None else load_darknet(weights, cfg)
     build_s = time.perf_counter() - start
     size = save(model, path, force=force)
-    return ZooBuild(key, seed, count_parameters(model), size, build_s)
+    used = None if weights is None else str(weights)
+    return ZooBuild(key, None if used else seed, count_parameters(model), size, build_s, used)
