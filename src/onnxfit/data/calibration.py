@@ -160,14 +160,14 @@ def from_images(
     preset: str | Preset | None = None,
     limit: int | None = 100,
     batch: int = 1,
-    output_shapes: Sequence[Sequence[int | str | None]] | None = None,
 ) -> CalibrationData:
     """Preprocess up to ``limit`` images of ``folder`` into feeds for input ``input_name``.
 
-    The preset comes from ``preset`` or ``onnxfit.data.images.guess_preset(input_shape)``, resized
-    (``Preset.with_size``) to the input's fixed height and width when they differ. Unreadable
-    images are skipped, counted and listed (path, reason) in ``skipped``; a folder without one
-    usable image raises :class:`InputError`.
+    ``preset`` is the model's preprocessing (:func:`onnxfit.data.model_info.model_preset`
+    decides it for a model; without one, :func:`onnxfit.data.images.guess_preset` of
+    ``input_shape``), resized (``Preset.with_size``) to the input's fixed height and width.
+    Unreadable images are skipped, counted and listed (path, reason) in ``skipped``; a folder
+    without one usable image raises :class:`InputError`.
     """
     from onnxfit.data import images  # lazy: the image stack is heavy
 
@@ -183,7 +183,7 @@ def from_images(
                 "no preprocessing preset given and no input shape to guess it from",
                 hint="pass --preset (e.g. imagenet)",
             )
-        preset = images.guess_preset(tuple(input_shape), output_shapes=output_shapes)
+        preset = images.guess_preset(tuple(input_shape))
     pre = images.get_preset(preset)
     if input_shape is not None and len(input_shape) == 4:
         h, w = input_shape[2], input_shape[3]
@@ -346,12 +346,12 @@ def load_calibration(
             f"the model has {len(specs)} inputs; an image folder feeds only one",
             hint="give a .npz with one array per input name",
         )
-    outputs = [_dims(v.shape) for v in model.graph.outputs]
+    from onnxfit.data.model_info import model_preset
+
     return from_images(
         src,
         input_name=specs[0].name,
         input_shape=specs[0].shape,
-        preset=preset,
+        preset=model_preset(model, preset),
         limit=limit,
-        output_shapes=outputs,
     )

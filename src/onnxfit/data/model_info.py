@@ -15,6 +15,10 @@ Rules (:func:`describe_model`), applied unless ``task`` / ``preset`` are given:
   ``onnxfit.decoder``, ``onnxfit.preset``, ``onnxfit.anchors`` = ``"w,h w,h ...;w,h ..."`` per
   head, coarsest first), as :func:`onnxfit.zoo.load_darknet` writes them; an explicit ``task`` /
   ``preset`` still wins, and a decoder the output shapes contradict is refused.
+
+:func:`model_preset` is the one place that decides the preprocessing of an ``onnx_ir.Model``
+(calibration and evaluation folders of ``optimize`` ask it): the rules above for an image
+model, else :func:`~onnxfit.data.presets.guess_preset` from the input shape alone.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "describe_model",
     "guess_task",
     "load_class_names",
+    "model_preset",
     "parse_anchors",
     "split_cores",
 ]
@@ -172,6 +177,40 @@ def describe_model(
         outputs=tuple(o.name for o in outputs),
         anchors=parse_anchors(meta.get("onnxfit.anchors")),
     )
+
+
+def model_preset(model: Any, preset: str | Preset | None = None) -> Preset:
+    """The preprocessing of ``model`` (an ``onnx_ir.Model``), resized to its input: ``preset``
+    when given, else the module's rules (metadata, then task and shapes); a model that is not a
+    classify/detect image model gets :func:`guess_preset` of its input shape (InputError when
+    it has no single image input)."""
+    from types import SimpleNamespace
+
+    def spec(v: Any) -> Any:
+        dims = [] if v.shape is None else [d if isinstance(d, int) else None for d in v.shape]
+        dtype = v.dtype.numpy() if v.dtype is not None else np.dtype(np.float32)
+        return SimpleNamespace(name=v.name, shape=dims, dtype=dtype)
+
+    inputs = [spec(v) for v in model.graph.inputs if not v.is_initializer()]
+    outputs = [spec(v) for v in model.graph.outputs]
+    try:
+        return describe_model(inputs, outputs, preset=preset, metadata=model.metadata_props).preset
+    except InputError:
+        if len(inputs) != 1:
+            raise InputError(
+                f"the model has {len(inputs)} inputs; image folders feed single-input models",
+                hint="give .npz inputs with one array per input name",
+            ) from None
+    shape = inputs[0].shape
+    pre = get_preset(
+        preset
+        if preset is not None
+        else guess_preset(shape, output_shapes=[o.shape for o in outputs])
+    )
+    h, w = (shape[2], shape[3]) if len(shape) == 4 else (None, None)
+    if isinstance(h, int) and isinstance(w, int) and (h, w) != pre.size:
+        pre = pre.with_size(h, w)
+    return pre
 
 
 def parse_anchors(text: str | None) -> tuple[tuple[tuple[float, float], ...], ...] | None:

@@ -99,20 +99,11 @@ def num_classes(model: ir.Model) -> int | None:
 
 
 def guess_model_preset(model: ir.Model, preset: str | None) -> str:
-    """``preset``, or the one :func:`onnxfit.data.images.guess_preset` picks for the input."""
-    from onnxfit.data.images import get_preset, guess_preset
+    """The name of ``preset`` (checked), or of the model's own
+    (:func:`onnxfit.data.model_info.model_preset` decides; readers resize it to the input)."""
+    from onnxfit.data.model_info import model_preset
 
-    if preset is not None:
-        get_preset(preset)  # unknown names raise InputError
-        return preset
-    specs = _input_specs(model)
-    if len(specs) != 1:
-        raise InputError(
-            f"the model has {len(specs)} inputs; image folders feed single-input models",
-            hint="give .npz calibration inputs with one array per input name",
-        )
-    outputs = [_dims(v) for v in model.graph.outputs]
-    return guess_preset(_dims(specs[0]), output_shapes=outputs)
+    return model_preset(model, preset).name
 
 
 def load_run_data(model: ir.Model, options: OptimizeOptions, *, progress: Any = None) -> RunData:
