@@ -102,6 +102,7 @@ def parse_providers(text: str | None) -> list[str] | None:
         "dml": "DmlExecutionProvider",
         "directml": "DmlExecutionProvider",
         "tensorrt": "TensorrtExecutionProvider",
+        "webgpu": "WebGpuExecutionProvider",
     }
     return [short.get(p.strip().lower(), p.strip()) for p in text.split(",") if p.strip()]
 

@@ -179,8 +179,10 @@ class Worker:
         so = ort.SessionOptions()
         if kw["threads"]:
             so.intra_op_num_threads = int(kw["threads"])
+        from onnxfit.runtime.webgpu import available_providers, inference_session
+
         providers = kw["providers"] or ["CPUExecutionProvider"]
-        have = ort.get_available_providers()
+        have = available_providers()
         providers = [p for p in providers if p in have] or ["CPUExecutionProvider"]
         if not Path(model).is_file():
             raise ModelLoadError(f"{model}: no such file", hint="check the path")
@@ -188,7 +190,7 @@ class Worker:
             # By path, as a plain-ORT user would: reading it through onnxfit.io first costs the
             # serialized copy (+60 MiB peak RSS on ResNet-18). The callers (bench, compare)
             # have already checked the file, external data included, with onnxfit.io.load.
-            sess = ort.InferenceSession(str(model), so, providers=providers)
+            sess = inference_session(str(model), so, providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidArgument types
             raise InputError(f"onnxruntime cannot create the session: {exc}") from None
         self._ort = sess
@@ -255,6 +257,7 @@ class Worker:
         from onnxfit import io
         from onnxfit.profiling.ortprofile import parse_profile
         from onnxfit.runtime.settings import build_session_options
+        from onnxfit.runtime.webgpu import inference_session
 
         if self._session is None and self._ort is None:
             raise InputError("profile before load")
@@ -270,7 +273,7 @@ class Worker:
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(tmp) / "ort")
             proto = io.load_proto(Path(self._spec["model"]))
-            sess = ort.InferenceSession(io.to_bytes(proto), so, providers=providers)
+            sess = inference_session(io.to_bytes(proto), so, providers)
             feeds = {k: np.ascontiguousarray(v) for k, v in self._feeds.items()}
             names = [o.name for o in sess.get_outputs()]
             wall = []

@@ -40,6 +40,7 @@ from onnxfit.runtime.sections import (
     tensor_bytes,
 )
 from onnxfit.runtime.settings import OPT_LEVELS, SessionPlan, build_session_options
+from onnxfit.runtime.webgpu import inference_session
 from onnxfit.targets import Target, get_target
 
 __all__ = ["SPILL_BYTES", "build_section_session", "choose_plan", "needed_until", "read_graph"]
@@ -159,10 +160,6 @@ def build_section_session(
     so.graph_optimization_level = OPT_LEVELS[optimization]
     if sectioned:
         so.enable_cpu_mem_arena = False
-    sess = ort.InferenceSession(
-        io.to_bytes(model),
-        sess_options=so,
-        providers=[(n, dict(o)) for n, o in session_plan.providers],
-    )
+    sess = inference_session(io.to_bytes(model), so, session_plan.providers)
     malloc_trim()
     return sess

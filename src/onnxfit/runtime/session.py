@@ -53,6 +53,7 @@ from onnxfit.runtime.settings import (
     deploy_settings,
     plan_session,
 )
+from onnxfit.runtime.webgpu import inference_session
 from onnxfit.targets import Target, get_target
 
 __all__ = ["Session", "TensorSpec", "check_feeds", "deploy_settings", "plan_session"]
@@ -139,10 +140,8 @@ class Session:
         )
         del proto
         try:
-            self._sess: Any = ort.InferenceSession(
-                source,
-                sess_options=build_session_options(self.plan),
-                providers=[(n, dict(o)) for n, o in self.plan.providers],
+            self._sess: Any = inference_session(
+                source, build_session_options(self.plan), self.plan.providers
             )
         except _ORT_ERRORS as exc:
             raise ModelLoadError(

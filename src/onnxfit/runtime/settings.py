@@ -39,6 +39,7 @@ from typing import Any
 import onnxruntime as ort
 
 from onnxfit.errors import InputError
+from onnxfit.runtime.webgpu import WEBGPU, available_providers
 from onnxfit.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
@@ -195,14 +196,16 @@ def plan_session(
     the one wanted. ``available`` defaults to ``onnxruntime.get_available_providers()``. When the
     wanted provider is missing the first available one in the list runs instead (CPU at the
     end): a WARNING names both, or with ``strict=True`` :class:`InputError` is raised.
-    ``provider_options`` apply to the wanted provider. ``serialize_runs`` forces (True) or
-    forbids (False) the one-run-at-a-time lock; by default it is on for DirectML and CUDA graphs.
+    ``provider_options`` apply to the wanted provider. ``WebGpuExecutionProvider`` (plugin EP,
+    :mod:`onnxfit.runtime.webgpu`) counts as available when its package finds a device.
+    ``serialize_runs`` forces (True) or forbids (False) the one-run-at-a-time lock; by default
+    it is on for DirectML and CUDA graphs.
     ``allow_spinning=False`` stops ORT's intra-op threads from busy-waiting between ops, which
     matters when preprocessing workers share the cores (``session.intra_op.allow_spinning``).
     """
     tgt = get_target(target)
     entries = _split_providers(tgt, providers)
-    have = list(ort.get_available_providers() if available is None else available)
+    have = list(available_providers() if available is None else available)
     wanted, _ = entries[0]
     extra = {str(k): _opt_str(v) for k, v in (provider_options or {}).items()}
     entries[0] = (wanted, {**entries[0][1], **extra})
@@ -221,6 +224,7 @@ def plan_session(
         hint = {
             DML: "install onnxruntime-directml (Windows) for DirectML",
             CUDA: "install onnxruntime-gpu with a matching CUDA for the CUDA provider",
+            WEBGPU: "install onnxfit[webgpu] (onnxruntime-ep-webgpu) and a Vulkan/D3D12 GPU driver",
         }.get(wanted, "install the onnxruntime package that ships that provider")
         if strict:
             raise InputError(msg, hint=hint + ", or drop strict=True to fall back")
