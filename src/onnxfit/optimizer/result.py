@@ -50,6 +50,17 @@ class OptimizeResult:
         return self.plan.precision
 
     @property
+    def fits(self) -> bool:
+        """The optimized model fits the budget (load and first run; ``after.fit``)."""
+        return bool(self.after.fit["fits"]) if self.after.fit else self.after.fits
+
+    def exit_code(self, *, allow_over_budget: bool = False) -> int:
+        """0, or :data:`onnxfit.analysis.budget.EXIT_DOES_NOT_FIT` when it does not fit."""
+        from onnxfit.analysis.budget import EXIT_DOES_NOT_FIT
+
+        return 0 if self.fits or allow_over_budget else EXIT_DOES_NOT_FIT
+
+    @property
     def size_ratio(self) -> float:
         """Optimized file size over the original's."""
         return self.after.file_bytes / self.before.file_bytes if self.before.file_bytes else 0.0
@@ -68,6 +79,8 @@ class OptimizeResult:
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
             "size_ratio": self.size_ratio,
+            "fits": self.fits,
+            "fit": self.after.fit,
             "verification": self.verification.to_dict(),
             "gate": self.gate.to_dict(),
             "gate_verification": (
