@@ -24,6 +24,9 @@ Built-ins:
   device and known data-center parts use their datasheet figures (H100 SXM: 67 TFLOPS FP32,
   989 dense FP16 tensor, 1979 INT8, 3.35 TB/s — NVIDIA H100 datasheet).
 
+``wave_size`` (32 on the Series consoles: RDNA 2 runs compute in wave32) makes the projection
+charge the lanes a wave leaves idle (:mod:`onnxfit.analysis.lanes`).
+
 Custom targets come from a TOML file with the same field names (see :func:`load_target_file`).
 """
 
@@ -67,6 +70,8 @@ class Target:
     reserved_cores: int = 2
     description: str = ""
     features: tuple[str, ...] = field(default_factory=tuple)
+    #: lanes per GPU wave whose idle lanes the projection charges (0: not charged)
+    wave_size: int = 0
 
     def peak(self, precision: str) -> float:
         """Peak throughput for ``precision`` (fp32, fp16 or int8), FLOP/s."""
@@ -105,6 +110,7 @@ XBOX_SERIES_S = Target(
     # planning figure (DirectML issues one or more dispatches per ONNX node).
     dispatch_overhead_s=10e-6,
     description="Xbox Series S: RDNA 2, 20 CUs @ 1.565 GHz, 8 GB @ 224 GB/s for a game, DirectML",
+    wave_size=32,  # RDNA 2 runs compute natively in wave32 (AMD "RDNA 2" ISA guide)
 )
 
 XBOX_SERIES_X = Target(
@@ -120,6 +126,7 @@ XBOX_SERIES_X = Target(
     default_precision="fp16",
     dispatch_overhead_s=10e-6,
     description="Xbox Series X: RDNA 2, 52 CUs @ 1.825 GHz, 13.5 GB for a game, DirectML",
+    wave_size=32,
 )
 
 # Datasheet figures for GPUs that nvidia-smi may report (dense, no sparsity).

@@ -22,10 +22,12 @@ Counting rules (the op formulas live in :mod:`onnxfit.analysis.opcount`):
 
 Projection (roofline, Williams et al., CACM 2009)::
 
-    time = max(flops / target.peak(precision), bytes / target.memory_bandwidth)
+    time = max(flops / (target.peak(precision) x lanes), bytes / target.memory_bandwidth)
            + target.dispatch_overhead_s
 
-and ``bound`` says which of the two terms is larger.
+and ``bound`` says which of the two terms is larger. ``lanes`` is 1 unless the target sets
+``wave_size`` (the Series S/X: 32): then it is the share of a wave's lanes the node keeps busy
+(:func:`onnxfit.analysis.lanes.lane_utilization`), so idle lanes cost compute time.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from onnxfit.analysis import opcount
+from onnxfit.analysis.lanes import lane_utilization
 from onnxfit.analysis.shapes import has_static_shapes, infer_shapes, static_dims
 from onnxfit.errors import InputError
 from onnxfit.targets import PRECISIONS, Target, get_target
@@ -69,6 +72,7 @@ class NodeCost:
     known: bool
     macs: int = 0
     domain: str = ""
+    lane_util: float = 1.0
 
     @property
     def bytes(self) -> int:
@@ -259,10 +263,11 @@ def node_cost(node: ir.Node, target: Target, *, precision: str | None = None) ->
             known = False
         else:
             flops, macs = counted
+    lanes = lane_utilization(node, target.wave_size) if target.wave_size and flops else 1.0
     if kind == "free":
         t, bound = 0.0, "memory"
     else:
-        compute_t = flops / target.peak(prec)
+        compute_t = flops / (target.peak(prec) * lanes)
         memory_t = (read + written) / target.memory_bandwidth
         bound = "compute" if compute_t > memory_t else "memory"
         t = max(compute_t, memory_t) + target.dispatch_overhead_s
@@ -279,6 +284,7 @@ def node_cost(node: ir.Node, target: Target, *, precision: str | None = None) ->
         known=known,
         macs=int(macs),
         domain=node.domain,
+        lane_util=lanes,
     )
 
 

@@ -30,6 +30,7 @@ from onnxfit import io
 from onnxfit.analysis.budget import FitVerdict, decide_fit
 from onnxfit.analysis.cost import CostReport, analyze_cost
 from onnxfit.analysis.directml import DmlPreflight, directml_preflight
+from onnxfit.analysis.lanes import LaneReport, lane_report
 from onnxfit.analysis.memory import MemoryPlan, plan_memory
 from onnxfit.analysis.shapes import infer_shapes
 from onnxfit.targets import Target, get_target
@@ -122,6 +123,7 @@ class InspectResult:
     default_precision_latency_s: float | None = None
     verdict: FitVerdict | None = None
     directml: DmlPreflight | None = None
+    lanes: LaneReport | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -206,6 +208,7 @@ class InspectResult:
                 **({"verdict": self.verdict.to_dict()} if self.verdict else {}),
             },
             "directml": self.directml.to_dict() if self.directml else None,
+            "lanes": self.lanes.to_dict() if self.lanes else None,
         }
 
 
@@ -299,6 +302,7 @@ def inspect(
     dml = None
     if tgt.providers and tgt.providers[0] == "DmlExecutionProvider":
         dml = directml_preflight(shaped, original=model)
+    lanes = lane_report(shaped, flops={n.name: n.flops for n in cost.nodes})
     result = InspectResult(
         model=name,
         target=tgt,
@@ -320,6 +324,7 @@ def inspect(
         default_precision_latency_s=default_latency,
         verdict=verdict,
         directml=dml,
+        lanes=lanes,
     )
     logger.info(
         "%s on %s: %d params, %.3f GFLOPs, %.3f ms, %s",

@@ -91,6 +91,43 @@ def directml_rows(result: InspectResult) -> list[tuple[str, str]]:
     return rows
 
 
+def lane_rows(result: InspectResult) -> list[tuple[str, str]]:
+    """Idle wave lanes and layout changes (GPU targets only)."""
+    lanes = result.lanes
+    if lanes is None or not result.target.is_gpu:
+        return []
+    worst = lanes.worst(3)
+    shown = ", ".join(
+        f"{n.name or n.op_type} ({n.mapped} {n.channels if n.mapped == 'channels' else n.spatial}"
+        f": {n.idle32} idle)"
+        for n in worst
+    )
+    charged = (
+        f"; charged in the projection (wave{result.target.wave_size})"
+        if result.target.wave_size
+        else ""
+    )
+    rows = [
+        (
+            "idle lanes",
+            f"wave32 {100 * lanes.idle_share(32):.1f}%, wave64 {100 * lanes.idle_share(64):.1f}% "
+            f"of FLOP-weighted lane slots{charged}" + (f"; worst: {shown}" if shown else ""),
+        )
+    ]
+    moved = sum(c.bytes for c in lanes.layout_changes)
+    if lanes.layout_changes:
+        kinds = ", ".join(f"{c.name or c.op_type} ({c.op_type})" for c in lanes.layout_changes[:3])
+        more = "" if len(lanes.layout_changes) <= 3 else f" +{len(lanes.layout_changes) - 3}"
+        text = f"{len(lanes.layout_changes)} layout change(s) moving {fmt_bytes(moved)}: "
+        rows.append(("layout", text + kinds + more))
+    prefer = (
+        lanes.preferred_layouts.get(result.target.providers[0]) if result.target.providers else None
+    )
+    if prefer:
+        rows.append(("layout", f"{result.target.providers[0]} computes in {prefer}"))
+    return rows
+
+
 def fallback_rows(result: InspectResult) -> list[list[str]]:
     """One row per node DirectML would not run: node, op, opset, reason."""
     d = result.directml
@@ -166,6 +203,7 @@ def summary_rows(result: InspectResult) -> list[tuple[str, str]]:
         ),
         *budget_rows(result),
         *directml_rows(result),
+        *lane_rows(result),
     ]
     if result.cost.unknown_ops:
         rows.append(
