@@ -158,7 +158,7 @@ def layout_changes(model: ir.Model) -> list[LayoutChange]:
         dims = static_dims(node.outputs[0]) if node.outputs else None
         nbytes = 0
         if dims is not None and node.outputs[0].dtype is not None:
-            nbytes = math.prod(dims) * node.outputs[0].dtype.itemsize
+            nbytes = int(math.prod(dims) * node.outputs[0].dtype.itemsize)
         if node.op_type == "Transpose":
             perm = node.attributes.get("perm")
             order = list(perm.value) if perm is not None else None
