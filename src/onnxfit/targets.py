@@ -72,6 +72,19 @@ class Target:
     features: tuple[str, ...] = field(default_factory=tuple)
     #: lanes per GPU wave whose idle lanes the projection charges (0: not charged)
     wave_size: int = 0
+    #: ``[calibration]`` table written by ``onnxfit calibrate`` (None: an uncalibrated prior)
+    calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.calibration)
+
+    @property
+    def projection_label(self) -> str:
+        """How far to trust a projected latency on this target, for every table."""
+        if self.calibrated:
+            return "projected, calibrated on the device"
+        return "projected, uncalibrated: a floor"
 
     def peak(self, precision: str) -> float:
         """Peak throughput for ``precision`` (fp32, fp16 or int8), FLOP/s."""
@@ -92,6 +105,7 @@ class Target:
         d = asdict(self)
         d["providers"] = list(self.providers)
         d["features"] = list(self.features)
+        d["projection"] = self.projection_label
         return d
 
 
@@ -277,7 +291,8 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
 
     ``base = "xbox-series-s"`` starts from a built-in and overrides the keys given. Units as in
     the dataclass (FLOP/s, bytes/s, bytes, seconds); ``*_tflops``, ``memory_bandwidth_gbs`` and
-    ``memory_budget_gb`` are accepted as conveniences.
+    ``memory_budget_gb`` are accepted as conveniences. A ``[calibration]`` table (written by
+    ``onnxfit calibrate``) is kept as is and read by :mod:`onnxfit.analysis.calibrated`.
     """
     p = Path(path)
     try:
@@ -287,6 +302,9 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{p}: not valid TOML ({exc})") from None
     data = dict(data.get("target", data))
+    calibration = data.pop("calibration", None)
+    if calibration is not None and not isinstance(calibration, dict):
+        raise InputError(f"{p}: [calibration] must be a table")
     for prec in PRECISIONS:
         if f"peak_{prec}_tflops" in data:
             data[f"peak_{prec}"] = float(data.pop(f"peak_{prec}_tflops")) * TERA
@@ -317,6 +335,8 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
         raise InputError(f"{p}: bad target definition ({exc})") from None
     if target.default_precision not in PRECISIONS:
         raise InputError(f"{p}: default_precision must be one of {', '.join(PRECISIONS)}")
+    if calibration is not None:
+        target = replace(target, calibration=calibration)
     return target
 
 

@@ -191,7 +191,7 @@ def summary_rows(result: InspectResult) -> list[tuple[str, str]]:
         ("ops", ops),
         ("compute", f"{result.flops / 1e9:.3f} GFLOPs ({result.macs / 1e9:.3f} GMACs)"),
         ("memory traffic", fmt_bytes(result.cost.bytes)),
-        ("projected latency", latency),
+        ("projected latency", f"{latency} — {result.target.projection_label}"),
         ("bound", _bound_text(result)),
         ("dispatch overhead", _dispatch_text(result)),
         ("activations", memory_text(result)),

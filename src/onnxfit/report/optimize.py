@@ -59,7 +59,7 @@ def comparison_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
             fmt_ratio(b.runtime_bytes, a.runtime_bytes),
         ),
         (
-            f"projected latency on {result.target}",
+            f"projected latency on {result.target} ({_projection(result.target)})",
             fmt_time(b.projected_latency_s),
             fmt_time(a.projected_latency_s),
             fmt_ratio(b.projected_latency_s, a.projected_latency_s),
@@ -139,6 +139,17 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     lines.append(f"wrote {result.output}, {result.report_path}, {result.deploy_path}")
     lines += [f"note: {n}" for n in result.notes]
     return lines
+
+
+def _projection(target: str) -> str:
+    """The projection label of a target known by name (a built-in: an uncalibrated floor)."""
+    from onnxfit.errors import OnnxfitError
+    from onnxfit.targets import get_target
+
+    try:
+        return get_target(target).projection_label
+    except OnnxfitError:
+        return "projected"
 
 
 def fit_lines(result: OptimizeResult) -> list[str]:
