@@ -180,3 +180,29 @@ def test_calibrate_command_from_measurements(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["inspect", str(model), "--target", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["target"]["projection"] == "projected, calibrated on the device"
+
+
+def test_wall_time_only_providers_use_probes_and_published_fusions() -> None:
+    """GPU providers: ORT's profile times the enqueue, so probes' wall times are the samples."""
+    from onnxfit.profiling.calib_fit import DML_FUSED, fit
+    from onnxfit.profiling.calib_measure import _wall_only
+
+    items = [m for m in probes() if m.name == "null" or m.name.startswith("conv3x3")]
+    run = CalibrationRun("DmlExecutionProvider", "cpu", 1, "test", "test host")
+    for m in items:
+        measured = measure_model(m.name, m.model, kind="probe", runs=3, warmup=1)
+        run.models.append(
+            _wall_only(
+                m.name, m.model, kind="probe", batch=1, wall=measured.wall_runs, target="cpu"
+            )
+        )
+    null = next(m for m in run.models if m.name == "null")
+    assert all(len(m.samples) == 1 for m in run.models) and null.samples[0].op_class == "eltwise"
+    table = fit(run, {})
+    assert (
+        table["fused"] == DML_FUSED
+        and "Relu<-Conv" in DML_FUSED
+        and "Sigmoid<-Gemm" not in DML_FUSED
+    )
+    assert table["run_s"] == pytest.approx(null.wall_s)
+    assert table["ops"]["conv"]["fp32"]["samples"] == 5

@@ -225,7 +225,12 @@ _QUERIES = {
 
 
 def _ranges(regs: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{r['since']}-{r['until'] if r['until'] else ''}" for r in regs)
+    def one(r: dict[str, Any]) -> str:
+        if r["until"] is None:
+            return f"{r['since']}+"
+        return str(r["since"]) if r["since"] == r["until"] else f"{r['since']}-{r['until']}"
+
+    return ", ".join(one(r) for r in sorted(regs, key=lambda r: r["since"]))
 
 
 def classify_node(

@@ -18,7 +18,10 @@
    Theil-Sen fit (median of pairwise slopes: robust to a run disturbed by other load): the slope
    is the profiler's cost per kernel, taken off every sample, and minus the intercept is the
    fixed cost per run, ``run_s``. ``per_kernel_s`` stays 0 (each class's ``overhead_s`` holds
-   the cost of a kernel).
+   the cost of a kernel). On a provider measured by wall time alone (GPU providers, see
+   :mod:`onnxfit.profiling.calib_measure`) the ``null`` probe's wall time is the cost of a run:
+   it is taken off every probe sample and becomes ``run_s``; the fused pairs are then
+   :data:`DML_FUSED` on DirectML (none elsewhere).
 
 :func:`leave_one_out` refits without each model in turn and predicts it: the validation of
 ``benchmarks/bench_latency_model.py``.
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxfit.profiling.calib_measure import CalibrationRun, KernelSample, ModelRun
+from onnxfit.profiling.calib_measure import SYNC_PROFILE, CalibrationRun, KernelSample, ModelRun
 from onnxfit.targets import Target, get_target
 
 
@@ -98,6 +101,45 @@ def fused_pairs(models: Iterable[ModelRun]) -> list[str]:
     return sorted(f"{op}<-{p}" for (op, p), n in seen.items() if gone[(op, p)] >= max(2, n / 2))
 
 
+_ACTIVATIONS = (
+    "Sigmoid",
+    "HardSigmoid",
+    "Tanh",
+    "ScaledTanh",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "ThresholdedRelu",
+    "Elu",
+    "Selu",
+    "Softsign",
+    "Softplus",
+    "ParametricSoftplus",
+    "Dropout",
+)
+_NORM_LIKE = (
+    "Conv",
+    "ConvTranspose",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "MeanVarianceNormalization",
+)
+#: DirectML's operator fusion (ORT ``DmlExecutionProvider/src/FusionHelpers.cpp``: an activation
+#: into Conv / ConvTranspose / the normalizations; only Relu / LeakyRelu into Gemm, MatMul, Add,
+#: Sum), plus BatchNormalization into Conv (ORT's basic level, before partitioning).
+DML_FUSED = sorted(
+    {f"{act}<-{op}" for op in _NORM_LIKE for act in _ACTIVATIONS}
+    | {f"{act}<-{op}" for op in ("Gemm", "MatMul", "Add", "Sum") for act in ("Relu", "LeakyRelu")}
+    | {"BatchNormalization<-Conv"}
+)
+
+
+def _wall_correction(models: Sequence[ModelRun]) -> float:
+    """The cost of a run on a wall-time-only provider: the ``null`` probe's wall time."""
+    null = [m.wall_s for m in models if m.name == "null"]
+    return float(null[0]) if null else 0.0
+
+
 def _table_ops(
     samples: Sequence[KernelSample], target: Target, *, min_samples: int
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -129,7 +171,10 @@ def fit(
     """
     tgt = get_target(target or run.base)
     train = [m for m in run.models if m.name not in set(exclude)]
-    per_kernel, per_run = profiler_correction(train)
+    sync = run.provider in SYNC_PROFILE
+    per_kernel, per_run = profiler_correction(train) if sync else (_wall_correction(train), 0.0)
+    if not sync:  # the probe's whole run was the sample: take the run's cost off it
+        per_run = per_kernel
     samples = [
         dataclasses.replace(s, time_s=max(s.time_s - per_kernel, 0.25 * s.time_s))
         for m in train
@@ -138,7 +183,9 @@ def fit(
     table: dict[str, Any] = {
         "source": f"{run.provider}, {run.threads} thread(s), onnxruntime {run.ort_version}",
         "ops": _table_ops(samples, tgt, min_samples=min_samples),
-        "fused": fused_pairs(train),
+        "fused": fused_pairs(train)
+        if sync
+        else (DML_FUSED if run.provider == "DmlExecutionProvider" else []),
         "per_kernel_s": 0.0,
         "run_s": per_run,
         "profiler_per_kernel_s": per_kernel,

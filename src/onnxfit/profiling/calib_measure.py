@@ -42,6 +42,8 @@ PROVIDERS = {
     "directml": "DmlExecutionProvider",
     "webgpu": "WebGpuExecutionProvider",
 }
+#: providers whose ORT profile times the device work (GPU providers only time the enqueue)
+SYNC_PROFILE = frozenset({"CPUExecutionProvider"})
 #: the built-in target whose peaks a provider's calibration is relative to, by default
 BASE_TARGET = {
     "CPUExecutionProvider": "cpu",
@@ -129,7 +131,7 @@ def provider_name(text: str | None) -> str:
     name = PROVIDERS.get(text.strip().lower(), text.strip())
     import onnxruntime as ort
 
-    if name not in ort.get_available_providers() and name != "WebGpuExecutionProvider":
+    if name not in ort.get_available_providers():
         raise InputError(
             f"execution provider {name} is not available in this onnxruntime",
             hint=f"available: {', '.join(ort.get_available_providers())}",
@@ -168,6 +170,40 @@ def _feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def _wall_only(
+    name: str, model: ir.Model, *, kind: str, batch: int, wall: list[float], target: Any
+) -> ModelRun:
+    """A measurement from wall times alone (providers whose profile is not device time): a
+    probe's one compute node becomes a sample of its whole run (the fit takes ``run_s`` off)."""
+    from onnxfit.analysis import opcount
+    from onnxfit.analysis.calibrated import op_class
+    from onnxfit.analysis.cost import node_cost
+    from onnxfit.targets import get_target
+
+    target = get_target(target)
+    compute = [n for n in model.graph if opcount.kind_of(n) not in ("free",)]
+    samples = []
+    if kind == "probe" and len(compute) == 1:
+        c = node_cost(compute[0], target)
+        samples.append(
+            KernelSample(
+                str(compute[0].name), op_class(compute[0]), c.precision, c.flops, c.bytes,
+                statistics.median(wall),
+            )
+        )  # fmt: skip
+    return ModelRun(
+        name=name,
+        kind=kind,
+        batch=batch,
+        wall_s=statistics.median(wall),
+        wall_runs=wall,
+        kernels=len(compute),
+        samples=samples,
+        unmatched_s=0.0,
+        fusion=[],
+    )
+
+
 def measure_model(
     name: str,
     model: ir.Model,
@@ -199,6 +235,8 @@ def measure_model(
         sess.run(None, feeds)
         wall.append(time.perf_counter() - t0)
     del sess
+    if provider not in SYNC_PROFILE:
+        return _wall_only(name, model, kind=kind, batch=batch, wall=wall, target=tgt)
     with tempfile.TemporaryDirectory(prefix="onnxfit-calib-") as tmp:
         psess = _session(payload, provider, threads, str(Path(tmp) / "p"))
         prof_runs = max(3, runs // 2)

@@ -162,6 +162,8 @@ def _probe(name: str, shape: list[int], make: object, seed: int) -> ir.Model:
 def probes(*, seed: int = 0) -> list[SuiteModel]:
     """Single-op graphs over a range of sizes (module docstring)."""
     out: list[tuple[str, list[int], object]] = []
+    # the cost of a run itself: one tiny elementwise op (GPU providers' calibration uses it)
+    out.append(("null", [1, 4], lambda g: g.op("Relu", ["x"])))
     for c, hw in ((16, 112), (32, 56), (64, 56), (128, 28), (256, 14)):
         out.append((f"conv3x3-c{c}-{hw}", [1, c, hw, hw], lambda g, c=c: g.conv("x", c, c)))
         out.append((f"conv1x1-c{c}-{hw}", [1, c, hw, hw], lambda g, c=c: g.conv("x", c, 2 * c, 1)))
