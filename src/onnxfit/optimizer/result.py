@@ -44,6 +44,7 @@ class OptimizeResult:
     deploy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    projection: str = ""  # Target.projection_label of the target projected on
 
     @property
     def precision(self) -> str:
@@ -72,6 +73,7 @@ class OptimizeResult:
             "report": self.report_path,
             "deploy": self.deploy_path,
             "target": self.target,
+            "projection": self.projection,
             "precision": self.precision,
             "options": dict(self.options),
             "plan": self.plan.to_dict(),

@@ -237,6 +237,7 @@ def optimize(
         gate_verification=gate_verification,
         deploy=deploy,
         notes=_notes(the_plan, data, outcome),
+        projection=tgt.projection_label,
     )
     stages(f"writing {out}")
     result.elapsed_s = time.perf_counter() - started

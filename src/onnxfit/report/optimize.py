@@ -59,7 +59,8 @@ def comparison_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
             fmt_ratio(b.runtime_bytes, a.runtime_bytes),
         ),
         (
-            f"projected latency on {result.target} ({_projection(result.target)})",
+            f"projected latency on {result.target} "
+            f"({result.projection or _projection(result.target)})",
             fmt_time(b.projected_latency_s),
             fmt_time(a.projected_latency_s),
             fmt_ratio(b.projected_latency_s, a.projected_latency_s),
