@@ -53,6 +53,7 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
+from onnxfit.analysis.dml_queries import QUERIES
 from onnxfit.analysis.shapes import DATA_DEPENDENT_OPS, static_dims
 
 _TABLE = Path(__file__).with_name("dml_ops.json")
@@ -186,44 +187,6 @@ def _check_types(node: ir.Node, reg: dict[str, Any]) -> str | None:
     return None
 
 
-def _attr(node: ir.Node, name: str, default: Any) -> Any:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
-
-
-def _query_maxpool(node: ir.Node) -> str | None:
-    return "storage_order != 0" if _attr(node, "storage_order", 0) != 0 else None
-
-
-def _query_batchnorm(node: ir.Node) -> str | None:
-    if _attr(node, "training_mode", 0) != 0:
-        return "training_mode != 0"
-    ins = [v for v in node.inputs if v is not None]
-    if len(ins) < 5:
-        return "fewer than 5 inputs"
-    if len({v.dtype for v in ins}) > 1:
-        return "scale/bias/mean/var dtypes differ from the input's"
-    return None
-
-
-def _query_resize(node: ir.Node) -> str | None:
-    if _attr(node, "mode", "nearest") == "cubic":
-        return 'mode="cubic"'
-    if _attr(node, "exclude_outside", 0) != 0:
-        return "exclude_outside != 0"
-    if float(_attr(node, "extrapolation_value", 0.0)) != 0.0:
-        return "extrapolation_value != 0"
-    return None
-
-
-#: support-query functions re-implemented from ORT's sources (module docstring, rule 4)
-_QUERIES = {
-    "QueryMaxPool": _query_maxpool,
-    "QueryBatchNormalization": _query_batchnorm,
-    "QueryResize": _query_resize,
-}
-
-
 def _ranges(regs: list[dict[str, Any]]) -> str:
     def one(r: dict[str, Any]) -> str:
         if r["until"] is None:
@@ -257,7 +220,7 @@ def classify_node(
     why = _check_types(node, reg)
     if why is not None:
         return report("cpu", why), reg
-    query = _QUERIES.get(reg["query"])
+    query = QUERIES.get(reg["query"])
     if query is not None:
         refused = query(node)
         if refused is not None:
