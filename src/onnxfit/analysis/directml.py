@@ -22,8 +22,8 @@ table rows; the copy of ``microsoft/onnxruntime`` available was older). Rules ap
    have one of the listed dtypes (e.g. Conv takes float16/float32 only: a float64 or an int8
    Conv falls back).
 4. **Support queries.** A registration with a support-query function is asked again at
-   session creation with the node's attributes. Three are re-implemented here from their
-   sources (``DmlOperatorPooling.cpp``, ``DmlOperatorBatchNormalization.cpp``,
+   session creation with the node's attributes. Three are re-implemented in ``dml_queries`` from
+   their sources (``DmlOperatorPooling.cpp``, ``DmlOperatorBatchNormalization.cpp``,
    ``DmlOperatorResize.cpp``): MaxPool falls back when ``storage_order != 0``;
    BatchNormalization when ``training_mode != 0``, with fewer than 5 inputs, or when
    scale/bias/mean/var dtypes differ from the input's; Resize for ``mode="cubic"``,
