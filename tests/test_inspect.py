@@ -50,7 +50,8 @@ def test_resnet18_figures(resnet_file: Path) -> None:
     assert r.op_histogram["Conv"] == 20 and r.num_nodes == 69
     assert r.memory.arena_bytes <= 1.02 * r.memory.lower_bound_bytes
     assert r.runtime_bytes == r.weight_bytes + r.memory.arena_bytes + r.io_bytes
-    assert r.fits and r.headroom_bytes == r.budget_bytes - r.runtime_bytes
+    assert r.fits and r.headroom_bytes == r.budget_bytes - r.first_run_bytes
+    assert r.verdict is not None and r.first_run_bytes >= r.runtime_bytes
     assert r.headroom_pct == pytest.approx(100 * r.headroom_bytes / r.budget_bytes)
     assert r.latency_s == pytest.approx(r.cost.time_s) and r.latency_s > 0
     # fp32 model on an fp16-default target: the fp16 what-if is faster
@@ -77,6 +78,8 @@ def test_does_not_fit_on_a_small_target(resnet_file: Path, tmp_path: Path) -> No
     r = inspect(resnet_file, target=str(small))
     assert not r.fits and r.headroom_bytes < 0
     code, out = _run(resnet_file, "--target", small)
+    assert code == 3 and "DOES NOT FIT" in out  # EXIT_DOES_NOT_FIT
+    code, out = _run(resnet_file, "--target", small, "--allow-over-budget")
     assert code == 0 and "DOES NOT FIT" in out
 
 

@@ -24,6 +24,9 @@ Built-ins:
   device and known data-center parts use their datasheet figures (H100 SXM: 67 TFLOPS FP32,
   989 dense FP16 tensor, 1979 INT8, 3.35 TB/s — NVIDIA H100 datasheet).
 
+``wave_size`` (32 on the Series consoles: RDNA 2 runs compute in wave32) makes the projection
+charge the lanes a wave leaves idle (:mod:`onnxfit.analysis.lanes`).
+
 Custom targets come from a TOML file with the same field names (see :func:`load_target_file`).
 """
 
@@ -67,6 +70,21 @@ class Target:
     reserved_cores: int = 2
     description: str = ""
     features: tuple[str, ...] = field(default_factory=tuple)
+    #: lanes per GPU wave whose idle lanes the projection charges (0: not charged)
+    wave_size: int = 0
+    #: ``[calibration]`` table written by ``onnxfit calibrate`` (None: an uncalibrated prior)
+    calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.calibration)
+
+    @property
+    def projection_label(self) -> str:
+        """How far to trust a projected latency on this target, for every table."""
+        if self.calibrated:
+            return "projected, calibrated on the device"
+        return "projected, uncalibrated: a floor"
 
     def peak(self, precision: str) -> float:
         """Peak throughput for ``precision`` (fp32, fp16 or int8), FLOP/s."""
@@ -87,6 +105,7 @@ class Target:
         d = asdict(self)
         d["providers"] = list(self.providers)
         d["features"] = list(self.features)
+        d["projection"] = self.projection_label
         return d
 
 
@@ -105,6 +124,7 @@ XBOX_SERIES_S = Target(
     # planning figure (DirectML issues one or more dispatches per ONNX node).
     dispatch_overhead_s=10e-6,
     description="Xbox Series S: RDNA 2, 20 CUs @ 1.565 GHz, 8 GB @ 224 GB/s for a game, DirectML",
+    wave_size=32,  # RDNA 2 runs compute natively in wave32 (AMD "RDNA 2" ISA guide)
 )
 
 XBOX_SERIES_X = Target(
@@ -120,6 +140,7 @@ XBOX_SERIES_X = Target(
     default_precision="fp16",
     dispatch_overhead_s=10e-6,
     description="Xbox Series X: RDNA 2, 52 CUs @ 1.825 GHz, 13.5 GB for a game, DirectML",
+    wave_size=32,
 )
 
 # Datasheet figures for GPUs that nvidia-smi may report (dense, no sparsity).
@@ -270,7 +291,8 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
 
     ``base = "xbox-series-s"`` starts from a built-in and overrides the keys given. Units as in
     the dataclass (FLOP/s, bytes/s, bytes, seconds); ``*_tflops``, ``memory_bandwidth_gbs`` and
-    ``memory_budget_gb`` are accepted as conveniences.
+    ``memory_budget_gb`` are accepted as conveniences. A ``[calibration]`` table (written by
+    ``onnxfit calibrate``) is kept as is and read by :mod:`onnxfit.analysis.calibrated`.
     """
     p = Path(path)
     try:
@@ -280,6 +302,9 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{p}: not valid TOML ({exc})") from None
     data = dict(data.get("target", data))
+    calibration = data.pop("calibration", None)
+    if calibration is not None and not isinstance(calibration, dict):
+        raise InputError(f"{p}: [calibration] must be a table")
     for prec in PRECISIONS:
         if f"peak_{prec}_tflops" in data:
             data[f"peak_{prec}"] = float(data.pop(f"peak_{prec}_tflops")) * TERA
@@ -310,6 +335,8 @@ def load_target_file(path: str | os.PathLike[str]) -> Target:
         raise InputError(f"{p}: bad target definition ({exc})") from None
     if target.default_precision not in PRECISIONS:
         raise InputError(f"{p}: default_precision must be one of {', '.join(PRECISIONS)}")
+    if calibration is not None:
+        target = replace(target, calibration=calibration)
     return target
 
 

@@ -22,10 +22,17 @@ Counting rules (the op formulas live in :mod:`onnxfit.analysis.opcount`):
 
 Projection (roofline, Williams et al., CACM 2009)::
 
-    time = max(flops / target.peak(precision), bytes / target.memory_bandwidth)
+    time = max(flops / (target.peak(precision) x lanes), bytes / target.memory_bandwidth)
            + target.dispatch_overhead_s
 
-and ``bound`` says which of the two terms is larger.
+and ``bound`` says which of the two terms is larger. ``lanes`` is 1 unless the target sets
+``wave_size`` (the Series S/X: 32): then it is the share of a wave's lanes the node keeps busy
+(:func:`onnxfit.analysis.lanes.lane_utilization`), so idle lanes cost compute time.
+
+This is the uncalibrated prior: "projected, uncalibrated: a floor". A target calibrated on a
+device (``onnxfit calibrate``) replaces it with the figures the device achieved per op class
+(:mod:`onnxfit.analysis.calibrated`): efficiencies of peak and bandwidth, a cost per kernel, no
+cost for nodes its runtime fuses away, and a fixed cost per run (``CostReport.run_s``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,14 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from onnxfit.analysis import opcount
+from onnxfit.analysis.calibrated import (
+    CalibratedModel,
+    from_table,
+    is_fused,
+    kernel_time,
+    op_class,
+)
+from onnxfit.analysis.lanes import lane_utilization
 from onnxfit.analysis.shapes import has_static_shapes, infer_shapes, static_dims
 from onnxfit.errors import InputError
 from onnxfit.targets import PRECISIONS, Target, get_target
@@ -69,6 +84,7 @@ class NodeCost:
     known: bool
     macs: int = 0
     domain: str = ""
+    lane_util: float = 1.0
 
     @property
     def bytes(self) -> int:
@@ -91,6 +107,7 @@ class CostReport:
     precision: str | None
     nodes: tuple[NodeCost, ...]
     unknown_ops: tuple[str, ...] = field(default_factory=tuple)
+    run_s: float = 0.0  # a calibrated target's fixed cost per run
 
     @property
     def flops(self) -> int:
@@ -118,8 +135,9 @@ class CostReport:
 
     @property
     def time_s(self) -> float:
-        """Projected latency: the sum of node times (nodes run one after another)."""
-        return sum(n.time_s for n in self.nodes)
+        """Projected latency: the sum of node times (nodes run one after another), plus a
+        calibrated target's cost per run."""
+        return sum(n.time_s for n in self.nodes) + self.run_s
 
     @property
     def unknown_nodes(self) -> int:
@@ -166,6 +184,7 @@ class CostReport:
             "bytes_written": self.bytes_written,
             "weight_bytes": self.weight_bytes,
             "time_s": self.time_s,
+            "run_s": self.run_s,
             "by_bound": self.by_bound(),
             "unknown_ops": list(self.unknown_ops),
             "unknown_nodes": self.unknown_nodes,
@@ -225,8 +244,18 @@ def _unique(values: Iterable[ir.Value | None]) -> list[ir.Value]:
     return out
 
 
-def node_cost(node: ir.Node, target: Target, *, precision: str | None = None) -> NodeCost:
-    """The cost of one node on ``target`` (its inputs' and outputs' shapes must be set)."""
+def node_cost(
+    node: ir.Node,
+    target: Target,
+    *,
+    precision: str | None = None,
+    calibration: CalibratedModel | None = None,
+) -> NodeCost:
+    """The cost of one node on ``target`` (its inputs' and outputs' shapes must be set).
+
+    ``calibration`` is ``target``'s calibration already read (read here when not given)."""
+    if calibration is None and target.calibration:
+        calibration = from_table(target.calibration)
     kind = opcount.kind_of(node)
     prec = node_precision(node)
     if precision is not None and prec != "int8":
@@ -259,10 +288,23 @@ def node_cost(node: ir.Node, target: Target, *, precision: str | None = None) ->
             known = False
         else:
             flops, macs = counted
+    lanes = lane_utilization(node, target.wave_size) if target.wave_size and flops else 1.0
+    figures = calibration.figures(op_class(node), prec) if calibration is not None else None
     if kind == "free":
         t, bound = 0.0, "memory"
+    elif calibration is not None and is_fused(node, calibration.fused):
+        t, bound = 0.0, "memory"  # runs inside the kernel before it
+    elif calibration is not None and figures is not None:
+        t, bound = kernel_time(
+            figures,
+            flops=flops,
+            nbytes=read + written,
+            peak=target.peak(prec),
+            bandwidth=target.memory_bandwidth,
+        )
+        t += calibration.per_kernel_s
     else:
-        compute_t = flops / target.peak(prec)
+        compute_t = flops / (target.peak(prec) * lanes)
         memory_t = (read + written) / target.memory_bandwidth
         bound = "compute" if compute_t > memory_t else "memory"
         t = max(compute_t, memory_t) + target.dispatch_overhead_s
@@ -279,6 +321,7 @@ def node_cost(node: ir.Node, target: Target, *, precision: str | None = None) ->
         known=known,
         macs=int(macs),
         domain=node.domain,
+        lane_util=lanes,
     )
 
 
@@ -310,7 +353,8 @@ def analyze_cost(
             f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}"
         )
     model = _prepared(model)
-    nodes = tuple(node_cost(n, tgt, precision=precision) for n in model.graph)
+    cal = from_table(tgt.calibration) if tgt.calibration else None
+    nodes = tuple(node_cost(n, tgt, precision=precision, calibration=cal) for n in model.graph)
     unknown = sorted(
         {
             (f"{n.domain}::" if n.domain not in ("", "ai.onnx") else "") + n.op_type
@@ -318,7 +362,7 @@ def analyze_cost(
             if opcount.kind_of(n) == "unknown"
         }
     )
-    report = CostReport(tgt.name, precision, nodes, tuple(unknown))
+    report = CostReport(tgt.name, precision, nodes, tuple(unknown), cal.run_s if cal else 0.0)
     if unknown:
         logger.warning("ops without a cost formula (counted as memory-bound): %s", unknown)
     logger.info(

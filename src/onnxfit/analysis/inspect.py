@@ -3,8 +3,11 @@
 :func:`inspect` loads the model (when given a path), fixes the batch and input shapes
 (:func:`~onnxfit.analysis.shapes.infer_shapes`), costs every node
 (:func:`~onnxfit.analysis.cost.analyze_cost`), plans the activation arena
-(:func:`~onnxfit.analysis.memory.plan_memory`) and gives the fit verdict: weights + arena +
-inputs/outputs against the target's memory budget, with the headroom in bytes and percent.
+(:func:`~onnxfit.analysis.memory.plan_memory`) and gives the fit verdict of
+:func:`onnxfit.analysis.budget.decide_fit`: load time (weights as the provider holds them) and
+first run (+ activations as the provider's allocator holds them) against the target's memory
+budget or a ``budget`` slice of it, with the headroom in bytes and percent. On a DirectML target
+it adds the DirectML pre-flight (:mod:`onnxfit.analysis.directml`).
 
 Parameters follow torchvision's ``parameters()`` convention: elements of numeric weight tensors
 (initializers and Constant outputs) except those used only as BatchNormalization running
@@ -24,7 +27,10 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxfit import io
+from onnxfit.analysis.budget import FitVerdict, decide_fit
 from onnxfit.analysis.cost import CostReport, analyze_cost
+from onnxfit.analysis.directml import DmlPreflight, directml_preflight
+from onnxfit.analysis.lanes import LaneReport, lane_report
 from onnxfit.analysis.memory import MemoryPlan, plan_memory
 from onnxfit.analysis.shapes import infer_shapes
 from onnxfit.targets import Target, get_target
@@ -115,6 +121,9 @@ class InspectResult:
     cost: CostReport
     memory: MemoryPlan
     default_precision_latency_s: float | None = None
+    verdict: FitVerdict | None = None
+    directml: DmlPreflight | None = None
+    lanes: LaneReport | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -144,11 +153,17 @@ class InspectResult:
 
     @property
     def budget_bytes(self) -> int:
-        return int(self.target.memory_budget)
+        return self.verdict.budget_bytes if self.verdict else int(self.target.memory_budget)
+
+    @property
+    def first_run_bytes(self) -> int:
+        """Bytes at the first run as the provider allocates them (the planned total without a
+        verdict)."""
+        return self.verdict.first_run_bytes if self.verdict else self.runtime_bytes
 
     @property
     def headroom_bytes(self) -> int:
-        return self.budget_bytes - self.runtime_bytes
+        return self.budget_bytes - self.first_run_bytes
 
     @property
     def headroom_pct(self) -> float:
@@ -156,7 +171,7 @@ class InspectResult:
 
     @property
     def fits(self) -> bool:
-        return self.runtime_bytes <= self.budget_bytes
+        return self.verdict.fits if self.verdict else self.runtime_bytes <= self.budget_bytes
 
     def to_dict(self, *, nodes: bool = True) -> dict[str, Any]:
         """A JSON-serializable dict (``nodes=False`` leaves the per-node costs out)."""
@@ -190,7 +205,10 @@ class InspectResult:
                 "budget_bytes": self.budget_bytes,
                 "headroom_bytes": self.headroom_bytes,
                 "headroom_pct": self.headroom_pct,
+                **({"verdict": self.verdict.to_dict()} if self.verdict else {}),
             },
+            "directml": self.directml.to_dict() if self.directml else None,
+            "lanes": self.lanes.to_dict() if self.lanes else None,
         }
 
 
@@ -253,8 +271,11 @@ def inspect(
     target: str | Target = "xbox-series-s",
     batch: int = 1,
     input_shapes: dict[str, list[int]] | None = None,
+    budget: int | str | None = None,
 ) -> InspectResult:
     """Inspect a model (an :class:`onnx_ir.Model` or a path) for ``target``; never changes it.
+
+    ``budget`` (bytes or ``"256MB"``) replaces the target's memory budget in the verdict.
 
     Raises :class:`~onnxfit.errors.InputError` (bad target, batch, shapes) and
     :class:`~onnxfit.errors.ModelLoadError` / :class:`~onnxfit.errors.UnsafeModelError`
@@ -277,6 +298,11 @@ def inspect(
         default_latency = analyze_cost(shaped, target=tgt, precision=tgt.default_precision).time_s
     memory = plan_memory(shaped)
     params, weight_bytes, dtypes = count_params(shaped)
+    verdict = decide_fit(shaped, target=tgt, budget=budget, weights_bytes=weight_bytes)
+    dml = None
+    if tgt.providers and tgt.providers[0] == "DmlExecutionProvider":
+        dml = directml_preflight(shaped, original=model)
+    lanes = lane_report(shaped, flops={n.name: n.flops for n in cost.nodes})
     result = InspectResult(
         model=name,
         target=tgt,
@@ -296,6 +322,9 @@ def inspect(
         cost=cost,
         memory=memory,
         default_precision_latency_s=default_latency,
+        verdict=verdict,
+        directml=dml,
+        lanes=lanes,
     )
     logger.info(
         "%s on %s: %d params, %.3f GFLOPs, %.3f ms, %s",

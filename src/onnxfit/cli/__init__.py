@@ -22,6 +22,7 @@ _COMMANDS: dict[str, str] = {
     "optimize": "onnxfit.cli.optimize_cmd:optimize",
     "bench": "onnxfit.cli.bench_cmd:bench",
     "compare": "onnxfit.cli.compare_cmd:compare",
+    "calibrate": "onnxfit.cli.calibrate_cmd:calibrate",
     "run": "onnxfit.cli.run_cmd:run",
     "eval": "onnxfit.cli.eval_cmd:eval_cmd",
 }

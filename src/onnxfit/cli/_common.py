@@ -73,6 +73,16 @@ threads_option = click.option(
 io_binding_option = click.option(
     "--io-binding", is_flag=True, help="Bind inputs/outputs once (preallocated)."
 )
+budget_option = click.option(
+    "--budget",
+    metavar="SIZE",
+    help="Memory the model may use (a slice of the target's), e.g. 256MB or 1.5GiB.",
+)
+allow_over_budget_option = click.option(
+    "--allow-over-budget",
+    is_flag=True,
+    help="Exit 0 even when the model does not fit (default: exit 3).",
+)
 plot_option = click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Plots (.png)."
 )

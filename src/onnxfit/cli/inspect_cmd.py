@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from onnxfit.cli._common import (
+    allow_over_budget_option,
+    budget_option,
     console,
     guarded,
     input_shape_option,
@@ -30,6 +33,8 @@ _PLOT_SUFFIXES = (".png", ".svg", ".pdf")
     "--top", "-k", type=int, default=10, show_default=True, help="Nodes listed by projected time."
 )
 @input_shape_option("Full shape of an input (repeatable); overrides --batch for that input.")
+@budget_option
+@allow_over_budget_option
 @click.option(
     "--plot-memory",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -44,6 +49,8 @@ def inspect_cmd(
     batch: int,
     top: int,
     input_shape: tuple[str, ...],
+    budget: str | None,
+    allow_over_budget: bool,
     plot_memory: Path | None,
     markdown: bool,
     as_json: bool,
@@ -52,8 +59,14 @@ def inspect_cmd(
 
     The latency is a roofline projection per node (FLOPs at the target's peak for the node's
     precision vs bytes at its bandwidth, plus a dispatch overhead); the activation arena comes
-    from a greedy-by-size offset plan; the verdict adds weights + arena + inputs/outputs and
-    compares them with the target's memory budget.
+    from a greedy-by-size offset plan. The verdict judges two moments against the target's
+    memory budget, or the --budget slice of it: load (weights as the execution provider holds
+    them) and first run (+ inputs + activations as the provider's allocator holds them: the
+    DirectML bucketized pool, ORT's BFC arena on CPU/CUDA). A model that does not fit makes the
+    command exit with status 3 (unless --allow-over-budget). On a DirectML target (xbox-*) the
+    DirectML pre-flight lists the nodes DirectML would not run (CPU fallbacks, from ONNX
+    Runtime's DirectML operator table), whether DirectML graph capture is possible, and the
+    dynamic dims to pin.
 
     \b
     Examples:
@@ -61,6 +74,7 @@ def inspect_cmd(
       onnxfit inspect resnet18.onnx --target cpu --batch 8 --top 5
       onnxfit inspect detector.onnx --input-shape images=1x3x640x640 --json
       onnxfit inspect yolo.onnx --plot-memory yolo-memory.png
+      onnxfit inspect net.onnx --target xbox-series-s --budget 256MB
     """
     from onnxfit.analysis.inspect import inspect
     from onnxfit.targets import get_target
@@ -78,7 +92,7 @@ def inspect_cmd(
     tgt = get_target(target)
     with progress() as bar:
         bar.add_task(f"inspecting {model.name}", total=None)
-        result = inspect(model, target=tgt, batch=batch, input_shapes=shapes or None)
+        result = inspect(model, target=tgt, batch=batch, input_shapes=shapes or None, budget=budget)
     if plot_memory is not None:
         from onnxfit.report.memory import plot_memory_plan
 
@@ -95,3 +109,6 @@ def inspect_cmd(
     )
     if plot_memory is not None and not as_json:
         console.print(f"memory plan drawn to {plot_memory}")
+    code = result.verdict.exit_code(allow_over_budget=allow_over_budget) if result.verdict else 0
+    if code:
+        sys.exit(code)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from onnxfit.cli._common import (
+    allow_over_budget_option,
+    budget_option,
     err_console,
     guarded,
     json_option,
@@ -110,6 +113,8 @@ from onnxfit.cli._common import (
     metavar="R",
     help="Remove ratio R of the Conv output channels (smaller dense model), one-shot.",
 )
+@budget_option
+@allow_over_budget_option
 @click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
 @markdown_option
 @json_option
@@ -132,6 +137,8 @@ def optimize(
     prune: float | None,
     prune_scope: str,
     prune_channels: float | None,
+    budget: str | None,
+    allow_over_budget: bool,
     force: bool,
     markdown: bool,
     as_json: bool,
@@ -146,7 +153,12 @@ def optimize(
 
     Writes OUT (atomically; never the input unless --force), OUT.report.json (plan, pass
     stats, before/after, verification, blocked layers, data used) and OUT.deploy.json (the
-    session settings the target's runtime must use), where OUT.onnx gives OUT.report.json.
+    session settings the target's runtime must use, the memory verdict and, for DirectML
+    targets, the DirectML pre-flight), where OUT.onnx gives OUT.report.json.
+
+    The optimized model is judged against the target's memory budget or the --budget slice of
+    it, at load and at its first run (see `onnxfit inspect --help`); when it does not fit the
+    files are still written and the command exits with status 3 (0 with --allow-over-budget).
 
     \b
     Examples:
@@ -157,7 +169,9 @@ def optimize(
       onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
       onnxfit optimize r18.onnx -o r18-small.onnx --prune-channels 0.3 --eval imagenet-sample/
       onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune 0.7
+      onnxfit optimize net.onnx -o net-xbox.onnx --target xbox-series-s --budget 256MB
     """
+    from onnxfit.analysis.budget import parse_size
     from onnxfit.optimizer.options import OptimizeOptions
     from onnxfit.optimizer.plan import build_plan
     from onnxfit.optimizer.run import check_output
@@ -165,6 +179,8 @@ def optimize(
     from onnxfit.report.optimize import render_optimize, render_plan, to_markdown
     from onnxfit.targets import get_target
 
+    if budget is not None:
+        parse_size(budget)  # a bad size fails before any work
     values: dict[str, Any] = {
         "precision": precision,
         "calibrate": calibrate,
@@ -196,7 +212,14 @@ def optimize(
             bar.update(task, description=label, completed=done, total=total)
 
         result = run_optimize(
-            model, output, target=tgt, force=force, progress=on_progress, plan=the_plan, **values
+            model,
+            output,
+            target=tgt,
+            force=force,
+            progress=on_progress,
+            plan=the_plan,
+            budget=budget,
+            **values,
         )
     print_result(
         result,
@@ -205,3 +228,6 @@ def optimize(
         to_markdown=lambda: to_markdown(result),
         render=lambda: render_optimize(result),
     )
+    code = result.exit_code(allow_over_budget=allow_over_budget)
+    if code:
+        sys.exit(code)

@@ -44,10 +44,22 @@ class OptimizeResult:
     deploy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    projection: str = ""  # Target.projection_label of the target projected on
 
     @property
     def precision(self) -> str:
         return self.plan.precision
+
+    @property
+    def fits(self) -> bool:
+        """The optimized model fits the budget (load and first run; ``after.fit``)."""
+        return bool(self.after.fit["fits"]) if self.after.fit else self.after.fits
+
+    def exit_code(self, *, allow_over_budget: bool = False) -> int:
+        """0, or :data:`onnxfit.analysis.budget.EXIT_DOES_NOT_FIT` when it does not fit."""
+        from onnxfit.analysis.budget import EXIT_DOES_NOT_FIT
+
+        return 0 if self.fits or allow_over_budget else EXIT_DOES_NOT_FIT
 
     @property
     def size_ratio(self) -> float:
@@ -61,6 +73,7 @@ class OptimizeResult:
             "report": self.report_path,
             "deploy": self.deploy_path,
             "target": self.target,
+            "projection": self.projection,
             "precision": self.precision,
             "options": dict(self.options),
             "plan": self.plan.to_dict(),
@@ -68,6 +81,8 @@ class OptimizeResult:
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
             "size_ratio": self.size_ratio,
+            "fits": self.fits,
+            "fit": self.after.fit,
             "verification": self.verification.to_dict(),
             "gate": self.gate.to_dict(),
             "gate_verification": (

@@ -140,6 +140,7 @@ def optimize(
     force: bool = False,
     progress: ProgressFn | None = None,
     plan: OptimizePlan | None = None,
+    budget: int | str | None = None,
     **options: Any,
 ) -> OptimizeResult:
     """Optimize the model at ``model_path`` for ``target`` and write ``out_path`` (+ sidecars).
@@ -147,6 +148,8 @@ def optimize(
     ``options`` are further :class:`~onnxfit.optimizer.options.OptimizeOptions` fields
     (``method``, ``max_rounds``, ``min_cosine``, ``measure_runs``, ``fuse``, ``seed``...).
     ``plan`` reuses a plan made by :func:`onnxfit.optimizer.plan.plan` (e.g. shown first).
+    ``budget`` (bytes or ``"256MB"``) replaces the target's memory budget in the fit verdict
+    (:func:`onnxfit.analysis.budget.decide_fit`; ``after.fit`` / ``result.fits``).
     Raises :class:`InputError` / :class:`ModelLoadError` for bad input and
     :class:`VerificationError` when no back-off round meets the budget; then nothing is written.
     """
@@ -194,8 +197,11 @@ def optimize(
         target=tgt,
         file_bytes=io.file_size(src).bytes,
         precision=the_plan.model_precision,
+        budget=budget,
     )
-    after = model_stats(final, target=tgt, file_bytes=len(payload), precision=the_plan.precision)
+    after = model_stats(
+        final, target=tgt, file_bytes=len(payload), precision=the_plan.precision, budget=budget
+    )
     sample = one_sample(data.verify_feeds(original, limit=1)[0])
     before.measured_latency_s = measure_latency(original, sample, runs=opts.measure_runs)
     after.measured_latency_s = measure_latency(final, sample, runs=opts.measure_runs)
@@ -204,6 +210,7 @@ def optimize(
 
     deploy = deploy_settings(tgt, free_dims=free)
     deploy.update(model=out.name, precision=the_plan.precision)
+    deploy.update(_deploy_checks(final, tgt, after.fit))
     if left:
         deploy.setdefault("notes", []).append(
             f"symbolic dims {left} stay dynamic: add free-dimension overrides for them"
@@ -230,6 +237,7 @@ def optimize(
         gate_verification=gate_verification,
         deploy=deploy,
         notes=_notes(the_plan, data, outcome),
+        projection=tgt.projection_label,
     )
     stages(f"writing {out}")
     result.elapsed_s = time.perf_counter() - started
@@ -285,6 +293,30 @@ def _run_pipeline(
         say=stages,
     )
     return outcome, reports, gate_ref_is_orig
+
+
+def _deploy_checks(model: ir.Model, tgt: Target, fit: dict[str, Any] | None) -> dict[str, Any]:
+    """The memory verdict, and on DirectML the pre-flight, for the deploy manifest."""
+    from onnxfit.analysis.directml import directml_preflight
+    from onnxfit.analysis.shapes import infer_shapes
+    from onnxfit.passes.sparse import densified
+
+    out: dict[str, Any] = {}
+    if fit is not None:
+        keys = ("budget_bytes", "load_bytes", "first_run_bytes", "activations_bytes", "fits")
+        out["memory"] = {k: fit[k] for k in keys} | {"allocator": fit["allocator"]}
+    if tgt.providers and tgt.providers[0] == "DmlExecutionProvider":
+        dense = densified(model)
+        pre = directml_preflight(infer_shapes(dense, batch=1), original=dense)
+        out["directml"] = {
+            "all_on_dml": pre.all_on_dml,
+            "fallback_nodes": [f"{n.name} ({n.op_type}): {n.reason}" for n in pre.fallback],
+            "graph_capture": pre.graph_capture,
+            "graph_capture_blockers": list(pre.capture_blockers),
+            "pin": pre.to_dict()["pin"],
+            "operator_table": pre.source,
+        }
+    return out
 
 
 def _notes(the_plan: OptimizePlan, data: RunData, outcome: Outcome) -> list[str]:

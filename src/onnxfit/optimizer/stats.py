@@ -40,18 +40,27 @@ class ModelStats:
     fits: bool
     nodes: int
     measured_latency_s: float | None = None
+    fit: dict[str, Any] | None = None  # FitVerdict.to_dict(): load / first run vs the budget
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def model_stats(model: ir.Model, *, target: Target, file_bytes: int, precision: str) -> ModelStats:
-    """Static figures of ``model`` on ``target`` (``file_bytes`` measured by the caller)."""
+def model_stats(
+    model: ir.Model,
+    *,
+    target: Target,
+    file_bytes: int,
+    precision: str,
+    budget: int | str | None = None,
+) -> ModelStats:
+    """Static figures of ``model`` on ``target`` (``file_bytes`` measured by the caller);
+    ``budget`` replaces the target's memory budget in the fit verdict."""
     from onnxfit.analysis.inspect import inspect
     from onnxfit.pruning.sparse import densified
 
     # sparse-stored weights are decoded (constant-folded) at load: analyse the dense form
-    result = inspect(densified(model), target=target, batch=1)
+    result = inspect(densified(model), target=target, batch=1, budget=budget)
     return ModelStats(
         precision=precision,
         file_bytes=int(file_bytes),
@@ -63,6 +72,7 @@ def model_stats(model: ir.Model, *, target: Target, file_bytes: int, precision: 
         projected_latency_s=float(result.latency_s),
         fits=bool(result.fits),
         nodes=int(result.num_nodes),
+        fit=result.verdict.to_dict() if result.verdict else None,
     )
 
 

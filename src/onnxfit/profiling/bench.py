@@ -40,7 +40,7 @@ from onnxfit.profiling.results import BatchResult, BenchResult, Static
 from onnxfit.profiling.stats import summarize
 from onnxfit.profiling.system import CpuMonitor, Noise
 from onnxfit.profiling.worker import RUNTIMES
-from onnxfit.targets import get_target
+from onnxfit.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def static_figures(
     model: ir.Model,
     *,
     batch: int,
-    target: str,
+    target: str | Target,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[Static, ir.Model | None]:
     """Memory-plan and cost-model figures at ``batch`` (and the shape-inferred model)."""
@@ -212,15 +212,13 @@ def bench(
     results: list[BatchResult] = []
     notes: list[str] = []
     for b in batch_list:
-        static, shaped = static_figures(
-            ir_model, batch=b, target=tgt.name, input_shapes=input_shapes
-        )
+        static, shaped = static_figures(ir_model, batch=b, target=tgt, input_shapes=input_shapes)
         if static.note:
             notes.append(f"batch {b}: {static.note}")
         res = measure_batch(
             path,
             batch=b,
-            target=tgt.name,
+            target=target if isinstance(target, str) else tgt.name,
             providers=providers,
             warmup=warmup,
             iterations=iterations,
@@ -263,6 +261,7 @@ def bench(
         target=tgt.name,
         runtime=runtime,
         batches=tuple(results),
+        projection=tgt.projection_label,
         machine=system.machine_description(),
         options={
             "providers": list(providers) if providers else None,

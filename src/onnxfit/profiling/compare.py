@@ -146,6 +146,7 @@ class CompareResult:
     machine: dict[str, Any] = field(default_factory=dict)
     eval_data: str | None = None
     notes: tuple[str, ...] = ()
+    projection: str = ""  # Target.projection_label: how far to trust the projected column
 
     def ratios(self) -> list[dict[str, float | None]]:
         """Per model, improvement factors vs the first (see the module docstring)."""
@@ -176,6 +177,7 @@ class CompareResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "projection": self.projection,
             "batch": self.batch,
             "warmup": self.warmup,
             "rounds": self.rounds,
@@ -205,6 +207,7 @@ class CompareResult:
             machine=d.get("machine", {}),
             eval_data=d.get("eval_data"),
             notes=tuple(d.get("notes", ())),
+            projection=d.get("projection", ""),
         )
 
 
@@ -270,7 +273,7 @@ def compare(
     statics: list[Static] = []
     notes: list[str] = []
     for label, m in zip(labels, irs, strict=True):
-        st, _ = static_figures(m, batch=batch, target=tgt.name, input_shapes=input_shapes)
+        st, _ = static_figures(m, batch=batch, target=tgt, input_shapes=input_shapes)
         if st.note:
             notes.append(f"{label}: {st.note}")
         statics.append(st)
@@ -295,7 +298,7 @@ def compare(
                     "load",
                     model=str(p),
                     batch=batch,
-                    target=tgt.name,
+                    target=target if isinstance(target, str) else tgt.name,
                     providers=list(providers) if providers else None,
                     threads=threads,
                     io_binding=io_binding,
@@ -339,7 +342,7 @@ def compare(
             evaluate(
                 paths,
                 eval_data,
-                target=tgt.name,
+                target=target if isinstance(target, str) else tgt.name,
                 providers=providers,
                 threads=threads,
                 limit=eval_limit,
@@ -389,4 +392,5 @@ def compare(
         machine=system.machine_description(),
         eval_data=str(eval_data) if eval_data is not None else None,
         notes=tuple(notes),
+        projection=tgt.projection_label,
     )

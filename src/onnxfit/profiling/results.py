@@ -140,6 +140,7 @@ class BenchResult:
     machine: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    projection: str = ""  # Target.projection_label: how far to trust the projected column
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +148,7 @@ class BenchResult:
             "file_bytes": self.file_bytes,
             "parameters": self.parameters,
             "target": self.target,
+            "projection": self.projection,
             "runtime": self.runtime,
             "options": self.options,
             "machine": self.machine,
@@ -166,4 +168,5 @@ class BenchResult:
             machine=d.get("machine", {}),
             options=d.get("options", {}),
             notes=tuple(d.get("notes", ())),
+            projection=d.get("projection", ""),
         )

@@ -117,7 +117,7 @@ def bench_memory_rows(result: BenchResult) -> Rows:
         "arena (plan)",
         "weights+arena+IO (plan)",
         "median (measured)",
-        f"projected on {result.target}",
+        f"projected on {result.target}" + (f" ({result.projection})" if result.projection else ""),
         "noise (probe drift, others' CPU)",
     )
     rows = tuple(
@@ -240,7 +240,8 @@ def compare_rows(result: CompareResult) -> Rows:
         ("latency p90", "", [fmt_time(m.latency.p90) for m in ms]),
         ("throughput (items/s)", "throughput", [f"{m.throughput:,.1f}" for m in ms]),
         (
-            f"projected on {result.target}",
+            f"projected on {result.target}"
+            + (f" ({result.projection})" if result.projection else ""),
             "projected",
             [fmt_time(m.static.projected_s) for m in ms],
         ),

@@ -26,12 +26,114 @@ def _shape_text(shape: tuple[int | str | None, ...] | None) -> str:
 
 
 def verdict_text(result: InspectResult) -> str:
-    """``FITS: uses X of Y (Z% headroom)`` or ``DOES NOT FIT: needs X of Y (Z over)``."""
-    used, budget = fmt_bytes(result.runtime_bytes), fmt_bytes(result.budget_bytes)
+    """``FITS: uses X of Y (Z% headroom)`` or ``DOES NOT FIT (at first run): needs X of Y ...``.
+
+    X is the first-run total as the provider's allocator holds it (see
+    :mod:`onnxfit.analysis.budget`); Y the target's budget or the ``--budget`` slice.
+    """
+    used, budget = fmt_bytes(result.first_run_bytes), fmt_bytes(result.budget_bytes)
     if result.fits:
         return f"FITS: uses {used} of {budget} ({result.headroom_pct:.2f}% headroom)"
     over = fmt_bytes(-result.headroom_bytes)
-    return f"DOES NOT FIT: needs {used} of {budget} ({over} over, {-result.headroom_pct:.2f}%)"
+    where = f" (at {result.verdict.fails_at})" if result.verdict and result.verdict.fails_at else ""
+    return (
+        f"DOES NOT FIT{where}: needs {used} of {budget} ({over} over, {-result.headroom_pct:.2f}%)"
+    )
+
+
+def budget_rows(result: InspectResult) -> list[tuple[str, str]]:
+    """Load-time and first-run rows of the verdict (empty without a verdict)."""
+    v = result.verdict
+    if v is None:
+        return []
+    mark = {True: "ok", False: "OVER"}
+    return [
+        ("budget", f"{fmt_bytes(v.budget_bytes)} ({v.budget_source})"),
+        (
+            "at load",
+            f"{fmt_bytes(v.load_bytes)} weights as {v.provider} holds them "
+            f"(stored {fmt_bytes(v.weights_bytes)}) [{mark[v.fits_load]}]",
+        ),
+        (
+            "at first run",
+            f"{fmt_bytes(v.first_run_bytes)} = load + inputs {fmt_bytes(v.io_bytes)} + "
+            f"activations {fmt_bytes(v.activations_bytes)} ({v.allocator}; planned floor "
+            f"{fmt_bytes(v.activations_floor_bytes)}) [{mark[v.fits_first_run]}]",
+        ),
+    ]
+
+
+def directml_rows(result: InspectResult) -> list[tuple[str, str]]:
+    """The DirectML pre-flight in (label, value) rows (empty when the target is not DirectML)."""
+    d = result.directml
+    if d is None:
+        return []
+    if d.fallback:
+        shown = ", ".join(f"{n.name or '?'} ({n.op_type})" for n in d.fallback[:4])
+        more = f" and {len(d.fallback) - 4} more" if len(d.fallback) > 4 else ""
+        nodes = f"{len(d.fallback)} node(s) fall back to the CPU: {shown}{more}"
+    else:
+        nodes = f"every node runs on DirectML ({d.on_dml} kernels, {d.removed} folded by ORT)"
+    if d.conditional:
+        nodes += f"; {len(d.conditional)} decided at session creation"
+    capture = (
+        "graph capture possible"
+        if d.graph_capture
+        else "graph capture OFF: " + "; ".join(d.capture_blockers)
+    )
+    rows = [("DirectML", nodes), ("DirectML capture", capture)]
+    if d.dynamic_dims:
+        pins = ", ".join(
+            f"{x.symbol or x.input + f'[{x.axis}]'}={x.pinned if x.pinned is not None else '?'}"
+            for x in d.dynamic_dims
+        )
+        rows.append(("pin dims", f"{pins} (free-dimension overrides)"))
+    return rows
+
+
+def lane_rows(result: InspectResult) -> list[tuple[str, str]]:
+    """Idle wave lanes and layout changes (GPU targets only)."""
+    lanes = result.lanes
+    if lanes is None or not result.target.is_gpu:
+        return []
+    worst = lanes.worst(3)
+    shown = ", ".join(
+        f"{n.name or n.op_type} ({n.mapped} {n.channels if n.mapped == 'channels' else n.spatial}"
+        f": {n.idle32} idle)"
+        for n in worst
+    )
+    charged = (
+        f"; charged in the projection (wave{result.target.wave_size})"
+        if result.target.wave_size
+        else ""
+    )
+    rows = [
+        (
+            "idle lanes",
+            f"wave32 {100 * lanes.idle_share(32):.1f}%, wave64 {100 * lanes.idle_share(64):.1f}% "
+            f"of FLOP-weighted lane slots{charged}" + (f"; worst: {shown}" if shown else ""),
+        )
+    ]
+    moved = sum(c.bytes for c in lanes.layout_changes)
+    if lanes.layout_changes:
+        kinds = ", ".join(f"{c.name or c.op_type} ({c.op_type})" for c in lanes.layout_changes[:3])
+        more = "" if len(lanes.layout_changes) <= 3 else f" +{len(lanes.layout_changes) - 3}"
+        text = f"{len(lanes.layout_changes)} layout change(s) moving {fmt_bytes(moved)}: "
+        rows.append(("layout", text + kinds + more))
+    prefer = (
+        lanes.preferred_layouts.get(result.target.providers[0]) if result.target.providers else None
+    )
+    if prefer:
+        rows.append(("layout", f"{result.target.providers[0]} computes in {prefer}"))
+    return rows
+
+
+def fallback_rows(result: InspectResult) -> list[list[str]]:
+    """One row per node DirectML would not run: node, op, opset, reason."""
+    d = result.directml
+    if d is None:
+        return []
+    return [[n.name or "-", n.op_type, str(n.opset), n.reason] for n in d.fallback]
 
 
 def memory_text(result: InspectResult) -> str:
@@ -89,7 +191,7 @@ def summary_rows(result: InspectResult) -> list[tuple[str, str]]:
         ("ops", ops),
         ("compute", f"{result.flops / 1e9:.3f} GFLOPs ({result.macs / 1e9:.3f} GMACs)"),
         ("memory traffic", fmt_bytes(result.cost.bytes)),
-        ("projected latency", latency),
+        ("projected latency", f"{latency} — {result.target.projection_label}"),
         ("bound", _bound_text(result)),
         ("dispatch overhead", _dispatch_text(result)),
         ("activations", memory_text(result)),
@@ -97,8 +199,11 @@ def summary_rows(result: InspectResult) -> list[tuple[str, str]]:
             "runtime memory",
             f"weights {fmt_bytes(result.weight_bytes)} + arena "
             f"{fmt_bytes(result.memory.arena_bytes)} + IO {fmt_bytes(result.io_bytes)} = "
-            f"{fmt_bytes(result.runtime_bytes)}",
+            f"{fmt_bytes(result.runtime_bytes)} (planned)",
         ),
+        *budget_rows(result),
+        *directml_rows(result),
+        *lane_rows(result),
     ]
     if result.cost.unknown_ops:
         rows.append(
@@ -134,6 +239,7 @@ def top_rows(result: InspectResult, k: int) -> list[list[str]]:
 
 
 _TOP_HEADERS = ("#", "node", "op", "prec", "FLOPs", "bytes", "time", "bound", "share")
+_FALLBACK_HEADERS = ("node", "op", "opset", "why")
 _RIGHT = frozenset({"#", "FLOPs", "bytes", "time", "share"})
 
 
@@ -154,6 +260,14 @@ def render_inspect(result: InspectResult, *, top: int = 10) -> RenderableType:
     parts: list[RenderableType] = [panel]
     if top > 0:
         parts.append(table)
+    fallbacks = fallback_rows(result)
+    if fallbacks:
+        fb = Table(title=Text("Nodes DirectML would not run (they fall back to the CPU)"))
+        for col in _FALLBACK_HEADERS:
+            fb.add_column(col)
+        for row in fallbacks:
+            fb.add_row(*(Text(c) for c in row))
+        parts.append(fb)
     parts.append(Text(verdict_text(result), style=style))
     return Group(*parts)
 
@@ -165,5 +279,8 @@ def to_markdown(result: InspectResult, *, top: int = 10) -> str:
     if top > 0:
         out.append(f"\n### Top {top} nodes by projected time on {result.target.name}\n")
         out.append(markdown_table(_TOP_HEADERS, top_rows(result, top)))
+    if fallback_rows(result):
+        out.append("\n### Nodes DirectML would not run (they fall back to the CPU)\n")
+        out.append(markdown_table(_FALLBACK_HEADERS, fallback_rows(result)))
     out.append(f"\n**{verdict_text(result)}**\n")
     return "\n".join(out)

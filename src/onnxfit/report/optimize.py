@@ -59,7 +59,8 @@ def comparison_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
             fmt_ratio(b.runtime_bytes, a.runtime_bytes),
         ),
         (
-            f"projected latency on {result.target}",
+            f"projected latency on {result.target} "
+            f"({result.projection or _projection(result.target)})",
             fmt_time(b.projected_latency_s),
             fmt_time(a.projected_latency_s),
             fmt_ratio(b.projected_latency_s, a.projected_latency_s),
@@ -135,9 +136,35 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     from onnxfit.report.prune import scan_lines
 
     lines += scan_lines(result.passes)  # the pruning budget's sensitivity scan, if it ran
+    lines += fit_lines(result)
     lines.append(f"wrote {result.output}, {result.report_path}, {result.deploy_path}")
     lines += [f"note: {n}" for n in result.notes]
     return lines
+
+
+def _projection(target: str) -> str:
+    """The projection label of a target known by name (a built-in: an uncalibrated floor)."""
+    from onnxfit.errors import OnnxfitError
+    from onnxfit.targets import get_target
+
+    try:
+        return get_target(target).projection_label
+    except OnnxfitError:
+        return "projected"
+
+
+def fit_lines(result: OptimizeResult) -> list[str]:
+    """``FITS`` / ``DOES NOT FIT`` with load and first-run bytes of the optimized model."""
+    f = result.after.fit
+    if not f:
+        return []
+    mib = 2**20
+    head = "FITS" if f["fits"] else f"DOES NOT FIT (at {f['fails_at']})"
+    return [
+        f"{head}: first run {f['first_run_bytes'] / mib:.2f} MiB of {f['budget_bytes'] / mib:.2f} "
+        f"MiB ({f['budget_source']}); at load {f['load_bytes'] / mib:.2f} MiB; activations "
+        f"{f['activations_bytes'] / mib:.2f} MiB ({f['allocator']})"
+    ]
 
 
 def _stat(key: str, value: Any) -> str:
