@@ -299,7 +299,7 @@ def _deploy_checks(model: ir.Model, tgt: Target, fit: dict[str, Any] | None) -> 
     """The memory verdict, and on DirectML the pre-flight, for the deploy manifest."""
     from onnxfit.analysis.directml import directml_preflight
     from onnxfit.analysis.shapes import infer_shapes
-    from onnxfit.passes.sparse import densified
+    from onnxfit.pruning.sparse import densified
 
     out: dict[str, Any] = {}
     if fit is not None:

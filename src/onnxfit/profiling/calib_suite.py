@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx import TensorProto
-from onnx import helper as oh
+from onnx_ir.passes.common import ShapeInferencePass
 
 OPSET = 17
 
@@ -39,31 +37,50 @@ class SuiteModel:
 
 
 class _G:
-    """A tiny graph builder: nodes, seeded initializers, unique names."""
+    """A tiny graph builder on the IR: nodes, seeded initializers, unique names. A name an op
+    reads that nothing defines becomes the graph input (its shape is set by :meth:`build`)."""
 
     def __init__(self, name: str, seed: int) -> None:
-        self.name, self.nodes, self.inits = name, [], []  # type: ignore[var-annotated]
+        self.name = name
         self.rng = np.random.default_rng(seed)
         self.k = 0
+        self.values: dict[str, ir.Value] = {}
+        self.nodes: list[ir.Node] = []
+        self.inits: list[ir.Value] = []
+        self.inputs: list[ir.Value] = []
 
     def _id(self, base: str) -> str:
         self.k += 1
         return f"{base}_{self.k}"
 
-    def w(self, *shape: int, scale: float = 0.05) -> str:
-        name = self._id("w")
-        arr = (self.rng.standard_normal(shape) * scale).astype(np.float32)
-        self.inits.append(onnx.numpy_helper.from_array(arr, name))
+    def _init(self, name: str, arr: np.ndarray) -> str:
+        tensor = ir.tensor(arr, name=name)
+        value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(tensor.dtype))
+        value.const_value = tensor
+        self.values[name] = value
+        self.inits.append(value)
         return name
 
+    def w(self, *shape: int, scale: float = 0.05) -> str:
+        arr = (self.rng.standard_normal(shape) * scale).astype(np.float32)
+        return self._init(self._id("w"), arr)
+
     def const(self, values: list[int] | list[float], dtype: type = np.int64) -> str:
-        name = self._id("c")
-        self.inits.append(onnx.numpy_helper.from_array(np.array(values, dtype), name))
-        return name
+        return self._init(self._id("c"), np.array(values, dtype))
+
+    def _value(self, name: str) -> ir.Value:
+        if name not in self.values:
+            value = ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT))
+            self.values[name] = value
+            self.inputs.append(value)
+        return self.values[name]
 
     def op(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self._id(op.lower())
-        self.nodes.append(oh.make_node(op, inputs, [out], name=out, **attrs))
+        node = ir.node(op, [self._value(i) for i in inputs], attrs, name=out)
+        node.outputs[0].name = out
+        self.values[out] = node.outputs[0]
+        self.nodes.append(node)
         return out
 
     def conv(self, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, group: int = 1) -> str:
@@ -73,16 +90,19 @@ class _G:
         return self.op("Conv", [x, w, b], pads=[p] * 4, strides=[stride] * 2, group=group)
 
     def build(self, inp: str, shape: list[int], out: str) -> ir.Model:
-        g = oh.make_graph(
-            self.nodes,
-            self.name,
-            [oh.make_tensor_value_info(inp, TensorProto.FLOAT, shape)],
-            [oh.make_tensor_value_info(out, TensorProto.FLOAT, None)],
-            self.inits,
+        x = self._value(inp)
+        x.shape = ir.Shape(shape)
+        graph = ir.Graph(
+            [x],
+            [self.values[out]],
+            nodes=self.nodes,
+            initializers=self.inits,
+            opset_imports={"": OPSET},
+            name=self.name,
         )
-        model = oh.make_model(g, opset_imports=[oh.make_opsetid("", OPSET)])
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-        return ir.from_proto(model)
+        model = ir.Model(graph, ir_version=8)
+        ShapeInferencePass()(model)
+        return model
 
 
 def _head(g: _G, x: str, channels: int) -> str:
