@@ -128,13 +128,14 @@ def provider_name(text: str | None) -> str:
     """``cpu`` / ``cuda`` / ``dml`` / ``webgpu`` or a full ORT provider name."""
     if not text:
         return "CPUExecutionProvider"
-    name = PROVIDERS.get(text.strip().lower(), text.strip())
-    import onnxruntime as ort
+    from onnxfit.runtime.webgpu import available_providers
 
-    if name not in ort.get_available_providers():
+    name = PROVIDERS.get(text.strip().lower(), text.strip())
+    have = available_providers()
+    if name not in have:
         raise InputError(
             f"execution provider {name} is not available in this onnxruntime",
-            hint=f"available: {', '.join(ort.get_available_providers())}",
+            hint=f"available: {', '.join(have)}",
         )
     return name
 
@@ -152,10 +153,12 @@ def _session(model_bytes: bytes, provider: str, threads: int, profile_prefix: st
     if profile_prefix is not None:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
+    from onnxfit.runtime.webgpu import inference_session
+
     providers = (
         [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     )
-    return ort.InferenceSession(model_bytes, so, providers=providers)
+    return inference_session(model_bytes, so, providers)
 
 
 def _feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
