@@ -181,7 +181,7 @@ def test_compare_rejects_bad_eval_folder(tmp_path: Path, two_models: list[Path])
 @pytest.mark.needs_data
 @pytest.mark.slow
 def test_compare_eval_on_shared_data(shared_data: Path) -> None:
-    from onnxfit.profiling.accuracy import evaluate
+    from onnxfit.verify.evaluator import evaluate_models as evaluate
 
     cls = evaluate(
         [shared_data / "models" / "shufflenet-v2-12-qdq.onnx"],

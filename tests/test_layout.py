@@ -63,7 +63,6 @@ ONNX_ALLOWED = {
     "onnxfit.runtime.sections",
     "onnxfit.runtime.session",
     "onnxfit.runtime.settings",
-    "onnxfit.verify._run",
     "onnxfit.verify.sensitivity",
     "onnxfit.optimizer.emulate",
     "onnxfit.optimizer.run",

@@ -5,7 +5,7 @@ peak RSS is its own; the children are loaded, warmed up, then driven in rounds â
 ``A x k, B x k, A x k, B x k, ...`` (:func:`interleave_schedule`) â€” one child running at a time,
 so a slow minute of the machine hits every model alike. Beside the timings stand file size,
 parameters, the memory plan (arena; weights + arena + IO), the projection on the target and,
-with an evaluation folder, accuracy (:mod:`onnxfit.profiling.accuracy`).
+with an evaluation folder, accuracy (the one evaluator, :mod:`onnxfit.verify.evaluator`).
 
 Ratios are against the first model and read "times better": size, memory and latency
 ``first / this``; throughput ``this / first``; accuracy is a difference in points.
@@ -24,7 +24,6 @@ from typing import Any
 from onnxfit import io
 from onnxfit.errors import InputError
 from onnxfit.profiling import system
-from onnxfit.profiling.accuracy import Accuracy
 from onnxfit.profiling.bench import (
     ProgressFn,
     Static,
@@ -39,6 +38,7 @@ from onnxfit.profiling.stats import Summary, summarize
 from onnxfit.profiling.system import CpuMonitor, Noise
 from onnxfit.profiling.worker import RUNTIMES
 from onnxfit.targets import get_target
+from onnxfit.verify.evaluator import Accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -263,9 +263,9 @@ def compare(
     labels = _names(paths, names)
     tgt = get_target(target)
     if eval_data is not None:
-        from onnxfit.profiling.accuracy import detect_task
+        from onnxfit.verify.evalset import dataset_task
 
-        detect_task(eval_data)  # check the folder before the long part
+        dataset_task(eval_data)  # check the folder before the long part
     irs = [io.load(p) for p in paths]  # ModelLoadError for a bad file, before anything runs
     statics: list[Static] = []
     notes: list[str] = []
@@ -331,12 +331,12 @@ def compare(
         notes.append("measured in one process: peak RSS is the whole process's, for every model")
     accs: list[Accuracy | None] = [None] * len(paths)
     if eval_data is not None:
-        from onnxfit.profiling.accuracy import evaluate
+        from onnxfit.verify.evaluator import evaluate_models
 
         if on_progress:
             on_progress(total, total, "accuracy")
         accs = list(
-            evaluate(
+            evaluate_models(
                 paths,
                 eval_data,
                 target=tgt.name,

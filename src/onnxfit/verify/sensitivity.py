@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxfit import io
-from onnxfit.verify._run import Inputs, ModelArg, feeds_of, input_names, iter_runs
+from onnxfit.verify.runner import Inputs, ModelArg, feeds_of, input_names, iter_outputs
 
 #: Ops a QDQ quantizer folds into the QuantizeLinear before them (their output takes the name).
 _FOLDED = {"Relu", "Clip"}
@@ -151,7 +151,11 @@ def per_node_sensitivity(
     feeds, _ = feeds_of(inputs, input_names(reference))
     # running sums per tensor: |r - c|^2, |r|^2, |c|^2, r.c (all samples; memory stays flat)
     sums: dict[str, np.ndarray] = {n: np.zeros(4) for n in pairs}
-    runs = zip(iter_runs(ref_proto, feeds, batch), iter_runs(cand_proto, feeds, batch), strict=True)
+    runs = zip(
+        iter_outputs(ref_proto, feeds, batch=batch),
+        iter_outputs(cand_proto, feeds, batch=batch),
+        strict=True,
+    )
     for ref_out, cand_out in runs:
         for name in list(sums):
             r = ref_out[name].astype(np.float64).ravel()
