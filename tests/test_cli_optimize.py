@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from onnxfit.cli import main
 from onnxfit.optimizer import sidecar_paths
-from test_optimize import outlier_model, overflow_model
+from test_optimize import outlier_model, overflow_model, tiny_classifier
 
 FAST = ["--measure-runs", "0"]
 
@@ -85,7 +85,7 @@ def test_eval_labels_must_match_classes(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    src = overflow_model(tmp_path / "m.onnx")  # output [batch, 10]: a 10-class "classifier"
+    src = tiny_classifier(tmp_path / "m.onnx")  # [N, 3, 32, 32] -> [N, 10]
     ev = tmp_path / "eval"
     ev.mkdir()
     rng = np.random.default_rng(0)

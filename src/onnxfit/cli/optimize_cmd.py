@@ -45,7 +45,8 @@ from onnxfit.cli._common import (
     "--eval",
     "eval_dir",
     type=click.Path(path_type=Path),
-    help="Folder of images + labels.tsv: top-1/top-5 of both models, budget on accuracy.",
+    help="Labelled folder (labels.tsv, or YOLO images/ + labels/): budget on the top-1 or "
+    "mAP@0.5 drop.",
 )
 @click.option(
     "--max-accuracy-drop",
@@ -76,9 +77,17 @@ from onnxfit.cli._common import (
 @click.option(
     "--max-rounds",
     type=int,
-    default=4,
+    default=8,
     show_default=True,
-    help="Back-off rounds at most (each doubles the layers kept in higher precision).",
+    help="Back-off rounds at most after the first (best round, then bisection).",
+)
+@click.option(
+    "--max-kept-share",
+    type=float,
+    default=0.25,
+    show_default=True,
+    metavar="F",
+    help="Back-off keeps at most this share of Conv/Gemm/MatMul nodes in higher precision.",
 )
 @click.option(
     "--measure-runs",
@@ -126,6 +135,7 @@ def optimize(
     eval_count: int | None,
     method: str,
     max_rounds: int,
+    max_kept_share: float,
     measure_runs: int,
     prune: float | None,
     prune_scope: str,
@@ -174,6 +184,7 @@ def optimize(
         "eval_count": eval_count,
         "method": method,
         "max_rounds": max_rounds,
+        "max_kept_share": max_kept_share,
         "measure_runs": measure_runs,
         "prune": prune,
         "prune_scope": prune_scope,

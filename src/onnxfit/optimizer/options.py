@@ -18,8 +18,10 @@ PRECISION_ARGS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 FuseEmit = Literal["none", "fusedconv"]
 CalibMethod = Literal["minmax", "entropy", "percentile"]
 
-#: Bounded back-off: at most this many retries after the first attempt (kept set doubles).
-DEFAULT_MAX_ROUNDS = 4
+#: Bounded back-off: at most this many judged rounds after the first (best round + bisection).
+DEFAULT_MAX_ROUNDS = 8
+#: The back-off keeps at most this share of the lossy step's compute nodes in higher precision.
+DEFAULT_MAX_KEPT_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,16 @@ class OptimizeOptions:
     * ``passes``: registry names that replace the default pipeline (``--passes a,b,c``).
     * ``calibrate``: image folder or ``.npy``/``.npz`` inputs for INT8 calibration and FP16
       activation ranges (and verification when there is no ``eval``); ``calib_count`` images.
-    * ``eval``: folder of images + ``labels.tsv``: verification with top-1/top-5 of both
-      models; ``eval_count`` images at most (None: all).
+    * ``eval``: labelled folder (images + ``labels.tsv``, or YOLO ``images/`` + ``labels/``):
+      the gate measures the top-1 / mAP@0.5 drop; ``eval_count`` images at most (None: all).
+    * ``verify_count``: held-out ``calibrate`` inputs (after the first ``calib_count``) the
+      gate judges on when there are no labels.
     * ``max_accuracy_drop``: the budget in points (see :mod:`onnxfit.optimizer.gate`).
     * ``min_cosine``: cosine floor when no accuracy or agreement applies (None:
       ``1 - max_accuracy_drop / 100``).
-    * ``max_rounds``: back-off retries (each doubles the nodes kept in higher precision).
+    * ``max_rounds``: judged back-off rounds after round 0 (the best round, then bisection on
+      the ranked nodes); ``max_kept_share``: at most this share of the compute nodes
+      (Conv/Gemm/MatMul) stays in higher precision.
     * ``preset``: image preprocessing preset (None: guessed from the input shape).
     * ``method``: INT8 calibration method; ``fuse``: what the fuse step emits.
     * ``measure_runs``: timed runs for the measured latency on this host (0: skip).
@@ -53,8 +59,10 @@ class OptimizeOptions:
     max_accuracy_drop: float = 1.0
     min_cosine: float | None = None
     max_rounds: int = DEFAULT_MAX_ROUNDS
+    max_kept_share: float = DEFAULT_MAX_KEPT_SHARE
     preset: str | None = None
     calib_count: int = 100
+    verify_count: int = 200
     eval_count: int | None = None
     method: CalibMethod = "minmax"
     fuse: FuseEmit = "none"
@@ -106,9 +114,19 @@ class OptimizeOptions:
                 f"--max-accuracy-drop must be a number >= 0, got {self.max_accuracy_drop}",
                 hint="points of top-1 accuracy, e.g. --max-accuracy-drop 1.0",
             )
+        if not 0.0 < self.max_kept_share <= 1.0:
+            raise InputError(
+                f"--max-kept-share must lie in (0, 1], got {self.max_kept_share}",
+                hint="e.g. --max-kept-share 0.25",
+            )
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
             raise InputError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
-        for name, low in (("max_rounds", 0), ("calib_count", 1), ("measure_runs", 0)):
+        for name, low in (
+            ("max_rounds", 0),
+            ("calib_count", 1),
+            ("measure_runs", 0),
+            ("verify_count", 0),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 flag = "--" + name.replace("_", "-")

@@ -23,12 +23,13 @@ Pruning is one-shot: nothing is fine-tuned. Each step's report carries the scan 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxfit.optimizer.gate import Judge
 from onnxfit.passes.base import PassReport
 from onnxfit.pruning import budget as pruning
 
@@ -45,64 +46,6 @@ CALIB_FEEDS = 16
 #: share of --max-accuracy-drop pruning may use when a lossy precision step follows
 SHARE_BEFORE_PRECISION = 0.5
 Feeds = list[dict[str, np.ndarray]]
-
-
-def _all_outputs(model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
-    from onnxfit.runtime.session import Session
-
-    with Session(model, target="cpu") as sess:
-        names = [o.name for o in sess.outputs]
-        runs = [sess.run(dict(f)) for f in feeds]
-    return [np.concatenate([np.asarray(r[n]) for r in runs]) for n in names]
-
-
-def _outputs(model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
-    return _all_outputs(model, feeds)[0]
-
-
-def _limit(feeds: Feeds, samples: int) -> Feeds:
-    out, n = [], 0
-    for f in feeds:
-        if n >= samples:
-            break
-        out.append(f)
-        n += next(iter(f.values())).shape[0]
-    return out
-
-
-def _judge(
-    reference: ir.Model, feeds: Feeds, labels: np.ndarray | None, synthetic: bool
-) -> tuple[str, Callable[[ir.Model], float]]:
-    """(measure, score function in points, higher is better) on ``feeds``."""
-    refs = _all_outputs(reference, feeds)
-    ref = refs[0]
-    classifier = ref.ndim >= 2 and ref.shape[1] > 1 and all(d == 1 for d in ref.shape[2:])
-    if labels is not None and classifier:
-        lab = np.asarray(labels)[: ref.shape[0]]
-        return (
-            "top1",
-            lambda m: (
-                100.0 * float(np.mean(_outputs(m, feeds).reshape(len(lab), -1).argmax(1) == lab))
-            ),
-        )
-    if classifier and not synthetic:
-        top = ref.reshape(ref.shape[0], -1).argmax(1)
-        return (
-            "agreement",
-            lambda m: (
-                100.0 * float(np.mean(_outputs(m, feeds).reshape(len(top), -1).argmax(1) == top))
-            ),
-        )
-
-    def cosine(m: ir.Model) -> float:  # worst sample of the worst output
-        from onnxfit.verify import cosine_per_sample
-
-        outs = _all_outputs(m, feeds)
-        return 100.0 * min(
-            float(cosine_per_sample(r, o).min()) for r, o in zip(refs, outs, strict=True)
-        )
-
-    return "cosine", cosine
 
 
 def _pass_options(step: PlanStep, feeds: Feeds) -> dict[str, Any]:
@@ -151,12 +94,14 @@ def run_budgeted(
     # real calibration images drive the channel choice and compensation; noise would mislead
     calib = [] if data.calibration.synthetic else [dict(f) for f in data.calibration.feeds]
     calib = calib[:CALIB_FEEDS]
-    feeds = data.verify_feeds(model)
-    budget = options.max_accuracy_drop * (SHARE_BEFORE_PRECISION if lossy_follows else 1.0)
-    measure, score = _judge(model, feeds, data.labels, data.synthetic)
-    if measure == "cosine":
-        budget = 100.0 * (1.0 - options.cosine_floor) * (0.5 if lossy_follows else 1.0)
-    baseline = score(model)
+    share = SHARE_BEFORE_PRECISION if lossy_follows else 1.0
+    judge = Judge(
+        model, data, budget=options.max_accuracy_drop, cosine_floor=options.cosine_floor,
+        reference_name="model before pruning",
+    )  # fmt: skip
+    measure, score = judge.measure, judge.score
+    budget = judge.loss_budget * share
+    baseline = judge.reference_score
     say("pruning as requested")
     candidate = pruning.clone(model)
     reports = _run_steps(candidate, steps, calib)
@@ -167,9 +112,10 @@ def run_budgeted(
             r.stats.update(budget="requested ratios hold", loss_pts=round(loss, 3),
                            measure=measure)  # fmt: skip
         return candidate, reports
-    scan_feeds = _limit(feeds, SCAN_SAMPLES)
-    scan_labels = data.labels[:SCAN_SAMPLES] if data.labels is not None else None
-    _, scan_score = _judge(model, scan_feeds, scan_labels, data.synthetic)
+    scan_score = Judge(
+        model, data, budget=options.max_accuracy_drop, cosine_floor=options.cosine_floor,
+        samples=SCAN_SAMPLES,
+    ).score  # fmt: skip
     current, reports, left = model, [], budget
     for i, step in enumerate(steps):
         kind: pruning.Kind = "channels" if step.name == "prune-channels" else "unstructured"

@@ -17,11 +17,11 @@ from onnxfit.verify import VerifyResult
 class OptimizeResult:
     """The plan, each pass's stats, before/after figures, verification and outputs.
 
-    ``verification`` compares the written model with the original (ORT CPU);
-    ``gate_verification`` (when not None) is the comparison the budget was judged on: the
-    float16-storage emulation of an FP16 model, and/or against the dequantized float model.
-    ``kept_higher`` lists the nodes the back-off kept in higher precision; ``kept_float`` the
-    nodes a pass could not handle (name -> pass and reason).
+    ``verification`` compares the written model's outputs with the original's (ORT CPU);
+    ``gate`` is the budget's verdict (measure, value, limit, rule, details). ``kept_higher``
+    lists the nodes the back-off kept in higher precision; ``kept_float`` the nodes a pass
+    could not handle (name -> pass and reason); ``ranking`` the nodes by measured
+    sensitivity (worst first) when the back-off ranked them.
     """
 
     model: str
@@ -40,7 +40,7 @@ class OptimizeResult:
     attempts: list[Attempt] = field(default_factory=list)
     kept_higher: list[str] = field(default_factory=list)
     kept_float: dict[str, str] = field(default_factory=dict)
-    gate_verification: VerifyResult | None = None
+    ranking: list[dict[str, Any]] = field(default_factory=list)
     deploy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -70,9 +70,7 @@ class OptimizeResult:
             "size_ratio": self.size_ratio,
             "verification": self.verification.to_dict(),
             "gate": self.gate.to_dict(),
-            "gate_verification": (
-                self.gate_verification.to_dict() if self.gate_verification is not None else None
-            ),
+            "ranking": list(self.ranking),
             "data": dict(self.data),
             "backoff": {
                 "rounds": max(0, len(self.attempts) - 1),

@@ -25,6 +25,7 @@ from onnxfit import atomic, io
 from onnxfit.errors import InputError
 from onnxfit.optimizer.backoff import Outcome, clone, run_lossy
 from onnxfit.optimizer.data import RunData, load_run_data
+from onnxfit.optimizer.gate import Judge
 from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import OptimizePlan, build_plan, make_step_pass
 from onnxfit.optimizer.prune_step import PRUNE_STEPS, run_budgeted
@@ -171,21 +172,17 @@ def optimize(
     prefix = the_plan.steps[: lossy_at if lossy_at is not None else len(the_plan.steps)]
     stages = _Stages(progress, total=len(prefix) + 4)
     data = load_run_data(original, opts, progress=stages)
-    outcome, prefix_reports, gate_ref_is_orig = _run_pipeline(
+    outcome, prefix_reports, warnings = _run_pipeline(
         original, the_plan, prefix, data, opts, stages
     )
-    verification = outcome.verification
-    gate_verification = None
-    if not gate_ref_is_orig or outcome.emulated:
-        stages("comparing the written model with the original")
-        gate_verification = verification
-        verification = compare_models(
-            original,
-            outcome.model,
-            data.verify_inputs,
-            labels=data.labels,
-            synthetic=data.synthetic,
-        )
+    stages("comparing the written model with the original")
+    verification = compare_models(
+        original,
+        outcome.model,
+        data.verify_inputs,
+        labels=data.labels if data.info is None or data.info.task == "classify" else None,
+        synthetic=data.synthetic,
+    )
     stages("measuring before/after")
     final = outcome.model
     payload = io.to_bytes(final)
@@ -227,9 +224,9 @@ def optimize(
         attempts=outcome.attempts,
         kept_higher=outcome.kept,
         kept_float=_kept_float(reports, outcome.kept),
-        gate_verification=gate_verification,
         deploy=deploy,
-        notes=_notes(the_plan, data, outcome),
+        notes=_notes(the_plan, data, outcome) + warnings,
+        ranking=outcome.ranking,
     )
     stages(f"writing {out}")
     result.elapsed_s = time.perf_counter() - started
@@ -244,8 +241,8 @@ def _run_pipeline(
     data: RunData,
     opts: OptimizeOptions,
     stages: _Stages,
-) -> tuple[Outcome, list[PassReport], bool]:
-    """Float passes once, then the lossy step in the back-off loop; which reference gated."""
+) -> tuple[Outcome, list[PassReport], list[str]]:
+    """Float passes once, then the lossy step under the gate; the gate's warnings."""
     model = clone(original)
     reports: list[PassReport] = []
     pruning_steps = [s for s in prefix if s.name in PRUNE_STEPS]
@@ -273,22 +270,23 @@ def _run_pipeline(
         stages(f"pass {step.name}")
     # Labels: always judged against the original's accuracy. Otherwise, after dequantizing,
     # against the float model (the INT8 input's own noise is not a loss of this run).
-    gate_ref_is_orig = data.labels is not None or not the_plan.dequantizes or step is None
-    outcome = run_lossy(
-        base=model,
-        gate_ref=original if gate_ref_is_orig else model,
-        gate_ref_name="original" if gate_ref_is_orig else "dequantized",
-        step=step,
-        suffix=suffix,
-        data=data,
-        options=opts,
-        say=stages,
+    ref_is_orig = data.evaluator is not None or not the_plan.dequantizes or step is None
+    stages("scoring the reference")
+    judge = Judge(
+        original if ref_is_orig else model,
+        data,
+        budget=opts.max_accuracy_drop,
+        cosine_floor=opts.cosine_floor,
+        reference_name="original model" if ref_is_orig else "dequantized model",
     )
-    return outcome, reports, gate_ref_is_orig
+    outcome = run_lossy(
+        base=model, judge=judge, step=step, suffix=suffix, data=data, options=opts, say=stages
+    )
+    return outcome, reports, list(judge.warnings)
 
 
 def _notes(the_plan: OptimizePlan, data: RunData, outcome: Outcome) -> list[str]:
-    notes = list(the_plan.notes)
+    notes = list(the_plan.notes) + list(data.notes)
     if data.synthetic:
         notes.append(
             "verified on SYNTHETIC inputs (seeded noise): the figures say nothing about real "
@@ -299,7 +297,7 @@ def _notes(the_plan: OptimizePlan, data: RunData, outcome: Outcome) -> list[str]
     if outcome.kept:
         notes.append(
             f"back-off kept {len(outcome.kept)} node(s) in higher precision after "
-            f"{len(outcome.attempts) - 1} round(s)"
+            f"{len(outcome.attempts) - 1} round(s) (smallest passing prefix of the ranked nodes)"
         )
     return notes
 

@@ -24,17 +24,25 @@ def _pct(x: float | None) -> str:
 
 
 def _accuracy_row(result: OptimizeResult) -> tuple[str, str, str, str]:
-    v = result.verification
-    if v.reference_accuracy:
-        ref, cand = v.reference_accuracy, v.candidate_accuracy
-        before = " / ".join(_pct(ref.get(k)) for k in ("top1", "top5") if k in ref)
-        after = " / ".join(_pct(cand.get(k)) for k in ("top1", "top5") if k in cand)
-        drop = v.accuracy_drop or 0.0
-        return ("top-1 / top-5 accuracy", before, after, f"{-drop:+.2f} pt top-1")
-    if v.agreement is not None:
-        what = "top-1 agreement" if v.task == "classify" else "top-box agreement"
-        return (what, "reference", _pct(v.agreement), f"cosine min {v.cosine_min:.5f}")
-    return ("output cosine (worst)", "reference", f"{v.cosine_min:.6f}", "-")
+    g = result.gate
+    d = g.details
+    if g.measure in ("top1_drop", "map50_drop"):
+        keys = ("top1", "top5") if g.measure == "top1_drop" else ("map50", "map50_95")
+        name = "top-1 / top-5 accuracy" if g.measure == "top1_drop" else "mAP@0.5 / @0.5:0.95"
+        before = " / ".join(_pct(d.get(f"reference_{k}")) for k in keys)
+        after = " / ".join(_pct(d.get(f"candidate_{k}")) for k in keys)
+        head = "top-1" if g.measure == "top1_drop" else "mAP@0.5"
+        return (name, before, after, f"{-g.value:+.2f} pt {head}")
+    if g.measure == "expected_top1_drop":
+        return (
+            "expected top-1 drop (no labels)",
+            "reference",
+            f"{g.value:.3f} pt",
+            f"agreement {_pct(d.get('agreement'))}, KL {d.get('mean_kl', 0):.4f}",
+        )
+    if g.measure == "box_disagreement":
+        return ("box disagreement (no labels)", "reference", f"{g.value:.2f} %", "-")
+    return ("output cosine (worst)", "reference", f"{g.value:.6f}", "-")
 
 
 def comparison_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
@@ -102,21 +110,15 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     """Verification, data, back-off, kept-float nodes, passes, outputs, notes."""
     v = result.verification
     lines = [
-        f"verification: {result.gate.describe()} -> {'PASS' if result.gate.passed else 'FAIL'}",
-        f"  max abs error {v.max_abs_error:.4g}, max rel error {v.max_rel_error:.4g}, "
-        f"cosine min {v.cosine_min:.6f} ({v.samples} samples vs the original)",
+        f"accuracy gate: {result.gate.describe()} -> {'PASS' if result.gate.passed else 'FAIL'}",
+        f"  measure: {result.gate.measure} — {result.gate.rule}",
+        f"  outputs vs the original: max abs error {v.max_abs_error:.4g}, max rel error "
+        f"{v.max_rel_error:.4g}, cosine min {v.cosine_min:.6f} ({v.samples} samples)",
         f"  data: {result.data.get('verification')}"
         + (" [SYNTHETIC]" if result.data.get("synthetic") else ""),
     ]
     if result.data.get("calibration") != result.data.get("verification"):
         lines.append(f"  calibration: {result.data.get('calibration')}")
-    gv = result.gate_verification
-    if gv is not None:
-        lines.append(
-            f"  judged vs the {result.gate.reference}: cosine min {gv.cosine_min:.6f}, "
-            f"agreement {_pct(gv.agreement)}"
-            + (f", top-1 drop {gv.accuracy_drop:.2f} pt" if gv.accuracy_drop is not None else "")
-        )
     rounds = max(0, len(result.attempts) - 1)
     if rounds:
         lines.append(

@@ -73,6 +73,34 @@ class EvalSet:
             self.excluded,
         )
 
+    def _pick(self, idx: list[int]) -> EvalSet:
+        return EvalSet(
+            self.task,
+            self.x[idx],
+            [self.paths[i] for i in idx],
+            self.source,
+            self.preset,
+            None if self.labels is None else self.labels[idx],
+            None if self.truth is None else [self.truth[i] for i in idx],
+            None if self.metas is None else [self.metas[i] for i in idx],
+            list(self.skipped),
+            self.excluded,
+        )
+
+    def split(self, n: int) -> tuple[EvalSet, EvalSet]:
+        """(the first ``n`` samples, the rest); the rest counts the first as left out."""
+        head, tail = self.take(n), self._pick(list(range(n, len(self))))
+        tail.excluded += len(head)
+        return head, tail
+
+    def without(self, paths: Iterable[str | os.PathLike[str]]) -> EvalSet:
+        """The set minus the images at ``paths`` (compared resolved), counted as left out."""
+        gone = {Path(p).resolve() for p in paths}
+        keep = [i for i, p in enumerate(self.paths) if Path(p).resolve() not in gone]
+        out = self._pick(keep)
+        out.excluded += len(self) - len(keep)
+        return out
+
     @property
     def ground_truth_boxes(self) -> int:
         return sum(len(c) for _, c in self.truth) if self.truth is not None else 0
