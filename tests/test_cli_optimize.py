@@ -117,3 +117,22 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
     assert code == 2 and "--force" in stderr and out.read_bytes() == b"old"
     code, _, _ = _run(str(src), "-o", str(out), "--force", *FAST)
     assert code == 0 and out.read_bytes() != b"old"
+
+
+def test_does_not_fit_exits_3_and_writes_nothing(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "m.onnx")
+    small = tmp_path / "small.toml"
+    small.write_text('base = "xbox-series-s"\nname = "small"\nmemory_budget = 20000\n')
+    out = tmp_path / "o.onnx"
+    code, stdout, stderr = _run(str(src), "-o", str(out), "--target", str(small), "--json", *FAST)
+    assert code == 3, stderr
+    assert "DOES NOT FIT small" in stderr and "nothing written" in stderr
+    assert "allow-over-budget" in stderr
+    d = json.loads(stdout)  # the figures are still printed
+    assert d["after"]["fits"] is False and d["written"] is False
+    assert d["after"]["verdict"]["budget_bytes"] == 20000
+    assert not any(p.exists() for p in (out, *sidecar_paths(out)))
+    code, stdout, _ = _run(
+        str(src), "-o", str(out), "--target", str(small), "--allow-over-budget", "--json", *FAST
+    )
+    assert code == 0 and json.loads(stdout)["written"] is True and out.exists()

@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from onnxfit import io
 from onnxfit.analysis.cost import CostReport, analyze_cost
+from onnxfit.analysis.fit import FitVerdict, verdict_of
 from onnxfit.analysis.memory import MemoryPlan, plan_memory
 from onnxfit.analysis.shapes import infer_shapes
 from onnxfit.targets import Target, get_target
@@ -158,6 +159,11 @@ class InspectResult:
     def fits(self) -> bool:
         return self.runtime_bytes <= self.budget_bytes
 
+    @property
+    def verdict(self) -> FitVerdict:
+        """The fit verdict with the projection at narrower precisions (:mod:`.fit`)."""
+        return verdict_of(self)
+
     def to_dict(self, *, nodes: bool = True) -> dict[str, Any]:
         """A JSON-serializable dict (``nodes=False`` leaves the per-node costs out)."""
         return {
@@ -190,6 +196,9 @@ class InspectResult:
                 "budget_bytes": self.budget_bytes,
                 "headroom_bytes": self.headroom_bytes,
                 "headroom_pct": self.headroom_pct,
+                "precision": self.verdict.precision,
+                "projected_bytes": dict(self.verdict.projected),
+                "next_step": self.verdict.next_step(),
             },
         }
 

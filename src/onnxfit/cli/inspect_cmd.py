@@ -8,6 +8,7 @@ import click
 
 from onnxfit.cli._common import (
     console,
+    exit_over_budget,
     guarded,
     input_shape_option,
     json_option,
@@ -35,6 +36,11 @@ _PLOT_SUFFIXES = (".png", ".svg", ".pdf")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also draw the memory plan (lifetime across, offset up) to this .png/.svg/.pdf.",
 )
+@click.option(
+    "--allow-over-budget",
+    is_flag=True,
+    help="Exit 0 even when the model does not fit the target's memory budget.",
+)
 @markdown_option
 @json_option
 @guarded
@@ -45,6 +51,7 @@ def inspect_cmd(
     top: int,
     input_shape: tuple[str, ...],
     plot_memory: Path | None,
+    allow_over_budget: bool,
     markdown: bool,
     as_json: bool,
 ) -> None:
@@ -54,6 +61,9 @@ def inspect_cmd(
     precision vs bytes at its bandwidth, plus a dispatch overhead); the activation arena comes
     from a greedy-by-size offset plan; the verdict adds weights + arena + inputs/outputs and
     compares them with the target's memory budget.
+
+    Exit status: 0 when the model fits (or with --allow-over-budget), 3 when it does NOT FIT
+    (the verdict names the next step, e.g. "INT8 would need 12.8 MiB"), 2 for a usage error.
 
     \b
     Examples:
@@ -95,3 +105,5 @@ def inspect_cmd(
     )
     if plot_memory is not None and not as_json:
         console.print(f"memory plan drawn to {plot_memory}")
+    if not result.fits and not allow_over_budget:
+        exit_over_budget(result.verdict)

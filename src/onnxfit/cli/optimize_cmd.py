@@ -118,6 +118,11 @@ from onnxfit.cli._common import (
     help="Remove ratio R of the Conv output channels (smaller dense model), one-shot.",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
+@click.option(
+    "--allow-over-budget",
+    is_flag=True,
+    help="Write OUT even when it does not fit the target's memory budget (exit 0).",
+)
 @markdown_option
 @json_option
 @guarded
@@ -141,6 +146,7 @@ def optimize(
     prune_scope: str,
     prune_channels: float | None,
     force: bool,
+    allow_over_budget: bool,
     markdown: bool,
     as_json: bool,
 ) -> None:
@@ -156,6 +162,10 @@ def optimize(
     stats, before/after, verification, blocked layers, data used) and OUT.deploy.json (the
     session settings the target's runtime must use), where OUT.onnx gives OUT.report.json.
 
+    Exit status: 0 written; 2 a usage error or no round met the accuracy budget (nothing
+    written); 3 the optimized model does NOT FIT the target's memory budget (nothing written;
+    the table and the next step are printed; --allow-over-budget writes it and exits 0).
+
     \b
     Examples:
       onnxfit optimize resnet18.onnx -o resnet18-xbox.onnx --target xbox-series-s
@@ -166,6 +176,7 @@ def optimize(
       onnxfit optimize r18.onnx -o r18-small.onnx --prune-channels 0.3 --eval imagenet-sample/
       onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune 0.7
     """
+    from onnxfit.errors import DoesNotFitError
     from onnxfit.optimizer.options import OptimizeOptions
     from onnxfit.optimizer.plan import build_plan
     from onnxfit.optimizer.run import check_output
@@ -204,9 +215,29 @@ def optimize(
         def on_progress(label: str, done: int, total: int | None) -> None:
             bar.update(task, description=label, completed=done, total=total)
 
-        result = run_optimize(
-            model, output, target=tgt, force=force, progress=on_progress, plan=the_plan, **values
-        )
+        try:
+            result = run_optimize(
+                model,
+                output,
+                target=tgt,
+                force=force,
+                allow_over_budget=allow_over_budget,
+                progress=on_progress,
+                plan=the_plan,
+                **values,
+            )
+        except DoesNotFitError as exc:
+            measured: Any = exc.result
+            if measured is not None:  # show what was measured, then the error (exit 3)
+                bar.stop()
+                print_result(
+                    measured,
+                    as_json=as_json,
+                    markdown=markdown,
+                    to_markdown=lambda: to_markdown(measured),
+                    render=lambda: render_optimize(measured),
+                )
+            raise
     print_result(
         result,
         as_json=as_json,

@@ -44,6 +44,7 @@ class OptimizeResult:
     deploy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    written: bool = False
 
     @property
     def precision(self) -> str:
@@ -81,4 +82,5 @@ class OptimizeResult:
             "deploy_settings": dict(self.deploy),
             "notes": list(self.notes),
             "elapsed_s": self.elapsed_s,
+            "written": self.written,
         }

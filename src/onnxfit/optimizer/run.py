@@ -22,7 +22,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxfit import atomic, io
-from onnxfit.errors import InputError
+from onnxfit.errors import DoesNotFitError, InputError
 from onnxfit.optimizer.backoff import Outcome, clone, run_lossy
 from onnxfit.optimizer.data import RunData, load_run_data
 from onnxfit.optimizer.gate import Judge
@@ -139,6 +139,7 @@ def optimize(
     calib_count: int = 100,
     eval_count: int | None = None,
     force: bool = False,
+    allow_over_budget: bool = False,
     progress: ProgressFn | None = None,
     plan: OptimizePlan | None = None,
     **options: Any,
@@ -148,8 +149,11 @@ def optimize(
     ``options`` are further :class:`~onnxfit.optimizer.options.OptimizeOptions` fields
     (``method``, ``max_rounds``, ``min_cosine``, ``measure_runs``, ``fuse``, ``seed``...).
     ``plan`` reuses a plan made by :func:`onnxfit.optimizer.plan.plan` (e.g. shown first).
-    Raises :class:`InputError` / :class:`ModelLoadError` for bad input and
-    :class:`VerificationError` when no back-off round meets the budget; then nothing is written.
+    Raises :class:`InputError` / :class:`ModelLoadError` for bad input,
+    :class:`VerificationError` when no back-off round meets the accuracy budget and
+    :class:`DoesNotFitError` (CLI exit status 3; ``.result`` holds the figures) when the
+    optimized model does not fit the target's memory budget, unless ``allow_over_budget``;
+    then nothing is written.
     """
     started = time.perf_counter()
     opts = OptimizeOptions.build(
@@ -228,8 +232,16 @@ def optimize(
         notes=_notes(the_plan, data, outcome) + warnings,
         ranking=outcome.ranking,
     )
-    stages(f"writing {out}")
     result.elapsed_s = time.perf_counter() - started
+    if not after.fits and not allow_over_budget:
+        verdict = after.verdict
+        step = verdict.next_step() if verdict is not None else None
+        raise DoesNotFitError(
+            f"{verdict.line() if verdict else 'the optimized model does not fit'}; nothing written",
+            hint=(f"{step}; " if step else "") + "or pass --allow-over-budget to write it anyway",
+            result=result,
+        )
+    stages(f"writing {out}")
     _write_all(final, result, out, report_path, deploy_path, force=force)
     return result
 
@@ -316,6 +328,7 @@ def _write_all(
     try:
         size = io.save(model, out, force=force)
         result.after.file_bytes = size.bytes
+        result.written = True
         _write_json(report_path, result.to_dict())
         _write_json(deploy_path, result.deploy)
     except BaseException:

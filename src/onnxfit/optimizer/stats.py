@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxfit.analysis.fit import FitVerdict
 from onnxfit.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,12 @@ class ModelStats:
     fits: bool
     nodes: int
     measured_latency_s: float | None = None
+    verdict: FitVerdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["verdict"] = self.verdict.to_dict() if self.verdict is not None else None
+        return d
 
 
 def model_stats(model: ir.Model, *, target: Target, file_bytes: int, precision: str) -> ModelStats:
@@ -63,6 +67,7 @@ def model_stats(model: ir.Model, *, target: Target, file_bytes: int, precision: 
         projected_latency_s=float(result.latency_s),
         fits=bool(result.fits),
         nodes=int(result.num_nodes),
+        verdict=result.verdict,
     )
 
 

@@ -26,12 +26,15 @@ def _shape_text(shape: tuple[int | str | None, ...] | None) -> str:
 
 
 def verdict_text(result: InspectResult) -> str:
-    """``FITS: uses X of Y (Z% headroom)`` or ``DOES NOT FIT: needs X of Y (Z over)``."""
+    """``FITS: uses X of Y (Z% headroom)`` or ``DOES NOT FIT: needs X of Y (Z over); next:
+    INT8 would need ...`` (:mod:`onnxfit.analysis.fit`)."""
     used, budget = fmt_bytes(result.runtime_bytes), fmt_bytes(result.budget_bytes)
     if result.fits:
         return f"FITS: uses {used} of {budget} ({result.headroom_pct:.2f}% headroom)"
     over = fmt_bytes(-result.headroom_bytes)
-    return f"DOES NOT FIT: needs {used} of {budget} ({over} over, {-result.headroom_pct:.2f}%)"
+    text = f"DOES NOT FIT: needs {used} of {budget} ({over} over, {-result.headroom_pct:.2f}%)"
+    step = result.verdict.next_step()
+    return text + (f"; next: {step}" if step else "")
 
 
 def memory_text(result: InspectResult) -> str:

@@ -119,6 +119,11 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     ]
     if result.data.get("calibration") != result.data.get("verification"):
         lines.append(f"  calibration: {result.data.get('calibration')}")
+    verdict = result.after.verdict
+    if verdict is not None:
+        lines.append(f"memory: {verdict.line()}")
+        if verdict.next_step():
+            lines.append(f"  next: {verdict.next_step()}")
     rounds = max(0, len(result.attempts) - 1)
     if rounds:
         lines.append(
@@ -137,7 +142,10 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     from onnxfit.report.prune import scan_lines
 
     lines += scan_lines(result.passes)  # the pruning budget's sensitivity scan, if it ran
-    lines.append(f"wrote {result.output}, {result.report_path}, {result.deploy_path}")
+    if result.written:
+        lines.append(f"wrote {result.output}, {result.report_path}, {result.deploy_path}")
+    else:
+        lines.append("nothing written")
     lines += [f"note: {n}" for n in result.notes]
     return lines
 

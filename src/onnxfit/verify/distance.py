@@ -10,6 +10,8 @@
   **if the labels were drawn from the reference's own probabilities** (a calibrated
   reference). A flipped near-tie costs its small margin, not a whole image, so the measure
   resolves budgets far below ``1 / N``;
+* :func:`paired_standard_error` — how precisely a sample of N labelled images measures the
+  accuracy difference of two models on them;
 * :func:`box_agreement` — detections matched between two models (same class, IoU >= 0.5,
   greedy, best score first): F1 = 2 x matches / (reference + candidate detections), pooled
   over images.
@@ -31,6 +33,7 @@ __all__ = [
     "expected_top1_drop",
     "match_count",
     "mean_kl",
+    "paired_standard_error",
     "probabilities",
     "top1_agreement",
 ]
@@ -93,6 +96,15 @@ def expected_top1_drop(ref: np.ndarray, cand: np.ndarray) -> float:
     rows = np.arange(p.shape[0])
     a, b = p.argmax(axis=1), c.argmax(axis=1)
     return float(np.mean(p[rows, a] - p[rows, b])) if len(p) else 0.0
+
+
+def paired_standard_error(ref_correct: np.ndarray, cand_correct: np.ndarray) -> float:
+    """Standard error (a fraction) of the accuracy difference of two models scored on the same
+    images: ``sqrt(discordant) / N``, discordant = images exactly one of them gets right (the
+    paired, McNemar-style estimate; 0 when they agree everywhere)."""
+    r = np.asarray(ref_correct, bool).reshape(-1)
+    c = np.asarray(cand_correct, bool).reshape(-1)
+    return float(np.sqrt(np.sum(r != c)) / len(r)) if len(r) else 0.0
 
 
 def match_count(ref: Detections, cand: Detections, *, iou: float = MATCH_IOU) -> int:
