@@ -275,3 +275,19 @@ def test_zoo_resnet18_sizes(zoo_resnet18: Path, tmp_path: Path) -> None:
     int8 = optimize(zoo_resnet18, tmp_path / "int8.onnx", target="cpu", precision="int8", **FAST)
     assert int8.after.file_bytes <= 0.26 * fp32
     assert int8.gate.passed
+
+
+def test_layer_table_and_precision_share_speak_the_models_names(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "m-int8.onnx"
+    result = optimize(src, out, target="cpu", precision="int8", max_accuracy_drop=100, **FAST)
+    names = {n.name for n in io.load(src).graph}
+    assert result.layer_errors and {r["node"] for r in result.layer_errors} <= names
+    added = [r["added"] for r in result.layer_errors]
+    assert added == sorted(added, reverse=True)
+    share = result.achieved["precision"]
+    assert share["precision"] == "int8" and share["total"] == 2  # conv and fc
+    assert share["nodes"] == 2 and share["node_share"] == 1.0 and share["flops_share"] == 1.0
+    report = json.loads(sidecar_paths(out)[0].read_text())
+    assert report["layer_errors"][0]["node"] in names
+    assert report["requested_vs_achieved"]["precision"]["requested"] == 1.0

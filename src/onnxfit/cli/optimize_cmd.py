@@ -99,10 +99,10 @@ from onnxfit.cli._common import (
 )
 @click.option(
     "--prune",
-    type=float,
-    metavar="S",
-    help="Unstructured magnitude pruning to sparsity S (0-1), one-shot; stored compactly at "
-    ">= 0.7. Per-layer ratios from a sensitivity scan if the budget breaks.",
+    metavar="S|auto[:MAX]",
+    help="Unstructured magnitude pruning to exactly sparsity S (0-1), one-shot, or refused "
+    "with its accuracy cost; auto: the budget picks per-layer ratios (up to 0.9, or MAX). "
+    "Stored compactly at >= 0.7.",
 )
 @click.option(
     "--prune-scope",
@@ -113,9 +113,9 @@ from onnxfit.cli._common import (
 )
 @click.option(
     "--prune-channels",
-    type=float,
-    metavar="R",
-    help="Remove ratio R of the Conv output channels (smaller dense model), one-shot.",
+    metavar="R|auto[:MAX]",
+    help="Remove exactly ratio R of the prunable Conv output channels (smaller dense model), "
+    "one-shot, or refuse; auto: the budget picks per-layer ratios (up to 0.5, or MAX).",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
 @click.option(
@@ -142,9 +142,9 @@ def optimize(
     max_rounds: int,
     max_kept_share: float,
     measure_runs: int,
-    prune: float | None,
+    prune: str | None,
     prune_scope: str,
-    prune_channels: float | None,
+    prune_channels: str | None,
     force: bool,
     allow_over_budget: bool,
     markdown: bool,
@@ -174,7 +174,7 @@ def optimize(
       onnxfit optimize int8.onnx -o fp16.onnx --target xbox-series-s   (dequantize -> fp16)
       onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
       onnxfit optimize r18.onnx -o r18-small.onnx --prune-channels 0.3 --eval imagenet-sample/
-      onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune 0.7
+      onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune auto:0.7
     """
     from onnxfit.errors import DoesNotFitError
     from onnxfit.optimizer.options import OptimizeOptions

@@ -9,7 +9,8 @@ Round 0 runs the plan's lossy step (``fp16`` or ``int8``) on the whole model and
    (:func:`onnxfit.passes.activations.fp16_risk_nodes`; overflowing ones must stay float32),
    then by the float16 drift each adds (:func:`onnxfit.verify.per_node_sensitivity` on the
    float16-storage emulation, :func:`onnxfit.optimizer.emulate.emulate_fp16`); ``int8``: by
-   the quantization error each adds (against the prepared float model);
+   measured sensitivity (:mod:`onnxfit.optimizer.int8_rank`: each compute node restored to
+   float alone, the gain in distance to the float model measured);
 2. **best round first**: the longest prefix allowed (``max_kept_share`` of the lossy step's
    compute nodes) is judged; when even it fails the budget, the search stops there with the
    distance it reached (no rounds wasted);
@@ -37,6 +38,7 @@ from onnxfit.optimizer.data import RunData
 from onnxfit.optimizer.gate import GateResult, Judge
 from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import PlanStep, make_step_pass
+from onnxfit.optimizer.stats import COMPUTE_OPS
 from onnxfit.passes.base import PassReport
 from onnxfit.verify import per_node_sensitivity
 
@@ -45,8 +47,6 @@ logger = logging.getLogger(__name__)
 Say = Callable[[str], None]
 #: Feeds used to rank nodes (activation ranges, drift): enough to see outliers, quick to run.
 RANKING_FEEDS = 16
-#: Ops whose precision the share figures count (the compute that INT8 / FP16 is for).
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def clone(model: ir.Model) -> ir.Model:
@@ -85,6 +85,7 @@ class Outcome:
     kept: list[str] = field(default_factory=list)
     emulated: bool = False
     ranking: list[dict[str, Any]] = field(default_factory=list)
+    layer_errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Fp16:
@@ -146,9 +147,11 @@ class _Int8:
         feeds: list[dict[str, np.ndarray]],
         say: Say,
     ):
+        from onnxfit.optimizer.int8_rank import RANKING_SAMPLES
         from onnxfit.passes.int8 import prepare_for_quantization
 
         self.step, self.data, self.feeds = step, data, feeds
+        self.rank_feeds = data.verify_feeds(base, limit=RANKING_SAMPLES)
         say("preparing for INT8 (shape inference, opset >= 13)")
         self.prepared = prepare_for_quantization(base)
         self.ranges: Any = None
@@ -183,9 +186,10 @@ class _Int8:
         return candidate
 
     def rank(self, candidate: ir.Model, say: Say) -> tuple[list[list[str]], list[Any]]:
-        say("ranking nodes: per-node INT8 sensitivity")
-        drifts = per_node_sensitivity(self.prepared, candidate, self.feeds)
-        return [list(d.nodes) for d in drifts if d.added > 0 and d.nodes], drifts
+        from onnxfit.optimizer.int8_rank import measured_ranking, ranked_groups
+
+        ranking = measured_ranking(candidate, self.prepared, self.rank_feeds, say=say)
+        return ranked_groups(ranking), ranking
 
     def model(self) -> ir.Model:
         return self.prepared

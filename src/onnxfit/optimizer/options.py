@@ -20,6 +20,9 @@ CalibMethod = Literal["minmax", "entropy", "percentile"]
 
 #: Bounded back-off: at most this many judged rounds after the first (best round + bisection).
 DEFAULT_MAX_ROUNDS = 8
+#: ``--prune auto`` / ``--prune-channels auto``: the largest ratio the budget mode tries.
+AUTO_MAX_SPARSITY = 0.9
+AUTO_MAX_CHANNELS = 0.5
 #: The back-off keeps at most this share of the lossy step's compute nodes in higher precision.
 DEFAULT_MAX_KEPT_SHARE = 0.25
 
@@ -46,10 +49,13 @@ class OptimizeOptions:
     * ``preset``: image preprocessing preset (None: guessed from the input shape).
     * ``method``: INT8 calibration method; ``fuse``: what the fuse step emits.
     * ``measure_runs``: timed runs for the measured latency on this host (0: skip).
+    * ``layer_top``: rows of the layer error table (0: none).
     * ``synthetic_count``: samples of seeded noise when no data is given; ``seed``.
     * ``prune``: unstructured magnitude sparsity (``prune_scope`` global or per layer);
-      ``prune_channels``: ratio of Conv output channels removed. Both one-shot, under the
-      budget (:mod:`onnxfit.optimizer.prune_step`).
+      ``prune_channels``: ratio of Conv output channels removed. Both one-shot. A number is
+      honoured exactly or refused with the accuracy it costs; ``"auto"`` (``prune_auto`` /
+      ``prune_channels_auto``; ``"auto:0.7"`` sets the maximum) lets the accuracy budget choose
+      per-layer ratios up to the maximum (:mod:`onnxfit.optimizer.prune_step`).
     """
 
     precision: PrecisionArg = "auto"
@@ -72,6 +78,9 @@ class OptimizeOptions:
     prune: float | None = None
     prune_scope: Literal["global", "layer"] = "global"
     prune_channels: float | None = None
+    prune_auto: bool = False
+    prune_channels_auto: bool = False
+    layer_top: int = 10
 
     @classmethod
     def build(cls, **values: Any) -> OptimizeOptions:
@@ -91,6 +100,12 @@ class OptimizeOptions:
         for key in ("calibrate", "eval"):
             if values.get(key) is not None:
                 values[key] = os.fspath(values[key])
+        for key, default in (("prune", AUTO_MAX_SPARSITY), ("prune_channels", AUTO_MAX_CHANNELS)):
+            ratio, auto = parse_prune(values.get(key), flag="--" + key.replace("_", "-"),
+                                      default=default)  # fmt: skip
+            values[key] = ratio
+            if auto:
+                values[f"{key}_auto"] = True
         options = cls(**values)
         options.check()
         return options
@@ -126,6 +141,7 @@ class OptimizeOptions:
             ("calib_count", 1),
             ("measure_runs", 0),
             ("verify_count", 0),
+            ("layer_top", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
@@ -152,6 +168,28 @@ class OptimizeOptions:
         d = asdict(self)
         d["passes"] = list(self.passes) if self.passes is not None else None
         return d
+
+
+def parse_prune(
+    value: float | str | None, *, flag: str, default: float
+) -> tuple[float | None, bool]:
+    """``--prune`` / ``--prune-channels``: a number (exact), ``auto`` (budget mode up to
+    ``default``) or ``auto:R`` (up to R) -> (ratio, auto); bad text raises InputError."""
+    if value is None or isinstance(value, int | float):
+        return (None if value is None else float(value)), False
+    text = str(value).strip().lower()
+    if text == "auto":
+        return default, True
+    head, sep, tail = text.partition(":")
+    try:
+        if head == "auto" and sep:
+            return float(tail), True
+        return float(text), False
+    except ValueError:
+        raise InputError(
+            f"{flag} takes a ratio in (0, 1), auto, or auto:MAX; got {value!r}",
+            hint=f"{flag} 0.5 (exactly), or {flag} auto:0.7 (the budget chooses, at most 0.7)",
+        ) from None
 
 
 def parse_pass_list(text: str) -> tuple[str, ...]:

@@ -103,13 +103,17 @@ class OptimizePlan:
 
 # ---------------------------------------------------------------------------- pass table
 
+#: Step options the plan reads itself (not handed to the pass): ``auto`` pruning mode.
+PLAN_ONLY = frozenset({"auto"})
+
 
 def make_step_pass(step: PlanStep, **extra: Any) -> OnnxfitPass:
     """A new pass instance for ``step`` (``extra`` options override the plan's)."""
     cls = PASSES.get(step.name)
     if cls is None:
         raise InputError(f"unknown pass {step.name!r}", hint=f"known passes: {known_passes()}")
-    return cls(**{**step.options, **extra})
+    opts = {k: v for k, v in {**step.options, **extra}.items() if k not in PLAN_ONLY}
+    return cls(**opts)
 
 
 def known_passes() -> str:
@@ -246,23 +250,39 @@ def prune_steps(options: OptimizeOptions) -> list[PlanStep]:
     """``prune-channels`` then ``prune`` when asked for (``sparse-storage`` is added last)."""
     steps = []
     if options.prune_channels is not None:
-        steps.append(
-            PlanStep(
-                "prune-channels",
-                {"ratio": options.prune_channels},
-                "remove the lowest-scoring Conv output channels (one-shot; per-layer ratios "
-                "from a sensitivity scan if the budget breaks)",
-            )
-        )
+        steps.append(prune_step("prune-channels", options))
     if options.prune is not None:
-        steps.append(
-            PlanStep(
-                "prune",
-                {"sparsity": options.prune, "scope": options.prune_scope},
-                f"zero the smallest weights ({options.prune_scope}; one-shot, under the budget)",
-            )
-        )
+        steps.append(prune_step("prune", options))
     return steps
+
+
+def prune_step(name: str, options: OptimizeOptions) -> PlanStep:
+    """The ``prune`` / ``prune-channels`` step the options ask for: exact, or auto (budget)."""
+    if name == "prune-channels":
+        ratio, auto = options.prune_channels, options.prune_channels_auto
+        what = "remove the lowest-scoring Conv output channels"
+        opts: dict[str, Any] = {"ratio": ratio}
+    else:
+        ratio, auto = options.prune, options.prune_auto
+        what = f"zero the smallest weights ({options.prune_scope})"
+        opts = {"sparsity": ratio, "scope": options.prune_scope}
+    if ratio is None:
+        flag = "--prune-channels" if name == "prune-channels" else "--prune"
+        raise InputError(
+            f"--passes names {name} but {flag} gives no ratio",
+            hint=f"add {flag} 0.5 (exact) or {flag} auto",
+        )
+    if auto:
+        why = (
+            f"{what}: the accuracy budget chooses per-layer ratios up to {ratio:g} "
+            "(auto; one-shot, from a sensitivity scan)"
+        )
+    else:
+        why = (
+            f"{what}: exactly {ratio:g} as requested (one-shot); refused with its accuracy cost "
+            "when that breaks the budget"
+        )
+    return PlanStep(name, {**opts, "auto": auto}, why)
 
 
 def _fuse_step(target: Target, options: OptimizeOptions, precision: Precision) -> PlanStep:
@@ -307,6 +327,10 @@ def steps_from_names(
         )
     steps = []
     for name in names:
+        if name in ("prune", "prune-channels"):
+            step = prune_step(name, options)
+            steps.append(PlanStep(name, step.options, f"from --passes; {step.why}"))
+            continue
         opts: dict[str, Any] = {}
         if name == "int8":
             opts = dict(int8_step(target or get_target("cpu"), options).options)

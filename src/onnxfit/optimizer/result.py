@@ -21,7 +21,11 @@ class OptimizeResult:
     ``gate`` is the budget's verdict (measure, value, limit, rule, details). ``kept_higher``
     lists the nodes the back-off kept in higher precision; ``kept_float`` the nodes a pass
     could not handle (name -> pass and reason); ``ranking`` the nodes by measured
-    sensitivity (worst first) when the back-off ranked them.
+    sensitivity (worst first) when the back-off ranked them; ``achieved``: what was asked
+    and what was delivered — ``precision`` (share of the compute nodes and FLOPs at the plan's
+    precision), ``sparsity`` and ``channels`` (requested ratio, achieved share);
+    ``layer_errors`` the nodes adding the most error in the written model, under the model's
+    own node names.
     """
 
     model: str
@@ -41,6 +45,8 @@ class OptimizeResult:
     kept_higher: list[str] = field(default_factory=list)
     kept_float: dict[str, str] = field(default_factory=dict)
     ranking: list[dict[str, Any]] = field(default_factory=list)
+    achieved: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layer_errors: list[dict[str, Any]] = field(default_factory=list)
     deploy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -72,6 +78,8 @@ class OptimizeResult:
             "verification": self.verification.to_dict(),
             "gate": self.gate.to_dict(),
             "ranking": list(self.ranking),
+            "requested_vs_achieved": {k: dict(v) for k, v in self.achieved.items()},
+            "layer_errors": list(self.layer_errors),
             "data": dict(self.data),
             "backoff": {
                 "rounds": max(0, len(self.attempts) - 1),

@@ -30,8 +30,8 @@ from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import OptimizePlan, build_plan, make_step_pass
 from onnxfit.optimizer.prune_step import PRUNE_STEPS, run_budgeted
 from onnxfit.optimizer.result import OptimizeResult
-from onnxfit.optimizer.stats import measure_latency, model_stats, one_sample
-from onnxfit.passes.base import PassReport
+from onnxfit.optimizer.stats import measure_latency, model_stats, one_sample, precision_share
+from onnxfit.passes.base import ORIGIN_KEY, PassReport
 from onnxfit.targets import Target, get_target
 from onnxfit.verify import compare_models
 
@@ -211,6 +211,7 @@ def optimize(
         )
     report_path, deploy_path = sidecar_paths(out)
     reports = prefix_reports + outcome.reports
+    achieved = _achieved(final, the_plan, reports, tgt)
     result = OptimizeResult(
         model=str(src),
         output=str(out),
@@ -231,6 +232,8 @@ def optimize(
         deploy=deploy,
         notes=_notes(the_plan, data, outcome) + warnings,
         ranking=outcome.ranking,
+        layer_errors=outcome.layer_errors,
+        achieved=achieved,
     )
     result.elapsed_s = time.perf_counter() - started
     if not after.fits and not allow_over_budget:
@@ -265,6 +268,7 @@ def _run_pipeline(
         p = make_step_pass(step)
         p(model)
         reports.append(p.report())
+    float_model = model  # the reference of a label-free gate: the float model before pruning
     if pruning_steps:
         model, prune_reports = run_budgeted(
             model,
@@ -285,7 +289,7 @@ def _run_pipeline(
     ref_is_orig = data.evaluator is not None or not the_plan.dequantizes or step is None
     stages("scoring the reference")
     judge = Judge(
-        original if ref_is_orig else model,
+        original if ref_is_orig else float_model,
         data,
         budget=opts.max_accuracy_drop,
         cosine_floor=opts.cosine_floor,
@@ -294,7 +298,60 @@ def _run_pipeline(
     outcome = run_lossy(
         base=model, judge=judge, step=step, suffix=suffix, data=data, options=opts, say=stages
     )
+    if step is not None or pruning_steps:
+        stages("layer error table")
+        outcome.layer_errors = layer_errors(float_model, outcome, data, top=opts.layer_top)
     return outcome, reports, list(judge.warnings)
+
+
+def layer_errors(
+    reference: ir.Model, outcome: Outcome, data: RunData, *, top: int
+) -> list[dict[str, Any]]:
+    """The ``top`` nodes by the error they add in the written model against ``reference`` (the
+    float model before pruning and precision), under the model's own node names
+    (:func:`onnxfit.verify.per_node_sensitivity` on up to 16 verification feeds; an FP16
+    model through its float16-storage emulation)."""
+    from onnxfit.verify import per_node_sensitivity
+
+    if top <= 0:
+        return []
+    candidate = outcome.model
+    if outcome.emulated:
+        from onnxfit.optimizer.emulate import emulate_fp16
+
+        candidate = emulate_fp16(candidate)
+    drifts = per_node_sensitivity(reference, candidate, data.verify_feeds(reference, limit=16))
+    rows = []
+    for d in drifts[:top]:
+        node = next((n for n in outcome.model.graph if n.name == d.node), None)
+        origin = node.metadata_props.get(ORIGIN_KEY, "") if node is not None else ""
+        rows.append(
+            {
+                "node": d.node,
+                "op_type": d.op_type,
+                "output": d.output,
+                "rel_error": d.rel_error,
+                "added": d.added,
+                "cosine": d.cosine,
+                "from": origin,
+            }
+        )
+    return rows
+
+
+def _achieved(
+    model: ir.Model, the_plan: OptimizePlan, reports: list[PassReport], target: Target
+) -> dict[str, dict[str, Any]]:
+    """Requested vs achieved: precision share of the compute, sparsity, channels removed."""
+    out: dict[str, dict[str, Any]] = {}
+    if the_plan.lossy_index is not None:
+        share = precision_share(model, the_plan.precision, target=target)
+        out["precision"] = {"requested": 1.0, **share}
+    for r in reports:
+        if r.name in PRUNE_STEPS and "achieved" in r.stats:
+            key = "channels" if r.name == "prune-channels" else "sparsity"
+            out[key] = {k: r.stats[k] for k in ("requested", "achieved", "of", "mode")}
+    return out
 
 
 def _notes(the_plan: OptimizePlan, data: RunData, outcome: Outcome) -> list[str]:

@@ -146,6 +146,7 @@ class CompareResult:
     machine: dict[str, Any] = field(default_factory=dict)
     eval_data: str | None = None
     notes: tuple[str, ...] = ()
+    layer_errors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def ratios(self) -> list[dict[str, float | None]]:
         """Per model, improvement factors vs the first (see the module docstring)."""
@@ -188,6 +189,7 @@ class CompareResult:
             "notes": list(self.notes),
             "models": [m.to_dict() for m in self.models],
             "ratios": self.ratios(),
+            "layer_errors": {k: list(v) for k, v in self.layer_errors.items()},
         }
 
     @classmethod
@@ -205,6 +207,7 @@ class CompareResult:
             machine=d.get("machine", {}),
             eval_data=d.get("eval_data"),
             notes=tuple(d.get("notes", ())),
+            layer_errors={k: list(v) for k, v in d.get("layer_errors", {}).items()},
         )
 
 
@@ -239,12 +242,15 @@ def compare(
     pin: bool = True,
     noise: bool = True,
     seed: int = 0,
+    layers: int = 0,
     on_progress: ProgressFn | None = None,
 ) -> CompareResult:
     """Measure ``models`` interleaved (see the module docstring); a :class:`CompareResult`.
 
     ``runtime`` is one runtime for all, or one per model ("onnxfit" or "ort" — plain
     onnxruntime defaults, the baseline). ``rounds`` x ``per_round`` timed runs per model.
+    ``layers`` > 0 adds, for every model after the first, its ``layers`` nodes adding the most
+    error against the first (:func:`layer_errors`).
     """
     paths = [Path(m) for m in models]
     if not paths:
@@ -376,6 +382,11 @@ def compare(
             f"{(providers or tgt.providers)[0]} is not available here; measured on "
             f"{stats[0].provider} (the projection is still for {tgt.name})"
         )
+    errors: dict[str, list[dict[str, Any]]] = {}
+    if layers > 0 and len(irs) > 1:
+        if on_progress:
+            on_progress(total, total, "layer errors")
+        errors = layer_errors(irs, labels, top=layers, eval_data=eval_data, seed=seed)
     return CompareResult(
         models=tuple(stats),
         target=tgt.name,
@@ -389,4 +400,38 @@ def compare(
         machine=system.machine_description(),
         eval_data=str(eval_data) if eval_data is not None else None,
         notes=tuple(notes),
+        layer_errors=errors,
     )
+
+
+def layer_errors(
+    models: Sequence[Any],
+    names: Sequence[str],
+    *,
+    top: int,
+    eval_data: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """For each model after the first: its ``top`` nodes by the error they add against the
+    first model's tensors of the same name (:func:`onnxfit.verify.per_node_sensitivity`), on
+    the first 16 ``eval_data`` images or 16 seeded synthetic samples."""
+    from onnxfit.data.calibration import synthetic_inputs
+    from onnxfit.verify import per_node_sensitivity
+
+    inputs: Any
+    if eval_data is not None:
+        from onnxfit.verify.evalset import dataset_task, load_labelled
+        from onnxfit.verify.evaluator import model_info
+
+        info = model_info(models[0], task=dataset_task(eval_data))
+        inputs = load_labelled(eval_data, info.preset, limit=16).x
+    else:
+        inputs = synthetic_inputs(models[0], 16, seed=seed)
+    out = {}
+    for name, model in zip(names[1:], models[1:], strict=True):
+        drifts = per_node_sensitivity(models[0], model, inputs, top=top)
+        out[name] = [
+            {k: getattr(d, k) for k in ("node", "op_type", "rel_error", "added", "cosine")}
+            for d in drifts
+        ]
+    return out

@@ -80,6 +80,34 @@ def comparison_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
         ),
         _accuracy_row(result),
     ]
+    return rows + achieved_rows(result)
+
+
+def achieved_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
+    """Requested vs achieved: precision share of the compute, sparsity, channels removed."""
+    rows = []
+    p = result.achieved.get("precision")
+    if p is not None:
+        flops = "-" if p["flops_share"] is None else f"{100 * p['flops_share']:.1f} % FLOPs"
+        rows.append(
+            (
+                f"compute at {p['precision']} (Conv/Gemm/MatMul)",
+                "requested 100 %",
+                f"{p['nodes']}/{p['total']} nodes ({100 * p['node_share']:.1f} %), {flops}",
+                "",
+            )
+        )
+    for key, label in (("sparsity", "sparsity"), ("channels", "channels removed")):
+        a = result.achieved.get(key)
+        if a is not None:
+            rows.append(
+                (
+                    f"{label} ({a['of']})",
+                    f"requested {a['requested']}",
+                    f"{100 * float(a['achieved']):.1f} %",
+                    str(a["mode"]),
+                )
+            )
     return rows
 
 
@@ -139,6 +167,14 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     for p in result.passes:
         stats = ", ".join(_stat(k, val) for k, val in p.stats.items() if k != "ops")
         lines.append(f"pass {p.name}{'' if p.modified else ' (no change)'}: {stats}")
+    if result.layer_errors:
+        lines.append(f"layer errors (top {len(result.layer_errors)} by error added, vs float):")
+        for r in result.layer_errors:
+            origin = f" [{r['from']}]" if r.get("from") and r["from"] != r["node"] else ""
+            lines.append(
+                f"  {r['node']} ({r['op_type']}){origin}: added {r['added']:.4f}, "
+                f"rel error {r['rel_error']:.4f}, cosine {r['cosine']:.5f}"
+            )
     from onnxfit.report.prune import scan_lines
 
     lines += scan_lines(result.passes)  # the pruning budget's sensitivity scan, if it ran
