@@ -188,3 +188,35 @@ def per_node_sensitivity(
         )
     drifts.sort(key=lambda d: d.added, reverse=True)
     return drifts[:top] if top is not None else drifts
+
+
+def layer_errors(
+    reference: ModelArg,
+    candidate: ModelArg,
+    inputs: Inputs,
+    *,
+    top: int = 10,
+    origins: ir.Model | None = None,
+) -> list[dict[str, Any]]:
+    """The layer error table: the ``top`` reference nodes by the error the candidate adds after
+    them (:func:`per_node_sensitivity`), as dicts (``node``, ``op_type``, ``output``,
+    ``rel_error``, ``added``, ``cosine``, ``from``: what the node came from, read from the
+    ``onnxfit:from`` metadata of the same-named node in ``origins``)."""
+    if top <= 0:
+        return []
+    drifts = per_node_sensitivity(reference, candidate, inputs, top=top)
+    meta = (
+        {n.name: n.metadata_props.get("onnxfit:from", "") for n in origins.graph} if origins else {}
+    )
+    return [
+        {
+            "node": d.node,
+            "op_type": d.op_type,
+            "output": d.output,
+            "rel_error": d.rel_error,
+            "added": d.added,
+            "cosine": d.cosine,
+            "from": meta.get(d.node, ""),
+        }
+        for d in drifts
+    ]
