@@ -291,3 +291,32 @@ def test_layer_table_and_precision_share_speak_the_models_names(tmp_path: Path) 
     report = json.loads(sidecar_paths(out)[0].read_text())
     assert report["layer_errors"][0]["node"] in names
     assert report["requested_vs_achieved"]["precision"]["requested"] == 1.0
+
+
+def test_candidate_search_keeps_the_fastest_that_passes(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "m-cpu.onnx"
+    opts = {**FAST, "measure_runs": 3}
+    result = optimize(src, out, target="cpu", max_accuracy_drop=100, **opts)
+    rows = result.candidates
+    assert [r["precision"] for r in rows] == ["int8", "fp32"]
+    assert all(r["status"] == "ok" for r in rows)
+    [chosen] = [r for r in rows if r["chosen"]]
+    assert chosen["speed_s"] == min(r["speed_s"] for r in rows)
+    assert chosen["speed_from"] == "measured on this host"
+    assert result.precision == chosen["precision"]
+    report = json.loads(sidecar_paths(out)[0].read_text())
+    assert [r["chosen"] for r in report["candidates"]] == [r["chosen"] for r in rows]
+
+
+def test_candidate_search_skips_a_candidate_that_fails_the_budget(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")  # INT8 cannot pass with one conv of two float
+    result = optimize(src, tmp_path / "o.onnx", target="cpu", max_kept_share=0.25, **FAST)
+    int8, fp32 = result.candidates
+    assert int8["status"] == "fails the budget" and "max-kept-share" in int8["gate"]
+    assert fp32["chosen"] and result.precision == "fp32"
+    assert any("candidate search: fp32 chosen of 2" in n for n in result.notes)
+    no_search = optimize(
+        src, tmp_path / "p.onnx", target="cpu", search=False, **FAST
+    )  # the target's preferred precision only (this host: fp32 without VNNI, int8 with)
+    assert no_search.candidates == []

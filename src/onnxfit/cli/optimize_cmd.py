@@ -117,6 +117,12 @@ from onnxfit.cli._common import (
     help="Remove exactly ratio R of the prunable Conv output channels (smaller dense model), "
     "one-shot, or refuse; auto: the budget picks per-layer ratios (up to 0.5, or MAX).",
 )
+@click.option(
+    "--no-search",
+    is_flag=True,
+    help="With --precision auto, take the target's preferred precision instead of trying "
+    "each candidate (INT8 / FP32 on CPUs) and keeping the fastest that fits and passes.",
+)
 @click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
 @click.option(
     "--allow-over-budget",
@@ -145,6 +151,7 @@ def optimize(
     prune: str | None,
     prune_scope: str,
     prune_channels: str | None,
+    no_search: bool,
     force: bool,
     allow_over_budget: bool,
     markdown: bool,
@@ -179,7 +186,7 @@ def optimize(
     from onnxfit.errors import DoesNotFitError
     from onnxfit.optimizer.options import OptimizeOptions
     from onnxfit.optimizer.plan import build_plan
-    from onnxfit.optimizer.run import check_output
+    from onnxfit.optimizer.run import check_output, searches
     from onnxfit.optimizer.run import optimize as run_optimize
     from onnxfit.report.optimize import render_optimize, render_plan, to_markdown
     from onnxfit.targets import get_target
@@ -200,14 +207,25 @@ def optimize(
         "prune": prune,
         "prune_scope": prune_scope,
         "prune_channels": prune_channels,
+        "search": not no_search,
     }
     opts = OptimizeOptions.build(**values)
     tgt = get_target(target)
     check_output(model, output, force=force)
     from onnxfit import io
 
-    the_plan = build_plan(io.load(model), tgt, opts)
+    loaded = io.load(model)
+    the_plan = build_plan(loaded, tgt, opts)
+    searching = searches(opts)
     if not as_json:
+        if searching:
+            from onnxfit.optimizer.plan import model_precision
+            from onnxfit.optimizer.search import candidate_precisions
+
+            tried = candidate_precisions(tgt, model_precision(loaded))
+            err_console.print(
+                f"candidate search on {tgt.name}: " + "; ".join(f"{p} ({why})" for p, why in tried)
+            )
         err_console.print(render_plan(the_plan))
     with progress(not as_json) as bar:
         task = bar.add_task("optimizing", total=None)
@@ -223,7 +241,7 @@ def optimize(
                 force=force,
                 allow_over_budget=allow_over_budget,
                 progress=on_progress,
-                plan=the_plan,
+                plan=None if searching else the_plan,
                 **values,
             )
         except DoesNotFitError as exc:

@@ -206,10 +206,11 @@ def kept_nodes(ranked: Sequence[Sequence[str]], groups: int) -> list[str]:
 def longest_prefix(
     ranked: Sequence[Sequence[str]], cap: int, counted: Callable[[Sequence[str]], int]
 ) -> int:
-    """The most groups whose union holds at most ``cap`` counted nodes (at least one group)."""
+    """The most groups whose union holds at most ``cap`` counted nodes (0 when even the first
+    group holds more)."""
     n = 0
     for i in range(1, len(ranked) + 1):
-        if counted(kept_nodes(ranked, i)) > cap and i > 1:
+        if counted(kept_nodes(ranked, i)) > cap:
             break
         n = i
     return n
@@ -297,7 +298,14 @@ def run_lossy(
     hi = longest_prefix(ranked, cap, counted)
     lo = min(max(strategy.urgent - 1, 0), hi - 1) if hi else 0
     if hi == 0:
-        raise _failure(attempts, step, stopped=True)
+        first = ", ".join(ranked[0]) if ranked else "none"
+        what = step.name if step is not None else "the model"
+        raise VerificationError(
+            f"{what} fails the budget ({attempts[0].gate.describe()}) and the most "
+            f"sensitive node group ({first}) holds more compute nodes than --max-kept-share "
+            f"allows ({cap}); nothing written",
+            hint="raise --max-kept-share or --max-accuracy-drop, or choose another --precision",
+        )
     if not probe(hi).passed:
         raise _failure(attempts, step, stopped=True, cap=cap)
     while hi - lo > 1 and len(attempts) <= options.max_rounds:

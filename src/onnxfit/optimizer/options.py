@@ -50,6 +50,8 @@ class OptimizeOptions:
     * ``method``: INT8 calibration method; ``fuse``: what the fuse step emits.
     * ``measure_runs``: timed runs for the measured latency on this host (0: skip).
     * ``layer_top``: rows of the layer error table (0: none).
+    * ``search``: with ``precision="auto"``, try every precision the target runs well and keep
+      the fastest that fits and meets the budget (:mod:`onnxfit.optimizer.search`).
     * ``synthetic_count``: samples of seeded noise when no data is given; ``seed``.
     * ``prune``: unstructured magnitude sparsity (``prune_scope`` global or per layer);
       ``prune_channels``: ratio of Conv output channels removed. Both one-shot. A number is
@@ -81,6 +83,7 @@ class OptimizeOptions:
     prune_auto: bool = False
     prune_channels_auto: bool = False
     layer_top: int = 10
+    search: bool = True
 
     @classmethod
     def build(cls, **values: Any) -> OptimizeOptions:

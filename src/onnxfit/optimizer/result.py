@@ -25,7 +25,7 @@ class OptimizeResult:
     and what was delivered — ``precision`` (share of the compute nodes and FLOPs at the plan's
     precision), ``sparsity`` and ``channels`` (requested ratio, achieved share);
     ``layer_errors`` the nodes adding the most error in the written model, under the model's
-    own node names.
+    own node names; ``candidates`` the candidate search's table (empty without a search).
     """
 
     model: str
@@ -47,6 +47,7 @@ class OptimizeResult:
     ranking: list[dict[str, Any]] = field(default_factory=list)
     achieved: dict[str, dict[str, Any]] = field(default_factory=dict)
     layer_errors: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
     deploy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -80,6 +81,7 @@ class OptimizeResult:
             "ranking": list(self.ranking),
             "requested_vs_achieved": {k: dict(v) for k, v in self.achieved.items()},
             "layer_errors": list(self.layer_errors),
+            "candidates": list(self.candidates),
             "data": dict(self.data),
             "backoff": {
                 "rounds": max(0, len(self.attempts) - 1),

@@ -115,22 +115,32 @@ def optimize(
     src, out = Path(model_path), Path(out_path)
     check_output(src, out, force=force)
     original = io.load(src)
+    searching = plan is None and searches(opts)
     the_plan = plan if plan is not None else build_plan(original, tgt, opts)
     stages = Stages(progress, total=len(the_plan.steps) + 4)
     data = load_run_data(original, opts, progress=stages)
     report_path, deploy_path = sidecar_paths(out)
-    final, result = build_candidate(
-        original,
-        the_plan,
-        data,
-        opts,
-        tgt,
-        src=src,
-        out=out,
-        report_path=report_path,
-        deploy_path=deploy_path,
-        stages=stages,
-    )
+
+    def build(a_plan: OptimizePlan, _label: str = "") -> tuple[ir.Model, OptimizeResult]:
+        return build_candidate(
+            original,
+            a_plan,
+            data,
+            opts,
+            tgt,
+            src=src,
+            out=out,
+            report_path=report_path,
+            deploy_path=deploy_path,
+            stages=stages,
+        )
+
+    if searching:
+        from onnxfit.optimizer.search import search
+
+        final, result = search(original, tgt, opts, build, say=stages)
+    else:
+        final, result = build(the_plan)
     result.elapsed_s = time.perf_counter() - started
     if not result.after.fits and not allow_over_budget:
         verdict = result.after.verdict
@@ -143,6 +153,12 @@ def optimize(
     stages(f"writing {out}")
     _write_all(final, result, out, report_path, deploy_path, force=force)
     return result
+
+
+def searches(options: OptimizeOptions) -> bool:
+    """Whether ``optimize`` runs the candidate search (:mod:`onnxfit.optimizer.search`): with
+    ``--precision auto``, no ``--passes`` list, and the search not turned off."""
+    return options.precision == "auto" and options.passes is None and options.search
 
 
 def _write_all(

@@ -194,6 +194,30 @@ def _stat(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
+CANDIDATE_HEADERS = ("candidate", "status", "file", "runtime memory", "latency", "gate", "")
+
+
+def candidate_rows(result: OptimizeResult) -> list[tuple[str, ...]]:
+    """The candidate search's table (empty without a search)."""
+    rows: list[tuple[str, ...]] = []
+    for c in result.candidates:
+        if "speed_s" not in c:
+            rows.append((c["label"], c["status"], "-", "-", "-", c["gate"], ""))
+            continue
+        rows.append(
+            (
+                c["label"],
+                c["status"],
+                fmt_bytes(c["file_bytes"]),
+                fmt_bytes(c["runtime_bytes"]),
+                f"{fmt_time(c['speed_s'])} ({c['speed_from']})",
+                c["gate"],
+                "<- written" if c["chosen"] else "",
+            )
+        )
+    return rows
+
+
 def render_optimize(result: OptimizeResult) -> RenderableType:
     """The before/after table and the details below it, for the console."""
     table = Table(title=f"{result.model} -> {result.output} ({result.target}, {result.precision})")
@@ -201,13 +225,23 @@ def render_optimize(result: OptimizeResult) -> RenderableType:
         table.add_column(h, justify="left" if i == 0 else "right")
     for row in comparison_rows(result):
         table.add_row(*row)
-    return Group(table, Text("\n".join(detail_lines(result))))
+    parts: list[RenderableType] = [table]
+    if result.candidates:
+        cands = Table(title="candidates (fastest that fits and meets the budget is written)")
+        for h in CANDIDATE_HEADERS:
+            cands.add_column(h)
+        for r in candidate_rows(result):
+            cands.add_row(*r)
+        parts.append(cands)
+    return Group(*parts, Text("\n".join(detail_lines(result))))
 
 
 def to_markdown(result: OptimizeResult) -> str:
     """The before/after table and details as Markdown."""
     head = f"### {result.model} -> {result.output} ({result.target}, {result.precision})\n\n"
     table = markdown_table(HEADERS, comparison_rows(result))
+    if result.candidates:
+        table += "\n" + markdown_table(CANDIDATE_HEADERS, candidate_rows(result))
     details = "\n".join(f"- {line.strip()}" for line in detail_lines(result))
     return head + table + "\n" + details + "\n"
 
