@@ -16,6 +16,7 @@ from onnxfit.errors import InputError, VerificationError
 from onnxfit.optimizer import optimize, sidecar_paths
 from onnxfit.optimizer.emulate import emulate_fp16
 from onnxfit.optimizer.registry import make_pass
+from onnxfit.optimizer.run import golden_path
 
 FAST = {"measure_runs": 0, "synthetic_count": 8}
 
@@ -204,12 +205,17 @@ def test_report_and_deploy_for_directml(tmp_path: Path) -> None:
     assert "emulated" in report["gate"]["reference"]  # judged on the float16 emulation
     assert report["gate"]["measure"] == "cosine" and report["gate"]["rule"]
     deploy = json.loads(deploy_path.read_text())
-    assert deploy["enable_mem_pattern"] is False
-    assert deploy["execution_mode"] == "ORT_SEQUENTIAL"
-    assert deploy["offline_graph_optimization_level"] == "ORT_ENABLE_BASIC"
-    assert deploy["free_dimension_overrides"] == {"batch": 1}
-    assert deploy["providers"][0] == "DmlExecutionProvider"
-    assert deploy["precision"] == "fp16" and deploy["model"] == out.name
+    session = deploy["session"]
+    assert session["enable_mem_pattern"] is False
+    assert session["execution_mode"] == "ORT_SEQUENTIAL"
+    assert session["offline_graph_optimization_level"] == "ORT_ENABLE_BASIC"
+    assert session["free_dimension_overrides"] == {"batch": 1}
+    assert session["providers"][0] == "DmlExecutionProvider"
+    assert session["intra_op_num_threads"] == 1  # the game owns the cores
+    assert session["session_config_entries"]["session.intra_op.allow_spinning"] == "0"
+    assert deploy["model"]["precision"] == "fp16" and deploy["model"]["file"] == out.name
+    assert any("SessionOptionsAppendExecutionProvider_DML1" in line
+               for line in deploy["directml"]["cpp"])  # fmt: skip
 
 
 def test_already_in_precision_is_still_verified(tmp_path: Path) -> None:
@@ -320,3 +326,29 @@ def test_candidate_search_skips_a_candidate_that_fails_the_budget(tmp_path: Path
         src, tmp_path / "p.onnx", target="cpu", search=False, **FAST
     )  # the target's preferred precision only (this host: fp32 without VNNI, int8 with)
     assert no_search.candidates == []
+
+
+def test_deploy_bundle_is_usable_as_is(tmp_path: Path) -> None:
+    import hashlib
+
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "net.onnx"
+    optimize(src, out, target="xbox-series-s", max_accuracy_drop=5.0, **FAST)
+    deploy = json.loads(sidecar_paths(out)[1].read_text())
+    assert deploy["schema_version"] == 1
+    assert deploy["model"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert deploy["versions"]["onnxruntime"] == ort.__version__
+    assert deploy["inputs"] == [{"name": "x", "shape": [1, 3, 32, 32], "dtype": "float32"}]
+    assert deploy["outputs"] == [{"name": "logits", "shape": [1, 10], "dtype": "float32"}]
+    pre = deploy["preprocessing"]
+    assert pre["layout"] == "NCHW" and pre["size_hw"] == [32, 32] and pre["mean"]
+    mem = deploy["memory"]
+    assert mem["runtime_bytes"] == mem["weights_bytes"] + mem["arena_bytes"] + mem["io_bytes"]
+    gold = np.load(golden_path(out))
+    assert gold.files == sorted(deploy["golden"]["arrays"]) or set(gold.files) == set(
+        deploy["golden"]["arrays"]
+    )
+    # the golden outputs are the written model's outputs on the golden inputs
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": gold["input:x"]})[0]
+    assert np.abs(got - gold["output:logits"]).max() <= deploy["golden"]["tolerance_abs"]

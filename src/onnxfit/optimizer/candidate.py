@@ -94,7 +94,7 @@ def build_candidate(
     from onnxfit.runtime.session import deploy_settings
 
     deploy = deploy_settings(tgt, free_dims=free)
-    deploy.update(model=out.name, precision=the_plan.precision)
+    deploy.update(precision=the_plan.precision)
     if left:
         deploy.setdefault("notes", []).append(
             f"symbolic dims {left} stay dynamic: add free-dimension overrides for them"

@@ -3,8 +3,9 @@
 Order of work, so that a failure leaves nothing behind: check the output path, load the model,
 plan, read calibration / evaluation data, run the float passes once, run the lossy step in the
 back-off loop (:mod:`onnxfit.optimizer.backoff`), compare with the original, measure before and
-after, and only then write ``OUT`` (atomic, :func:`onnxfit.io.save`), ``OUT.report.json`` and
-``OUT.deploy.json`` (atomic too). ``OUT.report.json`` is named by replacing a ``.onnx`` suffix
+after, and only then write ``OUT`` (atomic, :func:`onnxfit.io.save`), ``OUT.report.json``,
+``OUT.deploy.json`` and ``OUT.golden.npz`` (the deploy bundle, :mod:`onnxfit.optimizer.deploy`;
+atomic too). ``OUT.report.json`` is named by replacing a ``.onnx`` suffix
 (``net.onnx`` -> ``net.report.json``, ``net.deploy.json``); other names get the suffix appended.
 """
 
@@ -24,8 +25,9 @@ from onnxfit import atomic, io
 from onnxfit.errors import DoesNotFitError, InputError
 from onnxfit.optimizer.candidate import ProgressFn, Stages, build_candidate
 
-__all__ = ["ProgressFn", "check_output", "optimize", "sidecar_paths"]
-from onnxfit.optimizer.data import load_run_data
+__all__ = ["ProgressFn", "check_output", "golden_path", "optimize", "sidecar_paths"]
+from onnxfit.optimizer.data import RunData, load_run_data
+from onnxfit.optimizer.gate import USE_SCORE_THRESHOLD
 from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import OptimizePlan, build_plan
 from onnxfit.optimizer.result import OptimizeResult
@@ -151,7 +153,7 @@ def optimize(
             result=result,
         )
     stages(f"writing {out}")
-    _write_all(final, result, out, report_path, deploy_path, force=force)
+    _write_all(final, result, out, report_path, deploy_path, data=data, target=tgt, force=force)
     return result
 
 
@@ -161,6 +163,13 @@ def searches(options: OptimizeOptions) -> bool:
     return options.precision == "auto" and options.passes is None and options.search
 
 
+def golden_path(out: str | os.PathLike[str]) -> Path:
+    """The golden inputs/outputs file that belongs to model file ``out`` (``net.golden.npz``)."""
+    p = Path(out)
+    stem = p.with_suffix("") if p.suffix.lower() == ".onnx" else p
+    return stem.with_name(stem.name + ".golden.npz")
+
+
 def _write_all(
     model: ir.Model,
     result: OptimizeResult,
@@ -168,14 +177,55 @@ def _write_all(
     report_path: Path,
     deploy_path: Path,
     *,
+    data: RunData,
+    target: Target,
     force: bool,
 ) -> None:
-    """Write the model, then the two JSON files; on failure remove what this call created."""
-    created = [p for p in (out, report_path, deploy_path) if not p.exists()]
+    """Write the model, the report, the deploy bundle (deploy.json + golden .npz); on failure
+    remove what this call created."""
+    from onnxfit.optimizer import deploy as bundle
+
+    gold = golden_path(out)
+    created = [p for p in (out, report_path, deploy_path, gold) if not p.exists()]
     try:
         size = io.save(model, out, force=force)
         result.after.file_bytes = size.bytes
         result.written = True
+        arrays = bundle.golden(model, data.verify_feeds(model))
+        bundle.write_golden(gold, arrays)
+        a = result.after
+        info = data.info
+        post: dict[str, Any] | None = None
+        if info is not None:
+            post = {
+                "task": info.task,
+                "decoder": info.decoder,
+                "num_classes": info.num_classes,
+            }
+            if info.task == "detect":
+                post.update(score_threshold=USE_SCORE_THRESHOLD, iou_threshold=0.45)
+        result.deploy = bundle.bundle(
+            model=model,
+            model_file=out,
+            golden_file=gold,
+            golden_arrays=arrays,
+            target=target,
+            precision=result.precision,
+            info=info,
+            session=dict(result.deploy),
+            memory={
+                "weights_bytes": a.weight_bytes,
+                "arena_bytes": a.arena_bytes,
+                "io_bytes": a.runtime_bytes - a.weight_bytes - a.arena_bytes,
+                "runtime_bytes": a.runtime_bytes,
+                "budget_bytes": int(target.memory_budget),
+                "fits": a.fits,
+                "note": "planned (greedy-by-size offsets); the provider's own arena and "
+                "workspaces come on top",
+            },
+            free_dims=result.deploy.get("free_dimension_overrides", {}),
+            postprocessing=post,
+        )
         _write_json(report_path, result.to_dict())
         _write_json(deploy_path, result.deploy)
     except BaseException:
