@@ -45,6 +45,7 @@ class FitVerdict:
     target: str
     precision: str
     projected: dict[str, int] = field(default_factory=dict)  # precision -> bytes
+    target_arg: str = ""  # the --target the user gave (a .toml path), for the next command
 
     @property
     def headroom_bytes(self) -> int:
@@ -68,7 +69,7 @@ class FitVerdict:
             if need <= self.budget_bytes:
                 return (
                     f"{prec.upper()} would need {_mib(need)} (projected): onnxfit optimize "
-                    f"MODEL -o OUT --target {self.target} --precision {prec}"
+                    f"MODEL -o OUT --target {self.target_arg or self.target} --precision {prec}"
                 )
         if self.projected:
             prec, need = list(self.projected.items())[-1]

@@ -106,4 +106,6 @@ def inspect_cmd(
     if plot_memory is not None and not as_json:
         console.print(f"memory plan drawn to {plot_memory}")
     if not result.fits and not allow_over_budget:
-        exit_over_budget(result.verdict)
+        import dataclasses
+
+        exit_over_budget(dataclasses.replace(result.verdict, target_arg=target))

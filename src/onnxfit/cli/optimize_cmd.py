@@ -237,7 +237,7 @@ def optimize(
             result = run_optimize(
                 model,
                 output,
-                target=tgt,
+                target=target,
                 force=force,
                 allow_over_budget=allow_over_budget,
                 progress=on_progress,

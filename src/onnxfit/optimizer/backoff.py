@@ -188,7 +188,8 @@ class _Int8:
     def rank(self, candidate: ir.Model, say: Say) -> tuple[list[list[str]], list[Any]]:
         from onnxfit.optimizer.int8_rank import measured_ranking, ranked_groups
 
-        ranking = measured_ranking(candidate, self.prepared, self.rank_feeds, say=say)
+        yolox = self.data.info is not None and self.data.info.decoder == "yolox"
+        ranking = measured_ranking(candidate, self.prepared, self.rank_feeds, say=say, yolox=yolox)
         return ranked_groups(ranking), ranking
 
     def model(self) -> ir.Model:

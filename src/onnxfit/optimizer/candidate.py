@@ -208,6 +208,7 @@ def _run_pipeline(
         budget=opts.max_accuracy_drop,
         cosine_floor=opts.cosine_floor,
         reference_name="original model" if ref_is_orig else "dequantized model",
+        float_reference=float_model if the_plan.dequantizes else None,
     )
     outcome = run_lossy(
         base=model, judge=judge, step=step, suffix=suffix, data=data, options=opts, say=stages

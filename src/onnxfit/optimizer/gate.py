@@ -24,7 +24,8 @@ measure that ran and its rule (:data:`RULES`):
 
 Measures 1-4 pass when ``value <= budget``. The labelled top-1 drop is noisy on a few hundred
 images (its paired standard error ``sqrt(images only one model gets right) / N`` is often
-above a point); when twice that exceeds the budget, measure 3 must meet the budget as well.
+above a point); when the drop plus twice that exceeds the budget (the sample cannot vouch for
+it), measure 3 must meet the budget as well.
 A warning says when the sample cannot resolve the budget: one image of N labelled images is
 ``100 / N`` points (one ground-truth box of G, for mAP; one detection of D, for box
 disagreement). Non-finite candidate outputs always fail.
@@ -59,8 +60,8 @@ _EPS = 1e-9
 
 RULES: dict[str, str] = {
     "top1_drop": "top-1 of the reference minus the candidate's on labelled images, in points; "
-    "passes at <= the budget; when twice its paired standard error exceeds the budget, the "
-    "expected top-1 drop (label-free, lower variance) must meet the budget too",
+    "passes at <= the budget; when the drop plus twice its paired standard error exceeds the "
+    "budget, the expected top-1 drop (label-free, lower variance) must meet the budget too",
     "map50_drop": "mAP@0.5 of the reference minus the candidate's on labelled images, in "
     "points; passes at <= the budget",
     "expected_top1_drop": "mean of p_ref[top-1 of ref] - p_ref[top-1 of cand] over the images, "
@@ -142,8 +143,10 @@ class Judge:
 
     ``reference``: the model the candidate is judged against (measures 3-5); labelled
     measures always score ``data.evaluator`` against ``reference`` too — pass the original
-    model there when labels are present. ``samples`` keeps the first N samples only (the
-    pruning scan's quicker judge).
+    model there when labels are present. ``float_reference``: with labels, the model the
+    expected-drop guard compares with (the dequantized float model when the original is INT8:
+    its own quantization noise is not a loss of this run). ``samples`` keeps the first N
+    samples only (the pruning scan's quicker judge).
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class Judge:
         reference_name: str = "original model",
         samples: int | None = None,
         score_threshold: float = USE_SCORE_THRESHOLD,
+        float_reference: ir.Model | None = None,
     ) -> None:
         self.budget, self.cosine_floor = float(budget), float(cosine_floor)
         self.reference_name = reference_name
@@ -173,6 +177,9 @@ class Judge:
             self.feeds = _first(self.feeds, samples)
         self.measure: Measure = self._choose(reference, data)
         self.reference_score = self._score_ref(reference)
+        self._guard_outs = self._ref_outs if self.evaluator is not None else None
+        if self.evaluator is not None and float_reference is not None:
+            self._guard_outs = self.evaluator.outputs(float_reference)
         self._resolution()
 
     # -- setup --------------------------------------------------------------------------
@@ -277,13 +284,15 @@ class Judge:
     def _paired(self, cand: np.ndarray) -> dict[str, float]:
         """Standard error of the labelled top-1 drop, and the label-free expected drop."""
         assert self.evaluator is not None and self.evaluator.data.labels is not None
+        assert self._guard_outs is not None
         y = self.evaluator.data.labels
         ref = self._ref_outs[0].reshape(len(y), -1)
         c = cand.reshape(len(y), -1)
         se = distance.paired_standard_error(ref.argmax(1) == y, c.argmax(1) == y)
+        guard = self._guard_outs[0].reshape(len(y), -1)
         return {
             "standard_error_pts": 100.0 * se,
-            "expected_top1_drop_pts": 100.0 * distance.expected_top1_drop(ref, c),
+            "expected_top1_drop_pts": 100.0 * distance.expected_top1_drop(guard, c),
         }
 
     def score(self, model: ir.Model) -> float:
@@ -300,7 +309,7 @@ class Judge:
             value = self.reference_score - score
             passed = value <= self.budget + _EPS
             se = details.get("standard_error_pts", 0.0)
-            if self.measure == "top1_drop" and 2.0 * se > self.budget:
+            if self.measure == "top1_drop" and value + 2.0 * se > self.budget + _EPS:
                 # the labelled sample cannot tell the budget apart from noise: the label-free
                 # expected drop (far lower variance) must meet the budget as well
                 details["guarded"] = 1.0

@@ -15,6 +15,9 @@ model from 1.35 to 0.64 pt, yet the drift ranking put it 29th. So the back-off m
 * the node's sensitivity is how much that lowers the distance to the float model: mean KL on
   the softmax for a classifier output, else the relative L2 error of every output
   (:func:`distance_to`);
+* one more candidate is the **output tail**: the non-compute nodes between the last compute
+  nodes and the graph outputs (YOLOX concatenates raw box offsets and sigmoid scores there: one
+  per-tensor uint8 scale over both crushes the scores), all fed float activations;
 * nodes are ranked by it, largest first (nodes that do not help are left out).
 
 Feeding the float inputs is a quick stand-in for ``nodes_to_exclude`` (no re-quantization per
@@ -65,21 +68,32 @@ class NodeSensitivity:
         }
 
 
-def distance_to(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> float:
-    """Mean KL (softmax) for a single classifier output ``[N, C]``, else the summed relative L2
-    error of every output; infinite for non-finite outputs."""
+def _rel(ref: np.ndarray, out: np.ndarray) -> float:
+    r = ref.astype(np.float64)
+    return float(np.linalg.norm(r - out)) / max(float(np.linalg.norm(r)), 1e-12)
+
+
+def distance_to(
+    reference: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
+    *,
+    yolox: bool = False,
+) -> float:
+    """Mean KL (softmax) for a single classifier output ``[N, C]``; for a YOLOX output
+    ``[N, A, 5 + C]`` (``yolox``) the relative L2 error of the box columns plus that of the
+    score columns (scores are small next to box offsets: one norm over both would rank nodes
+    by their box error only); else the summed relative L2 error of every output. Infinite for
+    non-finite outputs."""
+    if any(not np.all(np.isfinite(outputs[n])) for n in reference):
+        return float("inf")
     if len(reference) == 1:
         ((name, ref),) = reference.items()
         if ref.ndim == 2 and ref.shape[1] > 1:
             return distance.mean_kl(ref, outputs[name])
-    total = 0.0
-    for name, ref in reference.items():
-        out = outputs[name]
-        if not np.all(np.isfinite(out)):
-            return float("inf")
-        r = ref.astype(np.float64)
-        total += float(np.linalg.norm(r - out)) / max(float(np.linalg.norm(r)), 1e-12)
-    return total
+        if yolox and ref.ndim == 3 and ref.shape[2] > 5:
+            out = outputs[name]
+            return _rel(ref[..., :4], out[..., :4]) + _rel(ref[..., 4:], out[..., 4:])
+    return sum(_rel(ref, outputs[name]) for name, ref in reference.items())
 
 
 def _first(feeds: Feeds, samples: int) -> Feeds:
@@ -132,12 +146,41 @@ def group_of(qdq: ir.Model, name: str) -> list[str]:
     return out
 
 
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+TAIL = "(output tail)"
+
+
+def output_tail(qdq: ir.Model) -> list[str]:
+    """The non-compute, non-Q/DQ nodes on the paths from the last compute nodes to the graph
+    outputs (walking back through Q/DQ pairs), outputs first."""
+    out: list[str] = []
+    stack = [v for v in qdq.graph.outputs]
+    seen: set[int] = set()
+    while stack:
+        value = stack.pop()
+        node = value.producer()
+        if node is None or id(node) in seen or node.op_type in COMPUTE_OPS:
+            continue
+        seen.add(id(node))
+        if node.op_type not in _QDQ:
+            out.append(node.name or "")
+            ins = [v for v in node.inputs if v is not None and v.const_value is None]
+        else:
+            ins = [node.inputs[0]] if node.inputs and node.inputs[0] is not None else []
+        stack += [v for v in ins if v.producer() is not None]
+    return [n for n in out if n]
+
+
 def floated(
-    qdq: ir.Model, group: Sequence[str], constants: Mapping[str, Mapping[int, np.ndarray]]
+    qdq: ir.Model,
+    group: Sequence[str],
+    constants: Mapping[str, Mapping[int, np.ndarray]],
+    *,
+    all_float: bool = False,
 ) -> ir.Model:
-    """A copy of QDQ model ``qdq`` with ``group[0]`` fed float inputs — the tensor before each
-    activation's QuantizeLinear — and every group node's weights / biases float
-    (``constants``: node name -> {input index: float array})."""
+    """A copy of QDQ model ``qdq`` with ``group[0]`` (every group node with ``all_float``) fed
+    float inputs — the tensor before each activation's QuantizeLinear — and every group
+    node's weights / biases float (``constants``: node name -> {input index: float array})."""
     model = io.from_proto(io.to_proto(qdq))
     by_name = {n.name: n for n in model.graph}
     for k, name in enumerate(group):
@@ -152,7 +195,7 @@ def floated(
             src = producer.inputs[0]
             q = src.producer() if src is not None else None
             if q is not None and q.op_type == "QuantizeLinear" and q.inputs[0] is not None:
-                if k == 0:  # the node itself reads float activations
+                if k == 0 or all_float:  # the node itself reads float activations
                     node.replace_input_with(i, q.inputs[0])
             elif i in consts:
                 arr = consts[i]
@@ -174,12 +217,13 @@ def measured_ranking(
     *,
     say: Callable[[str], None] = lambda _: None,
     samples: int = RANKING_SAMPLES,
+    yolox: bool = False,
 ) -> list[NodeSensitivity]:
     """Compute nodes of INT8 model ``qdq`` ranked by measured sensitivity (module docstring),
     most sensitive first; only nodes whose float copy lowers the distance."""
     feeds = _first(feeds, samples)
     reference = run_all(prepared, feeds)
-    base = distance_to(reference, run_all(qdq, feeds))
+    base = distance_to(reference, run_all(qdq, feeds), yolox=yolox)
     consts = _float_inputs(prepared)
     todo = [
         n
@@ -191,8 +235,14 @@ def measured_ranking(
         if k % 8 == 0:
             say(f"ranking nodes: measured INT8 sensitivity ({k}/{len(todo)})")
         group = group_of(qdq, node.name or "")
-        d = distance_to(reference, run_all(floated(qdq, group, consts), feeds))
+        d = distance_to(reference, run_all(floated(qdq, group, consts), feeds), yolox=yolox)
         out.append(NodeSensitivity(node.name or "", node.op_type, d, base - d, tuple(group)))
+    tail = output_tail(qdq)
+    if tail:
+        say("ranking nodes: the output tail")
+        floated_tail = floated(qdq, tail, consts, all_float=True)
+        d = distance_to(reference, run_all(floated_tail, feeds), yolox=yolox)
+        out.append(NodeSensitivity(TAIL, "tail", d, base - d, tuple(tail)))
     out.sort(key=lambda s: s.gain, reverse=True)
     logger.info(
         "measured INT8 sensitivity: baseline distance %.4g; top %s",

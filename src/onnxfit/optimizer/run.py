@@ -12,6 +12,7 @@ atomic too). ``OUT.report.json`` is named by replacing a ``.onnx`` suffix
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -146,6 +147,8 @@ def optimize(
     result.elapsed_s = time.perf_counter() - started
     if not result.after.fits and not allow_over_budget:
         verdict = result.after.verdict
+        if verdict is not None and not isinstance(target, Target):
+            verdict = dataclasses.replace(verdict, target_arg=str(target))
         step = verdict.next_step() if verdict is not None else None
         raise DoesNotFitError(
             f"{verdict.line() if verdict else 'the optimized model does not fit'}; nothing written",
