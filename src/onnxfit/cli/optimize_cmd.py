@@ -188,7 +188,7 @@ def optimize(
     from onnxfit.optimizer.plan import build_plan
     from onnxfit.optimizer.run import check_output, searches
     from onnxfit.optimizer.run import optimize as run_optimize
-    from onnxfit.report.optimize import render_optimize, render_plan, to_markdown
+    from onnxfit.report.optimize import render_plan
     from onnxfit.targets import get_target
 
     values: dict[str, Any] = {
@@ -245,17 +245,16 @@ def optimize(
                 **values,
             )
         except DoesNotFitError as exc:
-            measured: Any = exc.result
-            if measured is not None:  # show what was measured, then the error (exit 3)
+            if exc.result is not None:  # show what was measured, then the error (exit 3)
                 bar.stop()
-                print_result(
-                    measured,
-                    as_json=as_json,
-                    markdown=markdown,
-                    to_markdown=lambda: to_markdown(measured),
-                    render=lambda: render_optimize(measured),
-                )
+                _show(exc.result, as_json=as_json, markdown=markdown)
             raise
+    _show(result, as_json=as_json, markdown=markdown)
+
+
+def _show(result: Any, *, as_json: bool, markdown: bool) -> None:
+    from onnxfit.report.optimize import render_optimize, to_markdown
+
     print_result(
         result,
         as_json=as_json,

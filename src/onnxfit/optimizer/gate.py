@@ -47,7 +47,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfit.verify import distance
-from onnxfit.verify.runner import run_all
+from onnxfit.verify.runner import first_samples, run_all
 
 if TYPE_CHECKING:
     from onnxfit.optimizer.data import RunData
@@ -174,7 +174,7 @@ class Judge:
         self.info = data.info
         self.feeds = data.verify_feeds(reference)
         if samples is not None:
-            self.feeds = _first(self.feeds, samples)
+            self.feeds = first_samples(self.feeds, samples)
         self.measure: Measure = self._choose(reference, data)
         self.reference_score = self._score_ref(reference)
         self._guard_outs = self._ref_outs if self.evaluator is not None else None
@@ -323,14 +323,3 @@ class Judge:
             finite,
             details,
         )
-
-
-def _first(feeds: list[dict[str, np.ndarray]], samples: int) -> list[dict[str, np.ndarray]]:
-    out, n = [], 0
-    for f in feeds:
-        if n >= samples:
-            break
-        k = min(samples - n, next(iter(f.values())).shape[0])
-        out.append({name: v[:k] for name, v in f.items()})
-        n += k
-    return out

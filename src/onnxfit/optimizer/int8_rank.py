@@ -38,7 +38,7 @@ import onnx_ir as ir
 from onnxfit import io
 from onnxfit.optimizer.stats import COMPUTE_OPS, compute_precision
 from onnxfit.verify import distance
-from onnxfit.verify.runner import run_all
+from onnxfit.verify.runner import first_samples, run_all
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +94,6 @@ def distance_to(
             out = outputs[name]
             return _rel(ref[..., :4], out[..., :4]) + _rel(ref[..., 4:], out[..., 4:])
     return sum(_rel(ref, outputs[name]) for name, ref in reference.items())
-
-
-def _first(feeds: Feeds, samples: int) -> Feeds:
-    out, n = [], 0
-    for f in feeds:
-        if n >= samples:
-            break
-        k = min(samples - n, next(iter(f.values())).shape[0])
-        out.append({name: v[:k] for name, v in f.items()})
-        n += k
-    return out
 
 
 def _float_inputs(prepared: ir.Model) -> dict[str, dict[int, np.ndarray]]:
@@ -221,7 +210,7 @@ def measured_ranking(
 ) -> list[NodeSensitivity]:
     """Compute nodes of INT8 model ``qdq`` ranked by measured sensitivity (module docstring),
     most sensitive first; only nodes whose float copy lowers the distance."""
-    feeds = _first(feeds, samples)
+    feeds = first_samples(feeds, samples)
     reference = run_all(prepared, feeds)
     base = distance_to(reference, run_all(qdq, feeds), yolox=yolox)
     consts = _float_inputs(prepared)

@@ -38,6 +38,7 @@ __all__ = [
     "Inputs",
     "ModelArg",
     "feeds_of",
+    "first_samples",
     "input_names",
     "iter_outputs",
     "run_all",
@@ -70,6 +71,19 @@ def feeds_of(inputs: Inputs, names: Sequence[str]) -> tuple[Feeds, bool]:
 def sample_count(feeds: Sequence[Mapping[str, np.ndarray]]) -> int:
     """Samples in ``feeds`` (the sum of their leading dimensions)."""
     return sum(int(next(iter(f.values())).shape[0]) for f in feeds if f)
+
+
+def first_samples(feeds: Sequence[Mapping[str, np.ndarray]], samples: int) -> Feeds:
+    """The first ``samples`` samples of ``feeds`` (the last feed cut when needed)."""
+    out: Feeds = []
+    n = 0
+    for f in feeds:
+        if n >= samples:
+            break
+        k = min(samples - n, next(iter(f.values())).shape[0])
+        out.append({name: v[:k] for name, v in f.items()})
+        n += k
+    return out
 
 
 def split_feed(feed: Mapping[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
