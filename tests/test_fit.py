@@ -52,3 +52,13 @@ def test_nothing_narrower_fits() -> None:
     )  # fmt: skip
     assert v.projected == {} and "smaller model" in v.next_step()  # type: ignore[operator]
     assert EXIT_DOES_NOT_FIT == 3
+
+
+def test_next_need_is_the_step_without_the_command() -> None:
+    v = fit_verdict(
+        weight_bytes=4 * MIB, arena_bytes=0, io_bytes=0, budget_bytes=3 * MIB, target="t"
+    )
+    assert v.next_need() == "FP16 would need 2.0 MiB (projected)"
+    assert fit_verdict(
+        weight_bytes=MIB, arena_bytes=0, io_bytes=0, budget_bytes=2 * MIB, target="t"
+    ).next_need() is None

@@ -61,6 +61,12 @@ class FitVerdict:
             f"({_mib(-self.headroom_bytes)} over)"
         )
 
+    def next_need(self) -> str | None:
+        """``FP16 would need 5.6 MiB (projected)`` for the first narrower precision that fits,
+        else what even the narrowest would need (None when it fits)."""
+        step = self.next_step()
+        return step.split(":")[0] if step is not None and "onnxfit optimize" in step else step
+
     def next_step(self) -> str | None:
         """What to try when it does not fit, with the projected need (None when it fits)."""
         if self.fits:

@@ -33,8 +33,8 @@ def verdict_text(result: InspectResult) -> str:
         return f"FITS: uses {used} of {budget} ({result.headroom_pct:.2f}% headroom)"
     over = fmt_bytes(-result.headroom_bytes)
     text = f"DOES NOT FIT: needs {used} of {budget} ({over} over, {-result.headroom_pct:.2f}%)"
-    step = result.verdict.next_step()
-    return text + (f"; next: {step}" if step else "")
+    step = result.verdict.next_need()
+    return text + (f"; {step}" if step else "")
 
 
 def memory_text(result: InspectResult) -> str:
