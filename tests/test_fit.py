@@ -59,6 +59,9 @@ def test_next_need_is_the_step_without_the_command() -> None:
         weight_bytes=4 * MIB, arena_bytes=0, io_bytes=0, budget_bytes=3 * MIB, target="t"
     )
     assert v.next_need() == "FP16 would need 2.0 MiB (projected)"
-    assert fit_verdict(
-        weight_bytes=MIB, arena_bytes=0, io_bytes=0, budget_bytes=2 * MIB, target="t"
-    ).next_need() is None
+    assert (
+        fit_verdict(
+            weight_bytes=MIB, arena_bytes=0, io_bytes=0, budget_bytes=2 * MIB, target="t"
+        ).next_need()
+        is None
+    )

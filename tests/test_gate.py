@@ -191,3 +191,29 @@ def test_labelled_detector_gate_is_the_map50_drop(tmp_path: Path, rng) -> None: 
 
     w.const_value = ir.tensor(-np.asarray(w.const_value.numpy()))
     assert not judge.judge(model).passed
+
+
+def test_optimize_eval_takes_a_detection_folder(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+    """``optimize --eval`` on YOLO images/ + labels/: the gate is the mAP@0.5 drop, and the
+    images used for calibration are left out of the evaluation."""
+    from PIL import Image
+
+    from onnxfit.optimizer import optimize
+
+    src = _detector(tmp_path / "d.onnx")
+    root = tmp_path / "det"
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    for i in range(6):
+        img = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / "images" / "val" / f"{i}.png")
+        (root / "labels" / "val" / f"{i}.txt").write_text(f"{i % 2} 0.5 0.5 0.4 0.5\n")
+    result = optimize(
+        src, tmp_path / "o.onnx", target="xbox-series-s", eval=root, preset="yolox",
+        max_accuracy_drop=100.0, measure_runs=0,
+    )  # fmt: skip
+    assert result.gate.measure == "map50_drop" and result.gate.passed
+    assert "candidate_map50" in result.gate.details
+    assert result.data["task"] == "detect"
+    assert "first 3 evaluation images" in result.data["calibration"]  # half calibrates
+    assert "(3 images with boxes" in result.data["verification"]  # the other half judges
