@@ -159,13 +159,12 @@ def _real_checks(work: Path, *, quick: bool) -> list[str]:
     v = fp16.verification
     ok = abs(v.accuracy_drop or 0) <= 0.2 and (v.agreement or 0) >= 0.99
     row("ShuffleNetV2 FP32 -> FP16 (xbox-series-s)", fp16, f"≤ 0.2 pt, ≥ 99 %: {_ok(ok)}")
-    gv = fp16.gate_verification
-    if gv is not None:
+    g = fp16.gate
+    if "emulated" in g.reference:
         out.append(
             f"| (same, float16 storage emulated) | judged on this | "
-            f"{100 * gv.reference_accuracy['top1']:.2f} % | "
-            f"{100 * gv.candidate_accuracy['top1']:.2f} % | {-(gv.accuracy_drop or 0):+.2f} | "
-            f"{100 * (gv.agreement or 0):.1f} % |"
+            f"{100 * g.details['reference_top1']:.2f} % | "
+            f"{100 * g.details['candidate_top1']:.2f} % | {-g.value:+.2f} | - |"
         )
     print("[real] ShuffleNetV2: fp32 -> our int8 ...", flush=True)
     calib = coco if coco.is_dir() else ev / "images"
@@ -196,8 +195,7 @@ def _real_checks(work: Path, *, quick: bool) -> list[str]:
             measure_runs=0,
         )
         v = y.verification
-        gv = y.gate_verification
-        emu = f"; emulated fp16: {100 * (gv.agreement or 0):.1f} %" if gv else ""
+        emu = f"; gate (emulated fp16): {y.gate.describe()}"
         out += [
             "",
             f"YOLOX-Nano FP16 (xbox-series-s) on {v.samples} COCO images: max abs error "

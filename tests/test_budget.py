@@ -154,9 +154,10 @@ def test_optimize_budget_exit_code_and_manifest(tmp_path: Path) -> None:
     args = ["optimize", str(src), "-o", str(out), "--measure-runs", "0", "--budget", "200KB"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == EXIT_DOES_NOT_FIT, res.output
-    assert "DOES NOT FIT" in res.stdout
+    assert "DOES NOT FIT" in res.output
+    assert not out.exists()  # over budget: the figures are shown, nothing is written
+    res = CliRunner().invoke(main, [*args, "--force", "--allow-over-budget"])
+    assert res.exit_code == 0, res.output
     deploy = json.loads(out.with_suffix(".deploy.json").read_text())
     assert deploy["memory"]["fits"] is False and deploy["memory"]["budget_bytes"] == 200_000
     assert deploy["directml"]["all_on_dml"] and deploy["directml"]["graph_capture"]
-    res = CliRunner().invoke(main, [*args, "--force", "--allow-over-budget"])
-    assert res.exit_code == 0, res.output

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from onnxfit.cli import main
 from onnxfit.optimizer import sidecar_paths
-from test_optimize import outlier_model, overflow_model
+from test_optimize import outlier_model, overflow_model, tiny_classifier
 
 FAST = ["--measure-runs", "0"]
 
@@ -85,7 +85,7 @@ def test_eval_labels_must_match_classes(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    src = overflow_model(tmp_path / "m.onnx")  # output [batch, 10]: a 10-class "classifier"
+    src = tiny_classifier(tmp_path / "m.onnx")  # [N, 3, 32, 32] -> [N, 10]
     ev = tmp_path / "eval"
     ev.mkdir()
     rng = np.random.default_rng(0)
@@ -117,3 +117,22 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
     assert code == 2 and "--force" in stderr and out.read_bytes() == b"old"
     code, _, _ = _run(str(src), "-o", str(out), "--force", *FAST)
     assert code == 0 and out.read_bytes() != b"old"
+
+
+def test_does_not_fit_exits_3_and_writes_nothing(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "m.onnx")
+    small = tmp_path / "small.toml"
+    small.write_text('base = "xbox-series-s"\nname = "small"\nmemory_budget = 20000\n')
+    out = tmp_path / "o.onnx"
+    code, stdout, stderr = _run(str(src), "-o", str(out), "--target", str(small), "--json", *FAST)
+    assert code == 3, stderr
+    assert "DOES NOT FIT small" in stderr and "nothing written" in stderr
+    assert "allow-over-budget" in stderr
+    d = json.loads(stdout)  # the figures are still printed
+    assert d["after"]["fits"] is False and d["written"] is False
+    assert d["after"]["verdict"]["budget_bytes"] == 20000
+    assert not any(p.exists() for p in (out, *sidecar_paths(out)))
+    code, stdout, _ = _run(
+        str(src), "-o", str(out), "--target", str(small), "--allow-over-budget", "--json", *FAST
+    )
+    assert code == 0 and json.loads(stdout)["written"] is True and out.exists()

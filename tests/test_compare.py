@@ -173,6 +173,19 @@ def test_compare_with_eval_classification(tmp_path: Path, two_models: list[Path]
     )
 
 
+def test_compare_layer_errors(tmp_path: Path, two_models: list[Path]) -> None:
+    res = compare(
+        two_models, rounds=1, per_round=1, warmup=0, isolated=False, noise=False, layers=3
+    )
+    [(name, rows)] = res.layer_errors.items()
+    assert name == "m1.onnx" and rows and rows[0]["node"] in {"gap", "flat", "fc"}
+    assert rows[0]["node"] == "fc"  # only the Gemm's weights differ between the two models
+    assert CompareResult.from_dict(res.to_dict()).layer_errors == res.layer_errors
+    from onnxfit.report.bench import compare_markdown
+
+    assert "layer errors of m1.onnx vs m0.onnx" in compare_markdown(res)
+
+
 def test_compare_rejects_bad_eval_folder(tmp_path: Path, two_models: list[Path]) -> None:
     with pytest.raises(InputError, match=r"neither labels\.tsv"):
         compare(two_models, eval_data=tmp_path, isolated=False, noise=False)
@@ -181,7 +194,7 @@ def test_compare_rejects_bad_eval_folder(tmp_path: Path, two_models: list[Path])
 @pytest.mark.needs_data
 @pytest.mark.slow
 def test_compare_eval_on_shared_data(shared_data: Path) -> None:
-    from onnxfit.profiling.accuracy import evaluate
+    from onnxfit.verify.evaluator import evaluate_models as evaluate
 
     cls = evaluate(
         [shared_data / "models" / "shufflenet-v2-12-qdq.onnx"],

@@ -78,9 +78,14 @@ def test_does_not_fit_on_a_small_target(resnet_file: Path, tmp_path: Path) -> No
     r = inspect(resnet_file, target=str(small))
     assert not r.fits and r.headroom_bytes < 0
     code, out = _run(resnet_file, "--target", small)
-    assert code == 3 and "DOES NOT FIT" in out  # EXIT_DOES_NOT_FIT
-    code, out = _run(resnet_file, "--target", small, "--allow-over-budget")
-    assert code == 0 and "DOES NOT FIT" in out
+    assert code == 3 and "DOES NOT FIT" in out and "would need" in out
+    code, out = _run(resnet_file, "--target", small, "--allow-over-budget", "--json")
+    assert code == 0
+    fit = json.loads(out)["fit"]
+    assert fit["fits"] is False and fit["precision"] == "fp32"
+    # the projection: float weights and arena at 2 / 1 bytes per element, IO unchanged
+    arena, io_b, w = fit["arena_bytes"], fit["io_bytes"], fit["weights_bytes"]
+    assert fit["projected_bytes"]["int8"] < fit["projected_bytes"]["fp16"] < w + arena + io_b
 
 
 def test_cli_table_json_markdown_plot(resnet_file: Path, tmp_path: Path) -> None:

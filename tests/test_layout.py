@@ -50,7 +50,6 @@ ONNX_ALLOWED = {
     "onnxfit.pruning.compensate",
     "onnxfit.runtime.binding",
     "onnxfit.runtime.session",
-    "onnxfit.verify._run",
     "onnxfit.verify.sensitivity",
 }
 

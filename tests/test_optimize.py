@@ -16,6 +16,7 @@ from onnxfit.errors import InputError, VerificationError
 from onnxfit.optimizer import optimize, sidecar_paths
 from onnxfit.optimizer.emulate import emulate_fp16
 from onnxfit.optimizer.registry import make_pass
+from onnxfit.optimizer.run import golden_path
 
 FAST = {"measure_runs": 0, "synthetic_count": 8}
 
@@ -79,6 +80,33 @@ def outlier_model(path: Path) -> Path:
     return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+def tiny_classifier(path: Path, *, size: int = 32, classes: int = 10, seed: int = 0) -> Path:
+    """An image classifier: x [N, 3, size, size] -> Conv 3x3 -> Relu -> GlobalAveragePool ->
+    Flatten -> Gemm -> logits [N, classes] (nodes conv, relu, pool, flat, fc)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.5, "w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b"),
+        numpy_helper.from_array(rng.standard_normal((classes, 8)).astype(np.float32), "fw"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], name="fc", transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def _outputs(out: Path) -> list[Path]:
     return [out, *sidecar_paths(out)]
 
@@ -105,7 +133,8 @@ def test_fp16_backoff_blocks_overflowing_nodes(tmp_path: Path) -> None:
     src = overflow_model(tmp_path / "m.onnx")
     out = tmp_path / "m-fp16.onnx"
     result = optimize(src, out, target="xbox-series-s", **FAST)
-    assert [a.gate.passed for a in result.attempts] == [False, True]
+    passed = [a.gate.passed for a in result.attempts]
+    assert passed[0] is False and passed[-1] is True
     assert not result.attempts[0].gate.finite
     assert set(result.kept_higher) == {"scale_up2", "scale_down"}
     assert result.gate.metric == "cosine" and "emulated" in result.gate.reference
@@ -119,7 +148,7 @@ def test_fp16_backoff_blocks_overflowing_nodes(tmp_path: Path) -> None:
     assert kept["head"].outputs[0].dtype.name == "FLOAT16"
     report = json.loads(sidecar_paths(out)[0].read_text())
     assert report["backoff"]["kept_higher_precision"] == result.kept_higher
-    assert report["backoff"]["rounds"] == 1
+    assert report["backoff"]["rounds"] == len(result.attempts) - 1
     assert report["data"]["synthetic"] is True
     assert any("SYNTHETIC" in n for n in report["notes"])
 
@@ -127,9 +156,11 @@ def test_fp16_backoff_blocks_overflowing_nodes(tmp_path: Path) -> None:
 def test_int8_backoff_excludes_sensitive_nodes(tmp_path: Path) -> None:
     src = outlier_model(tmp_path / "m.onnx")
     out = tmp_path / "m-int8.onnx"
-    result = optimize(src, out, target="cpu", precision="int8", **FAST)
-    assert not result.attempts[0].gate.passed and result.attempts[-1].gate.passed
+    result = optimize(src, out, target="cpu", precision="int8", max_kept_share=1.0, **FAST)
+    assert not result.attempts[0].gate.passed and result.gate.passed
     assert len(result.attempts) >= 2 and result.kept_higher
+    passing = [a for a in result.attempts if a.gate.passed]
+    assert min(len(a.kept) for a in passing) == len(result.kept_higher)  # the smallest passing
     assert set(result.kept_higher) <= {"conv1", "conv2", "outlier"}
     int8 = next(p for p in result.passes if p.name == "int8")
     assert int8.stats["excluded"] == result.kept_higher
@@ -171,14 +202,20 @@ def test_report_and_deploy_for_directml(tmp_path: Path) -> None:
     assert [p["name"] for p in report["passes"]] == [s.name for s in result.plan.steps]
     assert report["after"]["file_bytes"] == out.stat().st_size
     assert report["before"]["precision"] == "fp32" and report["after"]["precision"] == "fp16"
-    assert report["gate_verification"] is not None  # judged on the float16 emulation
+    assert "emulated" in report["gate"]["reference"]  # judged on the float16 emulation
+    assert report["gate"]["measure"] == "cosine" and report["gate"]["rule"]
     deploy = json.loads(deploy_path.read_text())
-    assert deploy["enable_mem_pattern"] is False
-    assert deploy["execution_mode"] == "ORT_SEQUENTIAL"
-    assert deploy["offline_graph_optimization_level"] == "ORT_ENABLE_BASIC"
-    assert deploy["free_dimension_overrides"] == {"batch": 1}
-    assert deploy["providers"][0] == "DmlExecutionProvider"
-    assert deploy["precision"] == "fp16" and deploy["model"] == out.name
+    session = deploy["session"]
+    assert session["enable_mem_pattern"] is False
+    assert session["execution_mode"] == "ORT_SEQUENTIAL"
+    assert session["offline_graph_optimization_level"] == "ORT_ENABLE_BASIC"
+    assert session["free_dimension_overrides"] == {"batch": 1}
+    assert session["providers"][0] == "DmlExecutionProvider"
+    assert session["intra_op_num_threads"] == 1  # the game owns the cores
+    assert session["session_config_entries"]["session.intra_op.allow_spinning"] == "0"
+    assert deploy["model"]["precision"] == "fp16" and deploy["model"]["file"] == out.name
+    assert any("SessionOptionsAppendExecutionProvider_DML1" in line
+               for line in deploy["directml"]["cpp"])  # fmt: skip
 
 
 def test_already_in_precision_is_still_verified(tmp_path: Path) -> None:
@@ -221,11 +258,18 @@ def test_calibration_arrays_skip_bad_files(tmp_path: Path) -> None:
     assert len(result.data["skipped"]) == 1 and "broken.npy" in result.data["skipped"][0]
 
 
-def test_eval_needs_a_classifier(tmp_path: Path) -> None:
-    src = outlier_model(tmp_path / "m.onnx")
-    (tmp_path / "ev").mkdir()
-    with pytest.raises(InputError, match="needs a classifier"):
-        optimize(src, tmp_path / "o.onnx", target="xbox-series-s", eval=tmp_path / "ev", **FAST)
+def test_eval_needs_an_image_model_the_evaluator_reads(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")  # output [N, 8, 8, 8]: neither task
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    with pytest.raises(InputError, match=r"neither labels\.tsv"):
+        optimize(src, tmp_path / "o.onnx", target="xbox-series-s", eval=ev, **FAST)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(ev / "a.png")
+    (ev / "labels.tsv").write_text("file\tclass_index\na.png\t0\n")
+    with pytest.raises(InputError, match=r"cannot (tell the task|guess the preprocessing)"):
+        optimize(src, tmp_path / "o.onnx", target="xbox-series-s", eval=ev, **FAST)
 
 
 @pytest.mark.slow
@@ -237,3 +281,74 @@ def test_zoo_resnet18_sizes(zoo_resnet18: Path, tmp_path: Path) -> None:
     int8 = optimize(zoo_resnet18, tmp_path / "int8.onnx", target="cpu", precision="int8", **FAST)
     assert int8.after.file_bytes <= 0.26 * fp32
     assert int8.gate.passed
+
+
+def test_layer_table_and_precision_share_speak_the_models_names(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "m-int8.onnx"
+    result = optimize(src, out, target="cpu", precision="int8", max_accuracy_drop=100, **FAST)
+    names = {n.name for n in io.load(src).graph}
+    assert result.layer_errors and {r["node"] for r in result.layer_errors} <= names
+    added = [r["added"] for r in result.layer_errors]
+    assert added == sorted(added, reverse=True)
+    share = result.achieved["precision"]
+    assert share["precision"] == "int8" and share["total"] == 2  # conv and fc
+    assert share["nodes"] == 2 and share["node_share"] == 1.0 and share["flops_share"] == 1.0
+    report = json.loads(sidecar_paths(out)[0].read_text())
+    assert report["layer_errors"][0]["node"] in names
+    assert report["requested_vs_achieved"]["precision"]["requested"] == 1.0
+
+
+def test_candidate_search_keeps_the_fastest_that_passes(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "m-cpu.onnx"
+    opts = {**FAST, "measure_runs": 3}
+    result = optimize(src, out, target="cpu", max_accuracy_drop=100, **opts)
+    rows = result.candidates
+    assert [r["precision"] for r in rows] == ["int8", "fp32"]
+    assert all(r["status"] == "ok" for r in rows)
+    [chosen] = [r for r in rows if r["chosen"]]
+    assert chosen["speed_s"] == min(r["speed_s"] for r in rows)
+    assert chosen["speed_from"] == "measured on this host"
+    assert result.precision == chosen["precision"]
+    report = json.loads(sidecar_paths(out)[0].read_text())
+    assert [r["chosen"] for r in report["candidates"]] == [r["chosen"] for r in rows]
+
+
+def test_candidate_search_skips_a_candidate_that_fails_the_budget(tmp_path: Path) -> None:
+    src = outlier_model(tmp_path / "m.onnx")  # INT8 cannot pass with one conv of two float
+    result = optimize(src, tmp_path / "o.onnx", target="cpu", max_kept_share=0.25, **FAST)
+    int8, fp32 = result.candidates
+    assert int8["status"] == "fails the budget" and "max-kept-share" in int8["gate"]
+    assert fp32["chosen"] and result.precision == "fp32"
+    assert any("candidate search: fp32 chosen of 2" in n for n in result.notes)
+    no_search = optimize(
+        src, tmp_path / "p.onnx", target="cpu", search=False, **FAST
+    )  # the target's preferred precision only (this host: fp32 without VNNI, int8 with)
+    assert no_search.candidates == []
+
+
+def test_deploy_bundle_is_usable_as_is(tmp_path: Path) -> None:
+    import hashlib
+
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "net.onnx"
+    optimize(src, out, target="xbox-series-s", max_accuracy_drop=5.0, **FAST)
+    deploy = json.loads(sidecar_paths(out)[1].read_text())
+    assert deploy["schema_version"] == 1
+    assert deploy["model"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert deploy["versions"]["onnxruntime"] == ort.__version__
+    assert deploy["inputs"] == [{"name": "x", "shape": [1, 3, 32, 32], "dtype": "float32"}]
+    assert deploy["outputs"] == [{"name": "logits", "shape": [1, 10], "dtype": "float32"}]
+    pre = deploy["preprocessing"]
+    assert pre["layout"] == "NCHW" and pre["size_hw"] == [32, 32] and pre["mean"]
+    mem = deploy["memory"]
+    assert mem["runtime_bytes"] == mem["weights_bytes"] + mem["arena_bytes"] + mem["io_bytes"]
+    gold = np.load(golden_path(out))
+    assert gold.files == sorted(deploy["golden"]["arrays"]) or set(gold.files) == set(
+        deploy["golden"]["arrays"]
+    )
+    # the golden outputs are the written model's outputs on the golden inputs
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": gold["input:x"]})[0]
+    assert np.abs(got - gold["output:logits"]).max() <= deploy["golden"]["tolerance_abs"]

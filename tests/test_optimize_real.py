@@ -29,9 +29,12 @@ def test_shufflenet_int8_retargeted_to_fp16(shared_data: Path, tmp_path: Path) -
     assert result.plan.precision == "fp16" and result.plan.model_precision == "int8"
     dq = next(p for p in result.passes if p.name == "dequantize")
     assert dq.stats["relu_inserted"] == 37  # the hidden ReLUs of the INT8 model
-    assert result.gate.metric == "accuracy_drop" and result.gate.passed
+    assert result.gate.measure == "top1_drop" and result.gate.passed
+    assert "candidate_top1" in result.gate.details
     v = result.verification
     assert v.samples == 40 and "top1" in v.candidate_accuracy
+    # calibrated on the first 100 labelled images, evaluated on 40 others
+    assert "first 100 evaluation images" in result.data["calibration"]
     assert result.after.file_bytes < 0.6 * result.before.file_bytes * 4  # fp16 of an int8 file
     assert out.exists()
 
@@ -47,7 +50,7 @@ def test_yolox_fp16_boxes_agree(shared_data: Path, tmp_path: Path) -> None:
         measure_runs=0,
     )
     v = result.verification
-    assert v.task == "detect" and v.samples == 8
+    assert v.task == "detect" and v.samples == 56  # the images after the 8 calibration ones
     assert v.agreement is not None and v.agreement >= 0.875
-    assert result.gate.metric == "detections" and result.gate.passed
+    assert result.gate.measure == "box_disagreement" and result.gate.passed
     assert result.after.file_bytes <= 0.51 * result.before.file_bytes

@@ -246,6 +246,11 @@ def test_ort_static_int8_back_to_float(tmp_path, fmt: str) -> None:  # type: ign
     if fmt == "QOperator":
         converted = set(p.stats["qoperator_converted"])  # type: ignore[arg-type]
         assert converted >= {"QLinearConv", "QLinearAdd", "QGemm", "QLinearMatMul"}
+        # the float op takes the QOperator node's name and says where it came from
+        qnames = {n.name for n in int8.graph if n.op_type in ("QLinearConv", "QGemm")}
+        float_ops = {n.name: n for n in q.graph if n.op_type in ("Conv", "Gemm")}
+        assert qnames <= set(float_ops)
+        assert all(float_ops[n].metadata_props["onnxfit:from"] == n for n in qnames)
     x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
     ref, got, i8 = run(fm, {"x": x})[0], run(q, {"x": x})[0], run(int8, {"x": x})[0]
     scale = float(np.abs(ref).max())

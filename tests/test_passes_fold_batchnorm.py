@@ -109,3 +109,15 @@ def test_bn_kept_when_conv_output_shared_or_no_producer() -> None:
     x = RNG.standard_normal(shape).astype(np.float32)
     assert max_abs(run(ref, {"x": x}), run(m, {"x": x})) == 0.0
     check(m)
+
+
+def test_folded_conv_keeps_its_name_and_says_what_it_came_from() -> None:
+    inits = [tensor("W", RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)), *_bn("a", 4)]
+    conv = oh.make_node("Conv", ["x", "W"], ["c"], name="layer4.0.conv1", pads=[1, 1, 1, 1])
+    bn = _bn_node("c", "a", "y")
+    bn.name = "layer4.0.bn1"
+    m = model([conv, bn], [vinfo("x", [1, 3, 6, 6])], [vinfo("y", [1, 4, 6, 6])], inits)
+    assert FoldBatchNormPass()(m).modified
+    [node] = list(m.graph)
+    assert node.op_type == "Conv" and node.name == "layer4.0.conv1"
+    assert node.metadata_props["onnxfit:from"] == "layer4.0.conv1 + layer4.0.bn1"

@@ -8,7 +8,7 @@ import pytest
 
 from onnxfit.errors import InputError
 from onnxfit.pruning import budget as pruning
-from onnxfit.pruning import metrics as prune_metrics
+from onnxfit.verify.runner import run_all
 from test_prune import _net as prune_net
 from test_prune_channels import _resnet_like
 
@@ -74,7 +74,7 @@ def test_channels_budget_with_an_agreement_metric(rng):
 def test_top1_metric_and_bad_grid(rng):
     m = prune_net(rng)
     x = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
-    labels = prune_metrics.run_batches(m, x, 4).argmax(axis=1)
+    labels = next(iter(run_all(m, x, batch=4).values())).argmax(axis=1)
     assert pruning.top1_metric(x, labels, batch=4).evaluate(m) == 100.0
     with pytest.raises(InputError):
         pruning.sensitivity_scan(m, _fake_metric(), kind="unstructured", ratios=(0.5, 1.0))

@@ -15,7 +15,6 @@ from rich.console import Console
 
 from onnxfit.cli._common import model_figures
 from onnxfit.errors import InputError
-from onnxfit.profiling.accuracy import Accuracy
 from onnxfit.profiling.bench import BatchResult, BenchResult, Static
 from onnxfit.profiling.compare import CompareResult, ModelStats
 from onnxfit.profiling.ortprofile import OpTiming, OrtProfile
@@ -25,6 +24,7 @@ from onnxfit.profiling.tracker import Tracker
 from onnxfit.report import bench as rb
 from onnxfit.report import figures, plots, roofline
 from onnxfit.report.html import HtmlPage, bench_page, compare_page
+from onnxfit.verify.evaluator import Accuracy
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

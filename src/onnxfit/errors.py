@@ -1,7 +1,8 @@
 """The few exceptions onnxfit raises for user mistakes.
 
 Every user-facing error is an :class:`OnnxfitError`: the CLI prints ``error: <message>`` and,
-when there is one, ``hint: <hint>`` on one line each, exits with status 2 and writes nothing.
+when there is one, ``hint: <hint>`` on one line each, exits with status 2 (3 for
+:class:`DoesNotFitError`) and writes nothing.
 Any other exception escaping the CLI is a bug in onnxfit.
 """
 
@@ -33,6 +34,18 @@ class UnsafeModelError(OnnxfitError):
 
 class BudgetExceededError(OnnxfitError):
     """A memory request does not fit in a pool, arena or memory budget (sizes in the message)."""
+
+
+class DoesNotFitError(OnnxfitError):
+    """A model (after optimizing) does not fit the target's memory budget; the CLI exits with
+    status 3 (``onnxfit.analysis.fit.EXIT_DOES_NOT_FIT``). ``result`` holds what was measured
+    (e.g. the :class:`~onnxfit.optimizer.result.OptimizeResult`), nothing was written."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, hint: str | None = None, result: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 class VerificationError(OnnxfitError):

@@ -30,6 +30,8 @@ from onnxfit import io
 from onnxfit.analysis.budget import FitVerdict, decide_fit
 from onnxfit.analysis.cost import CostReport, analyze_cost
 from onnxfit.analysis.directml import DmlPreflight, directml_preflight
+from onnxfit.analysis.fit import FitVerdict as PrecisionVerdict
+from onnxfit.analysis.fit import verdict_of
 from onnxfit.analysis.lanes import LaneReport, lane_report
 from onnxfit.analysis.memory import MemoryPlan, plan_memory
 from onnxfit.analysis.shapes import infer_shapes
@@ -173,6 +175,12 @@ class InspectResult:
     def fits(self) -> bool:
         return self.verdict.fits if self.verdict else self.runtime_bytes <= self.budget_bytes
 
+    @property
+    def projection(self) -> PrecisionVerdict:
+        """The same verdict (needed bytes and budget of :attr:`verdict`) with the projection at
+        narrower precisions and the next step (:mod:`.fit`)."""
+        return verdict_of(self)
+
     def to_dict(self, *, nodes: bool = True) -> dict[str, Any]:
         """A JSON-serializable dict (``nodes=False`` leaves the per-node costs out)."""
         return {
@@ -206,6 +214,9 @@ class InspectResult:
                 "headroom_bytes": self.headroom_bytes,
                 "headroom_pct": self.headroom_pct,
                 **({"verdict": self.verdict.to_dict()} if self.verdict else {}),
+                "precision": self.projection.precision,
+                "projected_bytes": dict(self.projection.projected),
+                "next_step": self.projection.next_step(),
             },
             "directml": self.directml.to_dict() if self.directml else None,
             "lanes": self.lanes.to_dict() if self.lanes else None,

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from onnxfit.apps.pipeline import Pipeline
 from onnxfit.apps.results import BadInput, ImageResult, PipelineStats, count_kinds
 from onnxfit.data.images import scan_images
@@ -37,6 +35,8 @@ from onnxfit.data.metrics import DetectionEvaluator, DetectionMetrics, read_yolo
 from onnxfit.data.model_info import ModelInfo
 from onnxfit.data.tasks import read_labels_tsv
 from onnxfit.errors import InputError
+from onnxfit.verify.evalset import dataset_task
+from onnxfit.verify.evaluator import EVAL_IOU_THRESHOLD, EVAL_SCORE_THRESHOLD, TopKCounter
 
 __all__ = ["EvalResult", "dataset_task", "evaluate"]
 
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: index files a dataset keeps at its top level; not reported as "not an image"
 _SIDECARS = frozenset({".tsv", ".txt", ".csv", ".json", ".yaml", ".yml", ".md", ".sha256"})
-EVAL_SCORE_THRESHOLD = 0.01
-EVAL_IOU_THRESHOLD = 0.45
 
 
 @dataclass
@@ -92,23 +90,6 @@ class EvalResult:
                 }
             d["detection"] = det
         return d
-
-
-def dataset_task(folder: str | os.PathLike[str]) -> Literal["classify", "detect"]:
-    """``classify`` for a folder with ``labels.tsv``, ``detect`` for ``images/`` + ``labels/``."""
-    root = Path(folder)
-    if not root.exists():
-        raise InputError(f"{root}: no such dataset folder")
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder", hint="give the dataset's folder")
-    if (root / "labels.tsv").is_file():
-        return "classify"
-    if (root / "images").is_dir() and (root / "labels").is_dir():
-        return "detect"
-    raise InputError(
-        f"{root}: neither labels.tsv (classification) nor images/ + labels/ (detection) there",
-        hint="see ../shared/data/imagenet-sample and coco-sample for the two layouts",
-    )
 
 
 def _names_file(root: Path, task: str) -> Path | None:
@@ -231,17 +212,13 @@ def _classify(
     if not todo:
         raise InputError(f"{root}: no labelled image to evaluate", hint=_first(bad))
     label_of = {str(p): c for p, c in todo}
-    hits = np.zeros(2, np.int64)
-    n = 0
+    counter = TopKCounter((1, 5))
     for res in _run(pipe, [p for p, _ in todo], bad, on_start, on_result):
         assert res.classification is not None
-        top = res.classification.indices
-        y = label_of[res.path]
-        hits += (y in top[:1], y in top[:5])
-        n += 1
-    if n == 0:
+        counter.add(res.classification.indices, label_of[res.path])
+    if counter.count == 0:
         raise InputError(f"{root}: none of the {len(todo)} images could be read", hint=_first(bad))
-    return {"top1": hits[0] / n, "top5": hits[1] / n}, n, bad, None
+    return counter.result(), counter.count, bad, None
 
 
 def _detect(

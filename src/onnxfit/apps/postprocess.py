@@ -1,9 +1,9 @@
 """Post-processing of the image pipeline: the raw outputs of one preprocessed chunk of images ->
 one :class:`~onnxfit.apps.results.ImageResult` per path, in order.
 
-Classification: top-k classes (:func:`onnxfit.data.tasks.classify`). Detection: decode the
-YOLOX or YOLOv3 heads (:mod:`onnxfit.data.detection`), then score threshold, per-class NMS and
-the letterbox undone into original-image pixels (:func:`onnxfit.data.detection.detect`). A path
+Classification: top-k classes (:func:`onnxfit.data.tasks.classify`). Detection: the
+evaluator's decode (:func:`onnxfit.verify.evaluator.decode_detections`: YOLOX or YOLOv3 heads,
+score threshold, per-class NMS, the letterbox undone into original-image pixels). A path
 that could not be preprocessed gets a result with its ``error`` (the reason, or "could not be
 preprocessed") in its place.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from onnxfit.apps.results import ImageResult
-from onnxfit.data.detection import YOLOV3_TINY_ANCHORS, decode_yolov3_tiny, decode_yolox, detect
 from onnxfit.data.images import ImageMeta
 from onnxfit.data.model_info import ModelInfo
 from onnxfit.data.tasks import classify
+from onnxfit.verify.evaluator import decode_detections
 
 __all__ = ["chunk_results"]
 
@@ -50,22 +50,16 @@ def chunk_results(
         for d, c in zip(per_image, top, strict=True):
             d["classification"] = c
     elif n:
-        size = info.preset.size
-        for k, meta in enumerate(metas):
-            if info.decoder == "yolox":
-                boxes, scores = decode_yolox(outputs[0][k], input_size=size)
-            else:
-                heads = [o[k] for o in outputs]
-                anchors = info.anchors or YOLOV3_TINY_ANCHORS
-                boxes, scores = decode_yolov3_tiny(heads, input_size=size, anchors=anchors)
-            per_image[k]["detections"] = detect(
-                boxes,
-                scores,
-                score_threshold=score_threshold,
-                iou_threshold=iou_threshold,
-                max_detections=max_detections,
-                meta=meta,
-            )
+        dets = decode_detections(
+            outputs,
+            info,
+            metas,
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+        )
+        for d, det in zip(per_image, dets, strict=True):
+            d["detections"] = det
     k = 0
     for j, p in enumerate(paths):
         index = start + j

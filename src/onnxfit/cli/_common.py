@@ -31,7 +31,8 @@ err_console = Console(stderr=True)
 
 
 def guarded(func: F) -> F:
-    """Turn an :class:`OnnxfitError` into one ``error:`` line (+ ``hint:``) and exit status 2."""
+    """Turn an :class:`OnnxfitError` into one ``error:`` line (+ ``hint:``) and exit status 2
+    (or the error's ``exit_code``: 3 for a model that does not fit)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,12 +42,24 @@ def guarded(func: F) -> F:
             click.echo(f"error: {exc.message}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def exit_over_budget(verdict: Any) -> None:
+    """Say that the model does not fit (and the next step) on stderr; exit with status 3
+    (:data:`onnxfit.analysis.fit.EXIT_DOES_NOT_FIT`)."""
+    from onnxfit.analysis.fit import EXIT_DOES_NOT_FIT
+
+    click.echo(f"error: {verdict.line()}", err=True)
+    step = verdict.next_step()
+    hint = f"{step}; " if step else ""
+    click.echo(f"hint: {hint}or pass --allow-over-budget to accept it", err=True)
+    sys.exit(EXIT_DOES_NOT_FIT)
 
 
 def target_option(default: str = "xbox-series-s") -> Callable[[F], F]:

@@ -53,6 +53,14 @@ from onnxfit.cli._common import (
     help="Evaluation folder: labels.tsv (top-1/5) or images/ + labels/ (mAP).",
 )
 @click.option("--eval-limit", type=int, help="Use at most this many evaluation images.")
+@click.option(
+    "--layers",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="K",
+    help="Also list, per model after the first, the K nodes adding the most error against it.",
+)
 @input_shape_option()
 @click.option("--in-process", is_flag=True, help="Measure in this process (no fresh children).")
 @click.option("--no-pin", is_flag=True, help="Do not pin the children to the cores they use.")
@@ -75,6 +83,7 @@ def compare(
     names: str | None,
     eval_data: Path | None,
     eval_limit: int | None,
+    layers: int,
     input_shape: tuple[str, ...],
     in_process: bool,
     no_pin: bool,
@@ -95,6 +104,7 @@ def compare(
       onnxfit compare resnet18.onnx resnet18-fp16.onnx resnet18-int8.onnx --target cpu
       onnxfit compare a.onnx b.onnx --eval ../shared/data/imagenet-sample --html cmp.html
       onnxfit compare base.onnx opt.onnx --runtime ort,onnxfit --rounds 20 --json
+      onnxfit compare fp32.onnx int8.onnx --layers 10   (nodes adding the most error)
     """
     from onnxfit import io
     from onnxfit.errors import InputError
@@ -112,6 +122,8 @@ def compare(
     check_threads(threads)
     if eval_limit is not None and eval_limit < 1:
         raise InputError(f"--eval-limit must be >= 1, got {eval_limit}")
+    if layers < 0:
+        raise InputError(f"--layers must be >= 0, got {layers}")
     runtimes = [r.strip() for r in runtime.split(",")]
     if len(runtimes) == 1:
         runtimes *= len(models)
@@ -143,6 +155,7 @@ def compare(
             eval_limit=eval_limit,
             input_shapes=parse_shapes(input_shape) or None,
             pin=not no_pin,
+            layers=layers,
             on_progress=progress_callback(bar),
         )
     from onnxfit.report.bench import compare_markdown, render_compare

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ from onnxfit.cli._common import (
     allow_over_budget_option,
     budget_option,
     console,
+    exit_over_budget,
     guarded,
     input_shape_option,
     json_option,
@@ -68,6 +68,9 @@ def inspect_cmd(
     Runtime's DirectML operator table), whether DirectML graph capture is possible, and the
     dynamic dims to pin.
 
+    Exit status: 0 when the model fits (or with --allow-over-budget), 3 when it does NOT FIT
+    (the verdict names the next step, e.g. "INT8 would need 12.8 MiB"), 2 for a usage error.
+
     \b
     Examples:
       onnxfit inspect resnet18.onnx
@@ -109,6 +112,7 @@ def inspect_cmd(
     )
     if plot_memory is not None and not as_json:
         console.print(f"memory plan drawn to {plot_memory}")
-    code = result.verdict.exit_code(allow_over_budget=allow_over_budget) if result.verdict else 0
-    if code:
-        sys.exit(code)
+    if not result.fits and not allow_over_budget:
+        import dataclasses
+
+        exit_over_budget(dataclasses.replace(result.projection, target_arg=target))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,8 @@ from onnxfit.cli._common import (
     "--eval",
     "eval_dir",
     type=click.Path(path_type=Path),
-    help="Folder of images + labels.tsv: top-1/top-5 of both models, budget on accuracy.",
+    help="Labelled folder (labels.tsv, or YOLO images/ + labels/): budget on the top-1 or "
+    "mAP@0.5 drop.",
 )
 @click.option(
     "--max-accuracy-drop",
@@ -81,9 +81,17 @@ from onnxfit.cli._common import (
 @click.option(
     "--max-rounds",
     type=int,
-    default=4,
+    default=8,
     show_default=True,
-    help="Back-off rounds at most (each doubles the layers kept in higher precision).",
+    help="Back-off rounds at most after the first (best round, then bisection).",
+)
+@click.option(
+    "--max-kept-share",
+    type=float,
+    default=0.25,
+    show_default=True,
+    metavar="F",
+    help="Back-off keeps at most this share of Conv/Gemm/MatMul nodes in higher precision.",
 )
 @click.option(
     "--measure-runs",
@@ -95,10 +103,10 @@ from onnxfit.cli._common import (
 )
 @click.option(
     "--prune",
-    type=float,
-    metavar="S",
-    help="Unstructured magnitude pruning to sparsity S (0-1), one-shot; stored compactly at "
-    ">= 0.7. Per-layer ratios from a sensitivity scan if the budget breaks.",
+    metavar="S|auto[:MAX]",
+    help="Unstructured magnitude pruning to exactly sparsity S (0-1), one-shot, or refused "
+    "with its accuracy cost; auto: the budget picks per-layer ratios (up to 0.9, or MAX). "
+    "Stored compactly at >= 0.7.",
 )
 @click.option(
     "--prune-scope",
@@ -109,9 +117,15 @@ from onnxfit.cli._common import (
 )
 @click.option(
     "--prune-channels",
-    type=float,
-    metavar="R",
-    help="Remove ratio R of the Conv output channels (smaller dense model), one-shot.",
+    metavar="R|auto[:MAX]",
+    help="Remove exactly ratio R of the prunable Conv output channels (smaller dense model), "
+    "one-shot, or refuse; auto: the budget picks per-layer ratios (up to 0.5, or MAX).",
+)
+@click.option(
+    "--no-search",
+    is_flag=True,
+    help="With --precision auto, take the target's preferred precision instead of trying "
+    "each candidate (INT8 / FP32 on CPUs) and keeping the fastest that fits and passes.",
 )
 @budget_option
 @allow_over_budget_option
@@ -133,13 +147,15 @@ def optimize(
     eval_count: int | None,
     method: str,
     max_rounds: int,
+    max_kept_share: float,
     measure_runs: int,
-    prune: float | None,
+    prune: str | None,
     prune_scope: str,
-    prune_channels: float | None,
+    prune_channels: str | None,
+    no_search: bool,
     budget: str | None,
-    allow_over_budget: bool,
     force: bool,
+    allow_over_budget: bool,
     markdown: bool,
     as_json: bool,
 ) -> None:
@@ -160,6 +176,10 @@ def optimize(
     it, at load and at its first run (see `onnxfit inspect --help`); when it does not fit the
     files are still written and the command exits with status 3 (0 with --allow-over-budget).
 
+    Exit status: 0 written; 2 a usage error or no round met the accuracy budget (nothing
+    written); 3 the optimized model does NOT FIT the target's memory budget (nothing written;
+    the table and the next step are printed; --allow-over-budget writes it and exits 0).
+
     \b
     Examples:
       onnxfit optimize resnet18.onnx -o resnet18-xbox.onnx --target xbox-series-s
@@ -168,15 +188,16 @@ def optimize(
       onnxfit optimize int8.onnx -o fp16.onnx --target xbox-series-s   (dequantize -> fp16)
       onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
       onnxfit optimize r18.onnx -o r18-small.onnx --prune-channels 0.3 --eval imagenet-sample/
-      onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune 0.7
+      onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune auto:0.7
       onnxfit optimize net.onnx -o net-xbox.onnx --target xbox-series-s --budget 256MB
     """
     from onnxfit.analysis.budget import parse_size
+    from onnxfit.errors import DoesNotFitError
     from onnxfit.optimizer.options import OptimizeOptions
     from onnxfit.optimizer.plan import build_plan
-    from onnxfit.optimizer.run import check_output
+    from onnxfit.optimizer.run import check_output, searches
     from onnxfit.optimizer.run import optimize as run_optimize
-    from onnxfit.report.optimize import render_optimize, render_plan, to_markdown
+    from onnxfit.report.optimize import render_plan
     from onnxfit.targets import get_target
 
     if budget is not None:
@@ -192,18 +213,30 @@ def optimize(
         "eval_count": eval_count,
         "method": method,
         "max_rounds": max_rounds,
+        "max_kept_share": max_kept_share,
         "measure_runs": measure_runs,
         "prune": prune,
         "prune_scope": prune_scope,
         "prune_channels": prune_channels,
+        "search": not no_search,
     }
     opts = OptimizeOptions.build(**values)
     tgt = get_target(target)
     check_output(model, output, force=force)
     from onnxfit import io
 
-    the_plan = build_plan(io.load(model), tgt, opts)
+    loaded = io.load(model)
+    the_plan = build_plan(loaded, tgt, opts)
+    searching = searches(opts)
     if not as_json:
+        if searching:
+            from onnxfit.optimizer.plan import model_precision
+            from onnxfit.optimizer.search import candidate_precisions
+
+            tried = candidate_precisions(tgt, model_precision(loaded))
+            err_console.print(
+                f"candidate search on {tgt.name}: " + "; ".join(f"{p} ({why})" for p, why in tried)
+            )
         err_console.print(render_plan(the_plan))
     with progress(not as_json) as bar:
         task = bar.add_task("optimizing", total=None)
@@ -211,16 +244,29 @@ def optimize(
         def on_progress(label: str, done: int, total: int | None) -> None:
             bar.update(task, description=label, completed=done, total=total)
 
-        result = run_optimize(
-            model,
-            output,
-            target=tgt,
-            force=force,
-            progress=on_progress,
-            plan=the_plan,
-            budget=budget,
-            **values,
-        )
+        try:
+            result = run_optimize(
+                model,
+                output,
+                target=target,
+                force=force,
+                allow_over_budget=allow_over_budget,
+                progress=on_progress,
+                plan=None if searching else the_plan,
+                budget=budget,
+                **values,
+            )
+        except DoesNotFitError as exc:
+            if exc.result is not None:  # show what was measured, then the error (exit 3)
+                bar.stop()
+                _show(exc.result, as_json=as_json, markdown=markdown)
+            raise
+    _show(result, as_json=as_json, markdown=markdown)
+
+
+def _show(result: Any, *, as_json: bool, markdown: bool) -> None:
+    from onnxfit.report.optimize import render_optimize, to_markdown
+
     print_result(
         result,
         as_json=as_json,
@@ -228,6 +274,3 @@ def optimize(
         to_markdown=lambda: to_markdown(result),
         render=lambda: render_optimize(result),
     )
-    code = result.exit_code(allow_over_budget=allow_over_budget)
-    if code:
-        sys.exit(code)

@@ -1,21 +1,25 @@
-"""The verified back-off loop: run the lossy step, verify, keep the worst layers, retry.
+"""The verified back-off: run the lossy step, judge it, keep the most sensitive nodes in higher
+precision — as few as the budget allows.
 
-Round 0 runs the plan's lossy step (``fp16`` or ``int8``) on the whole model. While the budget
-(:mod:`onnxfit.optimizer.gate`) fails and rounds are left (``max_rounds``, default 4), the
-nodes hurting most are kept in higher precision and the step runs again on a fresh copy:
+Round 0 runs the plan's lossy step (``fp16`` or ``int8``) on the whole model and judges it
+(:class:`onnxfit.optimizer.gate.Judge`). If it fails:
 
-* ``fp16``: candidates are verified through :func:`onnxfit.optimizer.emulate.emulate_fp16`
-  (float16 storage made visible on ORT's CPU provider, which otherwise computes float16 graphs
-  in float32). To keep: first every node whose float32 activations leave the float16 range on
-  the data (:func:`onnxfit.passes.activations.fp16_risk_nodes`: overflow, then underflow), then
-  the nodes adding the most float16 drift (:func:`onnxfit.verify.per_node_sensitivity` on the
-  emulated candidate); they go into ``Fp16Pass(block_list=...)``;
-* ``int8``: the nodes adding the most quantization error
-  (:func:`onnxfit.verify.per_node_sensitivity` against the prepared float model) go into
-  ``nodes_to_exclude``; the model is prepared and calibrated once, the ranges are reused.
+1. **rank once**: the nodes are ranked by measured sensitivity on the round-0 candidate —
+   ``fp16``: first every node whose float32 activations leave the float16 range
+   (:func:`onnxfit.passes.activations.fp16_risk_nodes`; overflowing ones must stay float32),
+   then by the float16 drift each adds (:func:`onnxfit.verify.per_node_sensitivity` on the
+   float16-storage emulation, :func:`onnxfit.optimizer.emulate.emulate_fp16`); ``int8``: by
+   measured sensitivity (:mod:`onnxfit.optimizer.int8_rank`: each compute node restored to
+   float alone, the gain in distance to the float model measured);
+2. **best round first**: the longest prefix allowed (``max_kept_share`` of the lossy step's
+   compute nodes) is judged; when even it fails the budget, the search stops there with the
+   distance it reached (no rounds wasted);
+3. **bisection** on the prefix length between the last failing and the first passing length:
+   the smallest prefix of the ranked list that meets the budget (each probe builds a fresh
+   candidate: ``Fp16Pass(block_list=...)`` or ``nodes_to_exclude`` of the INT8 pass, ranges
+   calibrated once), at most ``max_rounds`` probes after round 0.
 
-Each round at least doubles the kept set (and takes all overflowing nodes at once). When no
-round meets the budget, :class:`~onnxfit.errors.VerificationError` says how close it came.
+:class:`~onnxfit.errors.VerificationError` says how close the best round came.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import onnx_ir as ir
 from onnxfit import io
 from onnxfit.errors import VerificationError
 from onnxfit.optimizer.data import RunData
-from onnxfit.optimizer.gate import GateResult, check
+from onnxfit.optimizer.gate import GateResult, Judge
 from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import PlanStep, make_step_pass
+from onnxfit.optimizer.stats import COMPUTE_OPS
 from onnxfit.passes.base import PassReport
-from onnxfit.verify import VerifyResult, compare_models, per_node_sensitivity
+from onnxfit.verify import per_node_sensitivity
 
 logger = logging.getLogger(__name__)
 
@@ -51,33 +56,40 @@ class Attempt:
     round: int
     kept: list[str]
     gate: GateResult
+    groups: int = 0  # prefix length of the ranked list
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "kept": list(self.kept), "gate": self.gate.to_dict()}
+        return {
+            "round": self.round,
+            "groups": self.groups,
+            "kept": list(self.kept),
+            "gate": self.gate.to_dict(),
+        }
 
 
 @dataclass
 class Outcome:
-    """The accepted model, the reports of the steps run on it, and how it was verified."""
+    """The accepted model, the reports of the steps run on it, and how it was judged."""
 
     model: ir.Model
     reports: list[PassReport]
-    verification: VerifyResult
     gate: GateResult
     attempts: list[Attempt] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     emulated: bool = False
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+    layer_errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Fp16:
-    """Builds fp16 candidates with a block list; verifies them through float16 emulation;
-    ranks the nodes to block next."""
+    """Builds fp16 candidates with a block list; judges them through float16 emulation;
+    ranks the nodes to block."""
 
     emulated = True
+    what = "float32"
 
     def __init__(self, base: ir.Model, step: PlanStep, feeds: list[dict[str, np.ndarray]]):
         self.base, self.step, self.feeds = base, step, feeds
-        self._risks: list[str] | None = None
         self.urgent = 0
         self.fp32_nodes: set[str] = set()
 
@@ -94,29 +106,31 @@ class _Fp16:
 
         return emulate_fp16(candidate)
 
-    def rank(self, verified: ir.Model, say: Say) -> list[list[str]]:
+    def rank(self, verified: ir.Model, say: Say) -> tuple[list[list[str]], list[Any]]:
         from onnxfit.passes.activations import activation_stats, fp16_risk_nodes
 
-        if self._risks is None:
-            say("ranking nodes: float32 activation ranges")
-            risks = fp16_risk_nodes(self.base, activation_stats(self.base, self.feeds))
-            self._risks = [r.node for r in risks]
-            self.urgent = sum(1 for r in risks if r.reason in ("overflow", "reads-overflow"))
+        say("ranking nodes: float32 activation ranges")
+        risks = fp16_risk_nodes(self.base, activation_stats(self.base, self.feeds))
+        self.urgent = sum(1 for r in risks if r.reason in ("overflow", "reads-overflow"))
         say("ranking nodes: float16 drift")
         drift = per_node_sensitivity(self.base, verified, self.feeds)
-        groups = [[name] for name in self._risks]
-        groups += [[d.node] for d in drift if d.added > 0 and d.node]
+        groups = [[r.node] for r in risks] + [[d.node] for d in drift if d.added > 0 and d.node]
         out, seen = [], set()
         for group in groups:
-            name = group[0]
-            if name not in seen and name not in self.fp32_nodes:
-                seen.add(name)
+            if group[0] not in seen and group[0] not in self.fp32_nodes:
+                seen.add(group[0])
                 out.append(group)
-        return out
+        return out, drift
+
+    def model(self) -> ir.Model:
+        return self.base
 
 
 class _Int8:
     """Builds INT8 candidates from one prepared, calibrated model; ranks nodes to exclude."""
+
+    emulated = False
+    what = "float"
 
     def __init__(
         self,
@@ -126,9 +140,11 @@ class _Int8:
         feeds: list[dict[str, np.ndarray]],
         say: Say,
     ):
+        from onnxfit.optimizer.int8_rank import RANKING_SAMPLES
         from onnxfit.passes.int8 import prepare_for_quantization
 
         self.step, self.data, self.feeds = step, data, feeds
+        self.rank_feeds = data.verify_feeds(base, limit=RANKING_SAMPLES)
         say("preparing for INT8 (shape inference, opset >= 13)")
         self.prepared = prepare_for_quantization(base)
         self.ranges: Any = None
@@ -159,56 +175,73 @@ class _Int8:
             report.stats.update(self.calibration_stats)
         return model, report
 
-    emulated = False
-
     def verified(self, candidate: ir.Model) -> ir.Model:
         return candidate
 
-    def rank(self, candidate: ir.Model, say: Say) -> list[list[str]]:
-        say("ranking nodes: per-node INT8 sensitivity")
-        drifts = per_node_sensitivity(self.prepared, candidate, self.feeds)
-        return [list(d.nodes) for d in drifts if d.added > 0 and d.nodes]
+    def rank(self, candidate: ir.Model, say: Say) -> tuple[list[list[str]], list[Any]]:
+        from onnxfit.optimizer.int8_rank import measured_ranking, ranked_groups
+
+        yolox = self.data.info is not None and self.data.info.decoder == "yolox"
+        ranking = measured_ranking(candidate, self.prepared, self.rank_feeds, say=say, yolox=yolox)
+        return ranked_groups(ranking), ranking
+
+    def model(self) -> ir.Model:
+        return self.prepared
 
 
-def _grow(kept: list[str], ranked: list[list[str]], urgent: int) -> list[str]:
-    """``kept`` plus the next groups of ``ranked``: at least double, and all ``urgent`` ones."""
-    want = max(len(kept), 1, urgent if not kept else 0)
-    out = list(kept)
-    added = 0
-    for group in ranked:
-        new = [n for n in group if n not in out]
-        if not new:
-            continue
-        out += new
-        added += 1
-        if added >= want:
-            break
+def kept_nodes(ranked: Sequence[Sequence[str]], groups: int) -> list[str]:
+    """The union of the first ``groups`` groups of ``ranked``, in order."""
+    out: list[str] = []
+    for group in ranked[:groups]:
+        out += [n for n in group if n not in out]
     return out
+
+
+def longest_prefix(
+    ranked: Sequence[Sequence[str]], cap: int, counted: Callable[[Sequence[str]], int]
+) -> int:
+    """The most groups whose union holds at most ``cap`` counted nodes (0 when even the first
+    group holds more)."""
+    n = 0
+    for i in range(1, len(ranked) + 1):
+        if counted(kept_nodes(ranked, i)) > cap:
+            break
+        n = i
+    return n
+
+
+def _counter(model: ir.Model) -> tuple[int, Callable[[Sequence[str]], int]]:
+    """(total, count): the compute nodes of ``model`` (all its nodes when it has none) and a
+    function counting them among names."""
+    compute = {n.name for n in model.graph if n.op_type in COMPUTE_OPS}
+    pool = compute or {n.name for n in model.graph}
+    return len(pool), lambda names: sum(1 for n in names if n in pool)
 
 
 def run_lossy(
     *,
     base: ir.Model,
-    gate_ref: ir.Model,
-    gate_ref_name: str,
+    judge: Judge,
     step: PlanStep | None,
     suffix: Sequence[PlanStep],
     data: RunData,
     options: OptimizeOptions,
     say: Say,
 ) -> Outcome:
-    """Run ``step`` (+ ``suffix``) on copies of ``base`` until the budget holds (module doc)."""
+    """Run ``step`` (+ ``suffix``) on copies of ``base`` and search the smallest kept set that
+    meets the budget (module docstring)."""
     feeds = data.verify_feeds(base, limit=RANKING_FEEDS)
-    all_feeds = data.verify_feeds(base)
     strategy: _Fp16 | _Int8 | None = None
     if step is not None and step.name == "fp16":
         strategy = _Fp16(base, step, feeds)
     elif step is not None:
         strategy = _Int8(base, step, data, feeds, say)
     attempts: list[Attempt] = []
-    kept: list[str] = []
-    rounds = options.max_rounds if strategy is not None else 0
-    for rnd in range(rounds + 1):
+    built: dict[int, tuple[ir.Model, list[PassReport], GateResult]] = {}
+    ranked: list[list[str]] = []
+
+    def probe(groups: int) -> GateResult:
+        kept = kept_nodes(ranked, groups)
         reports: list[PassReport] = []
         if strategy is not None:
             candidate, report = strategy.build(kept)
@@ -219,60 +252,86 @@ def run_lossy(
             p = make_step_pass(extra)
             p(candidate)
             reports.append(p.report())
-        say(f"verifying (round {rnd})" if rnd else "verifying")
+        rnd = len(attempts)
+        say(f"judging (round {rnd}, {len(kept)} node(s) kept)" if rnd else "judging")
         checked = strategy.verified(candidate) if strategy is not None else candidate
-        result = compare_models(
-            gate_ref,
-            checked,
-            data.verify_inputs,
-            labels=data.labels,
-            synthetic=data.synthetic,
-        )
         emulated = strategy is not None and strategy.emulated
-        f1 = None
-        if result.task == "detect" and data.labels is None and not data.synthetic:
-            from onnxfit.optimizer.detections import detection_agreement
-
-            assert result.agreement_output is not None
-            f1 = detection_agreement(gate_ref, checked, all_feeds, result.agreement_output)
-        gate = check(
-            result,
-            detections=f1,
-            max_drop=options.max_accuracy_drop,
-            cosine_floor=options.cosine_floor,
-            reference=gate_ref_name
-            + (" model, float16 storage emulated" if emulated else " model"),
+        gate = judge.judge(
+            checked,
+            reference=judge.reference_name + (", float16 storage emulated" if emulated else ""),
         )
-        attempts.append(Attempt(rnd, list(kept), gate))
+        attempts.append(Attempt(rnd, kept, gate, groups))
         logger.info("round %d: %d nodes kept, %s", rnd, len(kept), gate.describe())
-        if gate.passed:
-            return Outcome(candidate, reports, result, gate, attempts, kept, emulated)
-        if strategy is None or rnd == rounds:
-            break
-        grown = _grow(kept, strategy.rank(checked, say), strategy.urgent)
-        if len(grown) == len(kept):
-            logger.info("nothing left to keep in higher precision")
-            break
-        kept = grown
-    raise _failure(attempts, step)
+        built[groups] = (candidate, reports, gate)
+        if groups == 0 and strategy is not None and not gate.passed:
+            built[-1] = (checked, [], gate)  # the round-0 model the ranking reads
+        return gate
+
+    def outcome(groups: int) -> Outcome:
+        candidate, reports, gate = built[groups]
+        return Outcome(
+            candidate,
+            reports,
+            gate,
+            attempts,
+            kept_nodes(ranked, groups),
+            strategy is not None and strategy.emulated,
+            ranking,
+        )
+
+    ranking: list[dict[str, Any]] = []
+    if probe(0).passed:
+        return outcome(0)
+    if strategy is None or options.max_rounds == 0:
+        raise _failure(attempts, step, stopped=False)
+    ranked, drifts = strategy.rank(built[-1][0], say)
+    ranking = [d.to_dict() for d in drifts[:50]]
+    total, counted = _counter(strategy.model())
+    cap = max(1, int(options.max_kept_share * total))
+    cap = max(cap, counted(kept_nodes(ranked, strategy.urgent)))  # overflow must stay float32
+    hi = longest_prefix(ranked, cap, counted)
+    lo = min(max(strategy.urgent - 1, 0), hi - 1) if hi else 0
+    if hi == 0:
+        first = ", ".join(ranked[0]) if ranked else "none"
+        what = step.name if step is not None else "the model"
+        raise VerificationError(
+            f"{what} fails the budget ({attempts[0].gate.describe()}) and the most "
+            f"sensitive node group ({first}) holds more compute nodes than --max-kept-share "
+            f"allows ({cap}); nothing written",
+            hint="raise --max-kept-share or --max-accuracy-drop, or choose another --precision",
+        )
+    if not probe(hi).passed:
+        raise _failure(attempts, step, stopped=True, cap=cap)
+    while hi - lo > 1 and len(attempts) <= options.max_rounds:
+        mid = (lo + hi) // 2
+        if probe(mid).passed:
+            hi = mid
+        else:
+            lo = mid
+    return outcome(hi)
 
 
-def _failure(attempts: list[Attempt], step: PlanStep | None) -> VerificationError:
-    last = attempts[-1].gate
+def _failure(
+    attempts: list[Attempt], step: PlanStep | None, *, stopped: bool, cap: int | None = None
+) -> VerificationError:
+    last = attempts[-1]
     what = step.name if step is not None else "the optimized model"
-    higher = {"fp16": "float32", "int8": "float"}.get(step.name if step else "", "float")
-    rounds = len(attempts) - 1
+    higher = {"fp16": "float32"}.get(step.name if step else "", "float")
     if step is None:
-        msg = f"{what} fails verification: {last.describe()}; nothing written"
-    else:
+        msg = f"{what} fails verification: {last.gate.describe()}; nothing written"
+    elif stopped:
         msg = (
-            f"{what} could not be kept within the budget: {last.describe()} after {rounds} "
-            f"back-off round(s) with {len(attempts[-1].kept)} node(s) kept in {higher}; "
+            f"{what} cannot meet the budget: even the best round, {len(last.kept)} node(s) "
+            f"kept in {higher}"
+            + (f" (the most --max-kept-share allows: {cap} compute node(s))" if cap else "")
+            + f", gives {last.gate.describe()}; stopped after {len(attempts)} round(s); "
             "nothing written"
         )
+    else:
+        msg = f"{what} does not meet the budget: {last.gate.describe()}; nothing written"
     hint = "raise --max-accuracy-drop"
-    if last.metric != "accuracy_drop":
-        hint += ", give --eval DIR (images + labels.tsv) to measure the real accuracy drop"
+    if last.gate.measure not in ("top1_drop", "map50_drop"):
+        hint += ", give --eval DIR (labelled images) to measure the real accuracy drop"
     if step is not None:
-        hint += ", or choose another --precision"
+        hint += ", allow more float nodes (--max-kept-share), or choose another --precision"
     return VerificationError(msg, hint=hint)

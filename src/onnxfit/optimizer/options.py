@@ -18,8 +18,13 @@ PRECISION_ARGS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 FuseEmit = Literal["none", "fusedconv"]
 CalibMethod = Literal["minmax", "entropy", "percentile"]
 
-#: Bounded back-off: at most this many retries after the first attempt (kept set doubles).
-DEFAULT_MAX_ROUNDS = 4
+#: Bounded back-off: at most this many judged rounds after the first (best round + bisection).
+DEFAULT_MAX_ROUNDS = 8
+#: ``--prune auto`` / ``--prune-channels auto``: the largest ratio the budget mode tries.
+AUTO_MAX_SPARSITY = 0.9
+AUTO_MAX_CHANNELS = 0.5
+#: The back-off keeps at most this share of the lossy step's compute nodes in higher precision.
+DEFAULT_MAX_KEPT_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -31,19 +36,28 @@ class OptimizeOptions:
     * ``passes``: registry names that replace the default pipeline (``--passes a,b,c``).
     * ``calibrate``: image folder or ``.npy``/``.npz`` inputs for INT8 calibration and FP16
       activation ranges (and verification when there is no ``eval``); ``calib_count`` images.
-    * ``eval``: folder of images + ``labels.tsv``: verification with top-1/top-5 of both
-      models; ``eval_count`` images at most (None: all).
+    * ``eval``: labelled folder (images + ``labels.tsv``, or YOLO ``images/`` + ``labels/``):
+      the gate measures the top-1 / mAP@0.5 drop; ``eval_count`` images at most (None: all).
+    * ``verify_count``: held-out ``calibrate`` inputs (after the first ``calib_count``) the
+      gate judges on when there are no labels.
     * ``max_accuracy_drop``: the budget in points (see :mod:`onnxfit.optimizer.gate`).
     * ``min_cosine``: cosine floor when no accuracy or agreement applies (None:
       ``1 - max_accuracy_drop / 100``).
-    * ``max_rounds``: back-off retries (each doubles the nodes kept in higher precision).
+    * ``max_rounds``: judged back-off rounds after round 0 (the best round, then bisection on
+      the ranked nodes); ``max_kept_share``: at most this share of the compute nodes
+      (Conv/Gemm/MatMul) stays in higher precision.
     * ``preset``: image preprocessing preset (None: guessed from the input shape).
     * ``method``: INT8 calibration method; ``fuse``: what the fuse step emits.
     * ``measure_runs``: timed runs for the measured latency on this host (0: skip).
+    * ``layer_top``: rows of the layer error table (0: none).
+    * ``search``: with ``precision="auto"``, try every precision the target runs well and keep
+      the fastest that fits and meets the budget (:mod:`onnxfit.optimizer.search`).
     * ``synthetic_count``: samples of seeded noise when no data is given; ``seed``.
     * ``prune``: unstructured magnitude sparsity (``prune_scope`` global or per layer);
-      ``prune_channels``: ratio of Conv output channels removed. Both one-shot, under the
-      budget (:mod:`onnxfit.optimizer.prune_step`).
+      ``prune_channels``: ratio of Conv output channels removed. Both one-shot. A number is
+      honoured exactly or refused with the accuracy it costs; ``"auto"`` (``prune_auto`` /
+      ``prune_channels_auto``; ``"auto:0.7"`` sets the maximum) lets the accuracy budget choose
+      per-layer ratios up to the maximum (:mod:`onnxfit.optimizer.prune_step`).
     """
 
     precision: PrecisionArg = "auto"
@@ -53,8 +67,10 @@ class OptimizeOptions:
     max_accuracy_drop: float = 1.0
     min_cosine: float | None = None
     max_rounds: int = DEFAULT_MAX_ROUNDS
+    max_kept_share: float = DEFAULT_MAX_KEPT_SHARE
     preset: str | None = None
     calib_count: int = 100
+    verify_count: int = 200
     eval_count: int | None = None
     method: CalibMethod = "minmax"
     fuse: FuseEmit = "none"
@@ -64,6 +80,10 @@ class OptimizeOptions:
     prune: float | None = None
     prune_scope: Literal["global", "layer"] = "global"
     prune_channels: float | None = None
+    prune_auto: bool = False
+    prune_channels_auto: bool = False
+    layer_top: int = 10
+    search: bool = True
 
     @classmethod
     def build(cls, **values: Any) -> OptimizeOptions:
@@ -83,6 +103,12 @@ class OptimizeOptions:
         for key in ("calibrate", "eval"):
             if values.get(key) is not None:
                 values[key] = os.fspath(values[key])
+        for key, default in (("prune", AUTO_MAX_SPARSITY), ("prune_channels", AUTO_MAX_CHANNELS)):
+            ratio, auto = parse_prune(values.get(key), flag="--" + key.replace("_", "-"),
+                                      default=default)  # fmt: skip
+            values[key] = ratio
+            if auto:
+                values[f"{key}_auto"] = True
         options = cls(**values)
         options.check()
         return options
@@ -106,9 +132,20 @@ class OptimizeOptions:
                 f"--max-accuracy-drop must be a number >= 0, got {self.max_accuracy_drop}",
                 hint="points of top-1 accuracy, e.g. --max-accuracy-drop 1.0",
             )
+        if not 0.0 < self.max_kept_share <= 1.0:
+            raise InputError(
+                f"--max-kept-share must lie in (0, 1], got {self.max_kept_share}",
+                hint="e.g. --max-kept-share 0.25",
+            )
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
             raise InputError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
-        for name, low in (("max_rounds", 0), ("calib_count", 1), ("measure_runs", 0)):
+        for name, low in (
+            ("max_rounds", 0),
+            ("calib_count", 1),
+            ("measure_runs", 0),
+            ("verify_count", 0),
+            ("layer_top", 0),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 flag = "--" + name.replace("_", "-")
@@ -134,6 +171,28 @@ class OptimizeOptions:
         d = asdict(self)
         d["passes"] = list(self.passes) if self.passes is not None else None
         return d
+
+
+def parse_prune(
+    value: float | str | None, *, flag: str, default: float
+) -> tuple[float | None, bool]:
+    """``--prune`` / ``--prune-channels``: a number (exact), ``auto`` (budget mode up to
+    ``default``) or ``auto:R`` (up to R) -> (ratio, auto); bad text raises InputError."""
+    if value is None or isinstance(value, int | float):
+        return (None if value is None else float(value)), False
+    text = str(value).strip().lower()
+    if text == "auto":
+        return default, True
+    head, sep, tail = text.partition(":")
+    try:
+        if head == "auto" and sep:
+            return float(tail), True
+        return float(text), False
+    except ValueError:
+        raise InputError(
+            f"{flag} takes a ratio in (0, 1), auto, or auto:MAX; got {value!r}",
+            hint=f"{flag} 0.5 (exactly), or {flag} auto:0.7 (the budget chooses, at most 0.7)",
+        ) from None
 
 
 def parse_pass_list(text: str) -> tuple[str, ...]:

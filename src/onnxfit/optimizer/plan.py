@@ -103,13 +103,17 @@ class OptimizePlan:
 
 # ---------------------------------------------------------------------------- pass table
 
+#: Step options the plan reads itself (not handed to the pass): ``auto`` pruning mode.
+PLAN_ONLY = frozenset({"auto"})
+
 
 def make_step_pass(step: PlanStep, **extra: Any) -> OnnxfitPass:
     """A new pass instance for ``step`` (``extra`` options override the plan's)."""
     cls = PASSES.get(step.name)
     if cls is None:
         raise InputError(f"unknown pass {step.name!r}", hint=f"known passes: {known_passes()}")
-    return cls(**{**step.options, **extra})
+    opts = {k: v for k, v in {**step.options, **extra}.items() if k not in PLAN_ONLY}
+    return cls(**opts)
 
 
 def known_passes() -> str:
@@ -197,14 +201,7 @@ def default_steps(
             )
         )
     elif precision == "int8" and model_prec != "int8":
-        steps.append(
-            PlanStep(
-                "int8",
-                {"method": options.method, "activation_type": "uint8", "per_channel": True},
-                "static QDQ INT8: uint8 activations (U8S8, every conv an int8 kernel on VNNI), "
-                f"per-channel int8 weights, {options.method} calibration",
-            )
-        )
+        steps.append(int8_step(target, options))
     if options.prune is not None:
         steps.append(
             PlanStep(
@@ -217,27 +214,75 @@ def default_steps(
     return steps
 
 
+def int8_reduce_range(target: Target) -> bool:
+    """7-bit weights (``reduce_range``) for a CPU target without VNNI (module docstring)."""
+    return not target.is_gpu and not has_vnni(target.features)
+
+
+def int8_step(target: Target, options: OptimizeOptions) -> PlanStep:
+    """The static INT8 step for ``target``: U8S8 QDQ, per-channel weights, and on a CPU without
+    VNNI 7-bit weights, which keep ORT's int16 accumulation from saturating."""
+    reduce = int8_reduce_range(target)
+    why = (
+        "static QDQ INT8: uint8 activations (U8S8: every conv an int8 kernel), per-channel "
+        f"int8 weights, {options.method} calibration"
+    )
+    if reduce:
+        why += (
+            f"; {target.name} has no VNNI: 7-bit weights (reduce_range), as ORT advises, since "
+            "its AVX2 U8S8 kernels saturate int16 sums (ShuffleNetV2 on such a CPU: top-1 "
+            "57.6 % with 8-bit weights, 76.6 % with 7-bit, 77.0 % U8U8 at 4x the latency; "
+            "FP32 78.6 %)"
+        )
+    return PlanStep(
+        "int8",
+        {
+            "method": options.method,
+            "activation_type": "uint8",
+            "per_channel": True,
+            "reduce_range": reduce,
+        },
+        why,
+    )
+
+
 def prune_steps(options: OptimizeOptions) -> list[PlanStep]:
     """``prune-channels`` then ``prune`` when asked for (``sparse-storage`` is added last)."""
     steps = []
     if options.prune_channels is not None:
-        steps.append(
-            PlanStep(
-                "prune-channels",
-                {"ratio": options.prune_channels},
-                "remove the lowest-scoring Conv output channels (one-shot; per-layer ratios "
-                "from a sensitivity scan if the budget breaks)",
-            )
-        )
+        steps.append(prune_step("prune-channels", options))
     if options.prune is not None:
-        steps.append(
-            PlanStep(
-                "prune",
-                {"sparsity": options.prune, "scope": options.prune_scope},
-                f"zero the smallest weights ({options.prune_scope}; one-shot, under the budget)",
-            )
-        )
+        steps.append(prune_step("prune", options))
     return steps
+
+
+def prune_step(name: str, options: OptimizeOptions) -> PlanStep:
+    """The ``prune`` / ``prune-channels`` step the options ask for: exact, or auto (budget)."""
+    if name == "prune-channels":
+        ratio, auto = options.prune_channels, options.prune_channels_auto
+        what = "remove the lowest-scoring Conv output channels"
+        opts: dict[str, Any] = {"ratio": ratio}
+    else:
+        ratio, auto = options.prune, options.prune_auto
+        what = f"zero the smallest weights ({options.prune_scope})"
+        opts = {"sparsity": ratio, "scope": options.prune_scope}
+    if ratio is None:
+        flag = "--prune-channels" if name == "prune-channels" else "--prune"
+        raise InputError(
+            f"--passes names {name} but {flag} gives no ratio",
+            hint=f"add {flag} 0.5 (exact) or {flag} auto",
+        )
+    if auto:
+        why = (
+            f"{what}: the accuracy budget chooses per-layer ratios up to {ratio:g} "
+            "(auto; one-shot, from a sensitivity scan)"
+        )
+    else:
+        why = (
+            f"{what}: exactly {ratio:g} as requested (one-shot); refused with its accuracy cost "
+            "when that breaks the budget"
+        )
+    return PlanStep(name, {**opts, "auto": auto}, why)
 
 
 def _fuse_step(target: Target, options: OptimizeOptions, precision: Precision) -> PlanStep:
@@ -268,8 +313,11 @@ def _fuse_step(target: Target, options: OptimizeOptions, precision: Precision) -
     )
 
 
-def steps_from_names(names: Sequence[str], options: OptimizeOptions) -> list[PlanStep]:
-    """Steps for ``--passes a,b,c``: registry names with their default options."""
+def steps_from_names(
+    names: Sequence[str], options: OptimizeOptions, target: Target | None = None
+) -> list[PlanStep]:
+    """Steps for ``--passes a,b,c``: registry names with their default options (``int8``:
+    the target's INT8 settings, :func:`int8_step`)."""
     table = PASSES
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -279,9 +327,13 @@ def steps_from_names(names: Sequence[str], options: OptimizeOptions) -> list[Pla
         )
     steps = []
     for name in names:
+        if name in ("prune", "prune-channels"):
+            step = prune_step(name, options)
+            steps.append(PlanStep(name, step.options, f"from --passes; {step.why}"))
+            continue
         opts: dict[str, Any] = {}
         if name == "int8":
-            opts = {"method": options.method}
+            opts = dict(int8_step(target or get_target("cpu"), options).options)
         steps.append(PlanStep(name, opts, "from --passes"))
     return steps
 
@@ -313,7 +365,7 @@ def build_plan(
     model_prec = model_precision(loaded)
     notes: list[str] = []
     if options.passes is not None:
-        steps = steps_from_names(options.passes, options)
+        steps = steps_from_names(options.passes, options, target)
         lossy = [s.name for s in steps if s.lossy]
         from_passes: Precision = _STEP_PRECISION[lossy[-1]] if lossy else model_prec
         if "dequantize" in options.passes and not lossy:

@@ -17,11 +17,15 @@ from onnxfit.verify import VerifyResult
 class OptimizeResult:
     """The plan, each pass's stats, before/after figures, verification and outputs.
 
-    ``verification`` compares the written model with the original (ORT CPU);
-    ``gate_verification`` (when not None) is the comparison the budget was judged on: the
-    float16-storage emulation of an FP16 model, and/or against the dequantized float model.
-    ``kept_higher`` lists the nodes the back-off kept in higher precision; ``kept_float`` the
-    nodes a pass could not handle (name -> pass and reason).
+    ``verification`` compares the written model's outputs with the original's (ORT CPU);
+    ``gate`` is the budget's verdict (measure, value, limit, rule, details). ``kept_higher``
+    lists the nodes the back-off kept in higher precision; ``kept_float`` the nodes a pass
+    could not handle (name -> pass and reason); ``ranking`` the nodes by measured
+    sensitivity (worst first) when the back-off ranked them; ``achieved``: what was asked
+    and what was delivered — ``precision`` (share of the compute nodes and FLOPs at the plan's
+    precision), ``sparsity`` and ``channels`` (requested ratio, achieved share);
+    ``layer_errors`` the nodes adding the most error in the written model, under the model's
+    own node names; ``candidates`` the candidate search's table (empty without a search).
     """
 
     model: str
@@ -40,11 +44,15 @@ class OptimizeResult:
     attempts: list[Attempt] = field(default_factory=list)
     kept_higher: list[str] = field(default_factory=list)
     kept_float: dict[str, str] = field(default_factory=dict)
-    gate_verification: VerifyResult | None = None
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+    achieved: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layer_errors: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
     deploy: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     projection: str = ""  # Target.projection_label of the target projected on
+    written: bool = False
 
     @property
     def precision(self) -> str:
@@ -85,9 +93,10 @@ class OptimizeResult:
             "fit": self.after.fit,
             "verification": self.verification.to_dict(),
             "gate": self.gate.to_dict(),
-            "gate_verification": (
-                self.gate_verification.to_dict() if self.gate_verification is not None else None
-            ),
+            "ranking": list(self.ranking),
+            "requested_vs_achieved": {k: dict(v) for k, v in self.achieved.items()},
+            "layer_errors": list(self.layer_errors),
+            "candidates": list(self.candidates),
             "data": dict(self.data),
             "backoff": {
                 "rounds": max(0, len(self.attempts) - 1),
@@ -98,4 +107,5 @@ class OptimizeResult:
             "deploy_settings": dict(self.deploy),
             "notes": list(self.notes),
             "elapsed_s": self.elapsed_s,
+            "written": self.written,
         }

@@ -3,41 +3,38 @@
 Order of work, so that a failure leaves nothing behind: check the output path, load the model,
 plan, read calibration / evaluation data, run the float passes once, run the lossy step in the
 back-off loop (:mod:`onnxfit.optimizer.backoff`), compare with the original, measure before and
-after, and only then write ``OUT`` (atomic, :func:`onnxfit.io.save`), ``OUT.report.json`` and
-``OUT.deploy.json`` (atomic too). ``OUT.report.json`` is named by replacing a ``.onnx`` suffix
+after, and only then write ``OUT`` (atomic, :func:`onnxfit.io.save`), ``OUT.report.json``,
+``OUT.deploy.json`` and ``OUT.golden.npz`` (the deploy bundle, :mod:`onnxfit.optimizer.deploy`;
+atomic too). ``OUT.report.json`` is named by replacing a ``.onnx`` suffix
 (``net.onnx`` -> ``net.report.json``, ``net.deploy.json``); other names get the suffix appended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
 from onnxfit import atomic, io
-from onnxfit.errors import InputError
-from onnxfit.optimizer.backoff import Outcome, run_lossy
+from onnxfit.errors import DoesNotFitError, InputError
+from onnxfit.optimizer.candidate import ProgressFn, Stages, build_candidate
+
+__all__ = ["ProgressFn", "check_output", "golden_path", "optimize", "sidecar_paths"]
 from onnxfit.optimizer.data import RunData, load_run_data
+from onnxfit.optimizer.gate import USE_SCORE_THRESHOLD
 from onnxfit.optimizer.options import OptimizeOptions
-from onnxfit.optimizer.plan import OptimizePlan, build_plan, make_step_pass
-from onnxfit.optimizer.prune_step import PRUNE_STEPS, run_budgeted
+from onnxfit.optimizer.plan import OptimizePlan, build_plan
 from onnxfit.optimizer.result import OptimizeResult
-from onnxfit.optimizer.stats import measure_latency, model_stats, one_sample
-from onnxfit.passes.base import PassReport
 from onnxfit.targets import Target, get_target
-from onnxfit.verify import compare_models
 
 logger = logging.getLogger(__name__)
-
-#: progress(label, done, total): called as each stage starts; total grows with back-off rounds
-ProgressFn = Callable[[str, int, int | None], None]
 
 
 def sidecar_paths(out: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -60,55 +57,6 @@ def check_output(src: Path, out: Path, *, force: bool) -> None:
         )
     if out.exists() and not force:
         raise InputError(f"{out}: file exists", hint="choose another -o path, or pass --force")
-
-
-class _Stages:
-    def __init__(self, progress: ProgressFn | None, total: int) -> None:
-        self.progress, self.done, self.total = progress, 0, total
-
-    def __call__(self, label: str) -> None:
-        logger.info("%s", label)
-        if self.progress is not None:
-            if self.done >= self.total:
-                self.total = self.done + 1
-            self.progress(label, self.done, self.total)
-        self.done += 1
-
-
-def _free_dims(model: ir.Model, batch: int = 1) -> tuple[dict[str, int], list[str]]:
-    """Symbolic leading (batch) dims of the inputs -> ``batch``; other symbolic dims listed."""
-    fixed: dict[str, int] = {}
-    left: list[str] = []
-    inits = set(model.graph.initializers)
-    for v in model.graph.inputs:
-        if v.name in inits or v.shape is None:
-            continue
-        for axis, d in enumerate(v.shape):
-            if isinstance(d, int):
-                continue
-            name = d.value if isinstance(d, ir.SymbolicDim) else None
-            if axis == 0 and name:
-                fixed[name] = batch
-            elif name and name not in fixed:
-                left.append(name)
-    return fixed, left
-
-
-def _kept_float(reports: list[PassReport], kept: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for r in reports:
-        if r.name == "fp16":
-            for n in r.stats.get("nodes_fp32", []):  # type: ignore[union-attr]
-                if n not in kept:
-                    out[str(n)] = "fp16: kept float32 (no float16 kernel/schema, or shape input)"
-        elif r.name in ("int8", "int8-dynamic"):
-            for n in r.stats.get("float_nodes", []):  # type: ignore[union-attr]
-                if n not in kept:
-                    out[str(n)] = f"{r.name}: not quantized (op not supported or no range)"
-        elif r.name == "dequantize":
-            for n in r.stats.get("unsupported", []):  # type: ignore[union-attr]
-                out[str(n)] = "dequantize: left quantized (op not supported)"
-    return out
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -138,6 +86,7 @@ def optimize(
     calib_count: int = 100,
     eval_count: int | None = None,
     force: bool = False,
+    allow_over_budget: bool = False,
     progress: ProgressFn | None = None,
     plan: OptimizePlan | None = None,
     budget: int | str | None = None,
@@ -150,8 +99,11 @@ def optimize(
     ``plan`` reuses a plan made by :func:`onnxfit.optimizer.plan.plan` (e.g. shown first).
     ``budget`` (bytes or ``"256MB"``) replaces the target's memory budget in the fit verdict
     (:func:`onnxfit.analysis.budget.decide_fit`; ``after.fit`` / ``result.fits``).
-    Raises :class:`InputError` / :class:`ModelLoadError` for bad input and
-    :class:`VerificationError` when no back-off round meets the budget; then nothing is written.
+    Raises :class:`InputError` / :class:`ModelLoadError` for bad input,
+    :class:`VerificationError` when no back-off round meets the accuracy budget and
+    :class:`DoesNotFitError` (CLI exit status 3; ``.result`` holds the figures) when the
+    optimized model does not fit the target's memory budget, unless ``allow_over_budget``;
+    then nothing is written.
     """
     started = time.perf_counter()
     opts = OptimizeOptions.build(
@@ -169,171 +121,60 @@ def optimize(
     src, out = Path(model_path), Path(out_path)
     check_output(src, out, force=force)
     original = io.load(src)
+    searching = plan is None and searches(opts)
     the_plan = plan if plan is not None else build_plan(original, tgt, opts)
-    lossy_at = the_plan.lossy_index
-    prefix = the_plan.steps[: lossy_at if lossy_at is not None else len(the_plan.steps)]
-    stages = _Stages(progress, total=len(prefix) + 4)
+    stages = Stages(progress, total=len(the_plan.steps) + 4)
     data = load_run_data(original, opts, progress=stages)
-    outcome, prefix_reports, gate_ref_is_orig = _run_pipeline(
-        original, the_plan, prefix, data, opts, stages
-    )
-    verification = outcome.verification
-    gate_verification = None
-    if not gate_ref_is_orig or outcome.emulated:
-        stages("comparing the written model with the original")
-        gate_verification = verification
-        verification = compare_models(
-            original,
-            outcome.model,
-            data.verify_inputs,
-            labels=data.labels,
-            synthetic=data.synthetic,
-        )
-    stages("measuring before/after")
-    final = outcome.model
-    payload = io.to_bytes(final)
-    before = model_stats(
-        original,
-        target=tgt,
-        file_bytes=io.file_size(src).bytes,
-        precision=the_plan.model_precision,
-        budget=budget,
-    )
-    after = model_stats(
-        final, target=tgt, file_bytes=len(payload), precision=the_plan.precision, budget=budget
-    )
-    sample = one_sample(data.verify_feeds(original, limit=1)[0])
-    before.measured_latency_s = measure_latency(original, sample, runs=opts.measure_runs)
-    after.measured_latency_s = measure_latency(final, sample, runs=opts.measure_runs)
-    free, left = _free_dims(final)
-    from onnxfit.runtime.session import deploy_settings
-
-    deploy = deploy_settings(tgt, free_dims=free)
-    deploy.update(model=out.name, precision=the_plan.precision)
-    deploy.update(_deploy_checks(final, tgt, after.fit))
-    if left:
-        deploy.setdefault("notes", []).append(
-            f"symbolic dims {left} stay dynamic: add free-dimension overrides for them"
-        )
     report_path, deploy_path = sidecar_paths(out)
-    reports = prefix_reports + outcome.reports
-    result = OptimizeResult(
-        model=str(src),
-        output=str(out),
-        report_path=str(report_path),
-        deploy_path=str(deploy_path),
-        target=tgt.name,
-        options=opts.to_dict(),
-        plan=the_plan,
-        passes=reports,
-        before=before,
-        after=after,
-        verification=verification,
-        gate=outcome.gate,
-        data=data.to_dict(),
-        attempts=outcome.attempts,
-        kept_higher=outcome.kept,
-        kept_float=_kept_float(reports, outcome.kept),
-        gate_verification=gate_verification,
-        deploy=deploy,
-        notes=_notes(the_plan, data, outcome),
-        projection=tgt.projection_label,
-    )
-    stages(f"writing {out}")
+
+    def build(a_plan: OptimizePlan, _label: str = "") -> tuple[ir.Model, OptimizeResult]:
+        return build_candidate(
+            original,
+            a_plan,
+            data,
+            opts,
+            tgt,
+            src=src,
+            out=out,
+            report_path=report_path,
+            deploy_path=deploy_path,
+            stages=stages,
+            budget=budget,
+        )
+
+    if searching:
+        from onnxfit.optimizer.search import search
+
+        final, result = search(original, tgt, opts, build, say=stages)
+    else:
+        final, result = build(the_plan)
     result.elapsed_s = time.perf_counter() - started
-    _write_all(final, result, out, report_path, deploy_path, force=force)
+    if not result.after.fits and not allow_over_budget:
+        verdict = result.after.verdict
+        if verdict is not None and not isinstance(target, Target):
+            verdict = dataclasses.replace(verdict, target_arg=str(target))
+        step = verdict.next_step() if verdict is not None else None
+        raise DoesNotFitError(
+            f"{verdict.line() if verdict else 'the optimized model does not fit'}; nothing written",
+            hint=(f"{step}; " if step else "") + "or pass --allow-over-budget to write it anyway",
+            result=result,
+        )
+    stages(f"writing {out}")
+    _write_all(final, result, out, report_path, deploy_path, data=data, target=tgt, force=force)
     return result
 
 
-def _run_pipeline(
-    original: ir.Model,
-    the_plan: OptimizePlan,
-    prefix: tuple[Any, ...],
-    data: RunData,
-    opts: OptimizeOptions,
-    stages: _Stages,
-) -> tuple[Outcome, list[PassReport], bool]:
-    """Float passes once, then the lossy step in the back-off loop; which reference gated."""
-    model = io.clone(original)
-    reports: list[PassReport] = []
-    pruning_steps = [s for s in prefix if s.name in PRUNE_STEPS]
-    for step in prefix:
-        if step.name in PRUNE_STEPS:
-            continue  # run below, under the accuracy budget
-        stages(f"pass {step.name}")
-        p = make_step_pass(step)
-        p(model)
-        reports.append(p.report())
-    if pruning_steps:
-        model, prune_reports = run_budgeted(
-            model,
-            pruning_steps,
-            data,
-            opts,
-            lossy_follows=the_plan.lossy_index is not None,
-            say=stages,
-        )
-        reports += prune_reports
-    lossy_at = the_plan.lossy_index
-    step = the_plan.steps[lossy_at] if lossy_at is not None else None
-    suffix = the_plan.steps[lossy_at + 1 :] if lossy_at is not None else ()
-    if step is not None:
-        stages(f"pass {step.name}")
-    # Labels: always judged against the original's accuracy. Otherwise, after dequantizing,
-    # against the float model (the INT8 input's own noise is not a loss of this run).
-    gate_ref_is_orig = data.labels is not None or not the_plan.dequantizes or step is None
-    outcome = run_lossy(
-        base=model,
-        gate_ref=original if gate_ref_is_orig else model,
-        gate_ref_name="original" if gate_ref_is_orig else "dequantized",
-        step=step,
-        suffix=suffix,
-        data=data,
-        options=opts,
-        say=stages,
-    )
-    return outcome, reports, gate_ref_is_orig
+def searches(options: OptimizeOptions) -> bool:
+    """Whether ``optimize`` runs the candidate search (:mod:`onnxfit.optimizer.search`): with
+    ``--precision auto``, no ``--passes`` list, and the search not turned off."""
+    return options.precision == "auto" and options.passes is None and options.search
 
 
-def _deploy_checks(model: ir.Model, tgt: Target, fit: dict[str, Any] | None) -> dict[str, Any]:
-    """The memory verdict, and on DirectML the pre-flight, for the deploy manifest."""
-    from onnxfit.analysis.directml import directml_preflight
-    from onnxfit.analysis.shapes import infer_shapes
-    from onnxfit.pruning.sparse import densified
-
-    out: dict[str, Any] = {}
-    if fit is not None:
-        keys = ("budget_bytes", "load_bytes", "first_run_bytes", "activations_bytes", "fits")
-        out["memory"] = {k: fit[k] for k in keys} | {"allocator": fit["allocator"]}
-    if tgt.providers and tgt.providers[0] == "DmlExecutionProvider":
-        dense = densified(model)
-        pre = directml_preflight(infer_shapes(dense, batch=1), original=dense)
-        out["directml"] = {
-            "all_on_dml": pre.all_on_dml,
-            "fallback_nodes": [f"{n.name} ({n.op_type}): {n.reason}" for n in pre.fallback],
-            "graph_capture": pre.graph_capture,
-            "graph_capture_blockers": list(pre.capture_blockers),
-            "pin": pre.to_dict()["pin"],
-            "operator_table": pre.source,
-        }
-    return out
-
-
-def _notes(the_plan: OptimizePlan, data: RunData, outcome: Outcome) -> list[str]:
-    notes = list(the_plan.notes)
-    if data.synthetic:
-        notes.append(
-            "verified on SYNTHETIC inputs (seeded noise): the figures say nothing about real "
-            "accuracy; give --calibrate DIR or --eval DIR"
-        )
-    if data.skipped:
-        notes.append(f"{len(data.skipped)} unreadable data file(s) skipped")
-    if outcome.kept:
-        notes.append(
-            f"back-off kept {len(outcome.kept)} node(s) in higher precision after "
-            f"{len(outcome.attempts) - 1} round(s)"
-        )
-    return notes
+def golden_path(out: str | os.PathLike[str]) -> Path:
+    """The golden inputs/outputs file that belongs to model file ``out`` (``net.golden.npz``)."""
+    p = Path(out)
+    stem = p.with_suffix("") if p.suffix.lower() == ".onnx" else p
+    return stem.with_name(stem.name + ".golden.npz")
 
 
 def _write_all(
@@ -343,13 +184,56 @@ def _write_all(
     report_path: Path,
     deploy_path: Path,
     *,
+    data: RunData,
+    target: Target,
     force: bool,
 ) -> None:
-    """Write the model, then the two JSON files; on failure remove what this call created."""
-    created = [p for p in (out, report_path, deploy_path) if not p.exists()]
+    """Write the model, the report, the deploy bundle (deploy.json + golden .npz); on failure
+    remove what this call created."""
+    from onnxfit.optimizer import deploy as bundle
+
+    gold = golden_path(out)
+    created = [p for p in (out, report_path, deploy_path, gold) if not p.exists()]
     try:
         size = io.save(model, out, force=force)
         result.after.file_bytes = size.bytes
+        result.written = True
+        arrays = bundle.golden(model, data.verify_feeds(model))
+        bundle.write_golden(gold, arrays)
+        a = result.after
+        info = data.info
+        post: dict[str, Any] | None = None
+        if info is not None:
+            post = {
+                "task": info.task,
+                "decoder": info.decoder,
+                "num_classes": info.num_classes,
+            }
+            if info.task == "detect":
+                post.update(score_threshold=USE_SCORE_THRESHOLD, iou_threshold=0.45)
+        result.deploy = bundle.bundle(
+            model=model,
+            model_file=out,
+            golden_file=gold,
+            golden_arrays=arrays,
+            target=target,
+            precision=result.precision,
+            info=info,
+            session=dict(result.deploy),
+            memory={
+                "weights_bytes": a.weight_bytes,
+                "arena_bytes": a.arena_bytes,
+                "io_bytes": a.runtime_bytes - a.weight_bytes - a.arena_bytes,
+                "runtime_bytes": a.runtime_bytes,
+                "budget_bytes": int((a.fit or {}).get("budget_bytes", target.memory_budget)),
+                "fits": a.fits,
+                **({"verdict": a.fit} if a.fit else {}),
+                "note": "planned (greedy-by-size offsets); the provider's own arena and "
+                "workspaces come on top",
+            },
+            free_dims=result.deploy.get("free_dimension_overrides", {}),
+            postprocessing=post,
+        )
         _write_json(report_path, result.to_dict())
         _write_json(deploy_path, result.deploy)
     except BaseException:

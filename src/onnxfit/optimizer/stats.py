@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxfit.analysis.fit import FitVerdict
 from onnxfit.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,12 @@ class ModelStats:
     nodes: int
     measured_latency_s: float | None = None
     fit: dict[str, Any] | None = None  # FitVerdict.to_dict(): load / first run vs the budget
+    verdict: FitVerdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["verdict"] = self.verdict.to_dict() if self.verdict is not None else None
+        return d
 
 
 def model_stats(
@@ -73,6 +77,7 @@ def model_stats(
         fits=bool(result.fits),
         nodes=int(result.num_nodes),
         fit=result.verdict.to_dict() if result.verdict else None,
+        verdict=result.projection,
     )
 
 
@@ -98,3 +103,52 @@ def measure_latency(
             sess.run(feed)
             times.append(time.perf_counter() - t0)
     return float(statistics.median(times))
+
+
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _from_dq(value: ir.Value | None) -> bool:
+    if value is None:
+        return False
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def compute_precision(node: ir.Node) -> str:
+    """The precision a compute node (Conv/Gemm/MatMul) runs at: ``int8`` when its data input
+    and its weight both come from DequantizeLinear (ORT fuses the pair into an integer kernel),
+    ``fp16`` when its output is float16, else ``fp32``."""
+    ins = list(node.inputs)
+    if len(ins) >= 2 and _from_dq(ins[0]) and _from_dq(ins[1]):
+        return "int8"
+    out = node.outputs[0] if node.outputs else None
+    if out is not None and out.dtype == ir.DataType.FLOAT16:
+        return "fp16"
+    return "fp32"
+
+
+def precision_share(model: ir.Model, precision: str, *, target: Target) -> dict[str, Any]:
+    """How much of ``model``'s compute (Conv/ConvTranspose/Gemm/MatMul) runs at ``precision``:
+    ``{"nodes": k, "total": n, "node_share": k/n, "flops_share": ...}`` (FLOPs from
+    :func:`onnxfit.analysis.cost.analyze_cost` at batch 1)."""
+    from onnxfit.analysis.cost import analyze_cost
+    from onnxfit.pruning.sparse import densified
+
+    dense = densified(model)
+    nodes = [n for n in dense.graph if n.op_type in COMPUTE_OPS]
+    names = [str(n.name or "") for n in nodes]
+    at = {str(n.name or "") for n in nodes if compute_precision(n) == precision}
+    flops: dict[str, int] = {}
+    try:
+        flops = {c.name: int(c.flops) for c in analyze_cost(dense, target=target).nodes}
+    except Exception:
+        flops = {}
+    total_flops = sum(flops.get(n, 0) for n in names)
+    return {
+        "precision": precision,
+        "nodes": len(at),
+        "total": len(nodes),
+        "node_share": len(at) / len(nodes) if nodes else 1.0,
+        "flops_share": (sum(flops.get(n, 0) for n in at) / total_flops if total_flops else None),
+    }

@@ -103,3 +103,18 @@ def count_ops(model: ir.Model) -> dict[str, int]:
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+#: Node metadata key saying which original node(s) a rewritten node came from.
+ORIGIN_KEY = "onnxfit:from"
+
+
+def name_after(node: ir.Node, origin: str, *, role: str | None = None, source: str = "") -> None:
+    """Name a node a pass creates after the node it replaces (reports then speak the model's
+    own names): ``origin`` itself for the op that takes the original's place, else
+    ``origin/role`` for a helper; ``source`` (default ``origin``) goes to the node's metadata
+    under :data:`ORIGIN_KEY`."""
+    if not origin:
+        return
+    node.name = origin if role is None else f"{origin}/{role}"
+    node.metadata_props[ORIGIN_KEY] = source or origin

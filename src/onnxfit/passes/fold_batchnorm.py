@@ -13,6 +13,9 @@ conv output has another consumer or is a graph output, when W, B or a BatchNorma
 parameter is not a constant initializer (or is a graph input), or when W or B is shared with
 another node. New weights and biases are float initializers of the original dtype.
 
+Names: the folded Conv / Gemm keeps the original Conv's (or Gemm's) name, and its metadata
+(``onnxfit:from``) names both, e.g. ``conv1 + bn1``, so that reports speak the model's own names.
+
 Portable: the output is plain ONNX Conv/Gemm, which every execution provider runs (DirectML
 included). Stats: ``folded`` per producer op, ``batchnorm_left`` (names of those that stay).
 """
@@ -29,7 +32,7 @@ from onnxscript.rewriter.rules.common import (
     fuse_batchnorm_into_gemm_rule,
 )
 
-from onnxfit.passes.base import OnnxfitPass
+from onnxfit.passes.base import OnnxfitPass, name_after
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,32 @@ _RULES: dict[str, pattern.RewriteRule] = {
 }
 
 
+def _origins(model: ir.Model) -> dict[str, tuple[str, str]]:
+    """BatchNormalization output name -> (producer name, BatchNormalization name)."""
+    out = {}
+    for node in model.graph:
+        if node.op_type != "BatchNormalization" or not node.inputs or node.inputs[0] is None:
+            continue
+        producer = node.inputs[0].producer()
+        if producer is not None and producer.op_type in _RULES and node.outputs[0].name:
+            out[node.outputs[0].name] = (producer.name or "", node.name or "")
+    return out
+
+
+def _restore_names(model: ir.Model, origins: dict[str, tuple[str, str]]) -> None:
+    """Give each folded node its producer's name (the rewrite makes a new, unnamed node)."""
+    used = {n.name for n in model.graph}
+    for node in model.graph:
+        out = node.outputs[0].name if node.outputs else None
+        if node.op_type not in _RULES or out not in origins:
+            continue
+        conv, bn = origins[out]
+        if conv and node.name != conv and conv not in used:
+            used.discard(node.name)
+            name_after(node, conv, source=f"{conv} + {bn}")
+            used.add(conv)
+
+
 class FoldBatchNormPass(OnnxfitPass):
     """Fold every foldable BatchNormalization into its producer; stats count them by producer."""
 
@@ -47,6 +76,7 @@ class FoldBatchNormPass(OnnxfitPass):
     portable = True
 
     def run(self, model: ir.Model) -> bool:
+        origins = _origins(model)
         folded: dict[str, int] = {}
         for op_type, rule in _RULES.items():
             count = pattern.RewriteRuleSet([rule]).apply_to_model(model)
@@ -54,6 +84,7 @@ class FoldBatchNormPass(OnnxfitPass):
                 folded[op_type] = count
         if folded:
             ir.passes.common.RemoveUnusedNodesPass()(model)
+            _restore_names(model, origins)
         left = [n.name or "(unnamed)" for n in model.graph if n.op_type == "BatchNormalization"]
         for name in left:
             logger.debug("BatchNormalization %s stays (no foldable producer)", name)

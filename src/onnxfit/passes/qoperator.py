@@ -33,6 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfit.passes._quant import const_array, dequantize_array
+from onnxfit.passes.base import name_after
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +123,21 @@ def _convert_simple(graph: ir.Graph, node: ir.Node) -> bool:
     attrs = {k: v for k, v in node.attributes.items() if k not in drop}
     y = ir.node(float_op, [d.outputs[0] for d in dqs], attrs)
     tail, out = _requantize(node, y, _inp(node, ys), _inp(node, yzp))
+    _named(node, dqs, y, tail)
     _replace(graph, node, [*dqs, *tail], out)
     return True
+
+
+def _named(node: ir.Node, dqs: Sequence[ir.Node], main: ir.Node, tail: Sequence[ir.Node]) -> None:
+    """The float op takes the QOperator node's name; its DequantizeLinear / QuantizeLinear
+    helpers are named after it (``name/dq0``, ``name/q``)."""
+    origin = node.name or ""
+    for i, dq in enumerate(dqs):
+        name_after(dq, origin, role=f"dq{i}")
+    name_after(main, origin)
+    for extra in tail:
+        if extra is not main:
+            name_after(extra, origin, role="q")
 
 
 def _bias(
@@ -162,6 +176,7 @@ def _convert_conv(graph: ir.Graph, node: ir.Node) -> bool:
     conv_in = [dx.outputs[0], dw.outputs[0]] + ([bias] if bias is not None else [])
     conv = ir.node("Conv", conv_in, attrs)
     tail, out = _requantize(node, conv, ys, yzp)
+    _named(node, [dx, dw], conv, tail)
     _replace(graph, node, [dx, dw, *tail], out)
     return True
 
@@ -182,6 +197,7 @@ def _convert_gemm(graph: ir.Graph, node: ir.Node) -> bool:
         dict(node.attributes),
     )
     tail, out = _requantize(node, gemm, _inp(node, 7), _inp(node, 8))
+    _named(node, [da, db], gemm, tail)
     _replace(graph, node, [da, db, *tail], out)
     return True
 
@@ -199,6 +215,7 @@ def _convert_concat(graph: ir.Graph, node: ir.Node) -> bool:
         dqs.append(_dq(x, s, z, None))
     concat = ir.node("Concat", [d.outputs[0] for d in dqs], dict(node.attributes))
     tail, out = _requantize(node, concat, ys, yzp)
+    _named(node, dqs, concat, tail)
     _replace(graph, node, [*dqs, *tail], out)
     return True
 
@@ -240,6 +257,7 @@ def _convert_integer(graph: ir.Graph, node: ir.Node) -> bool:
     assert x is not None
     attrs = dict(node.attributes) if conv else {}
     new = ir.node("Conv" if conv else "MatMul", [x, w_f], attrs)
+    name_after(new, node.name or "", source=f"{dql.name} + {node.name} + {mul.name}")
     ir.convenience.replace_nodes_and_values(
         graph, mul, [node, cast, mul], [new], [mul.outputs[0]], [new.outputs[0]]
     )

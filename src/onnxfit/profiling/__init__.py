@@ -10,7 +10,7 @@
 * :mod:`onnxfit.profiling.bench` — :func:`bench`: per-batch latency, throughput, memory
   (result types in :mod:`onnxfit.profiling.results`).
 * :mod:`onnxfit.profiling.compare` — :func:`compare`: models interleaved, before/after table;
-  :mod:`onnxfit.profiling.accuracy` — top-1/5 or mAP on an evaluation folder.
+  accuracy with ``--eval`` comes from the one evaluator, :mod:`onnxfit.verify.evaluator`.
 * :mod:`onnxfit.profiling.system` — peak RSS, CPU-noise probe, machine description.
 
 Names are re-exported lazily so ``import onnxfit.profiling`` stays cheap.

@@ -5,7 +5,7 @@ peak RSS is its own; the children are loaded, warmed up, then driven in rounds �
 ``A x k, B x k, A x k, B x k, ...`` (:func:`interleave_schedule`) — one child running at a time,
 so a slow minute of the machine hits every model alike. Beside the timings stand file size,
 parameters, the memory plan (arena; weights + arena + IO), the projection on the target and,
-with an evaluation folder, accuracy (:mod:`onnxfit.profiling.accuracy`).
+with an evaluation folder, accuracy (the one evaluator, :mod:`onnxfit.verify.evaluator`).
 
 Ratios are against the first model and read "times better": size, memory and latency
 ``first / this``; throughput ``this / first``; accuracy is a difference in points.
@@ -17,14 +17,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnxfit import io
 from onnxfit.errors import InputError
 from onnxfit.profiling import system
-from onnxfit.profiling.accuracy import Accuracy
 from onnxfit.profiling.bench import (
     ProgressFn,
     Static,
@@ -34,11 +32,14 @@ from onnxfit.profiling.bench import (
     static_figures,
 )
 from onnxfit.profiling.client import open_worker
-from onnxfit.profiling.results import Measured
-from onnxfit.profiling.stats import Summary, summarize
+from onnxfit.profiling.compare_result import CompareResult, ModelStats
+from onnxfit.profiling.stats import summarize
 from onnxfit.profiling.system import CpuMonitor, Noise
 from onnxfit.profiling.worker import RUNTIMES
 from onnxfit.targets import get_target
+from onnxfit.verify.evaluator import Accuracy
+
+__all__ = ["CompareResult", "ModelStats", "compare", "interleave_schedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,167 +49,6 @@ def interleave_schedule(n_models: int, rounds: int) -> list[int]:
     if n_models < 1 or rounds < 1:
         raise InputError(f"interleave needs >= 1 model and round, got {n_models}, {rounds}")
     return [m for _ in range(rounds) for m in range(n_models)]
-
-
-@dataclass(frozen=True)
-class ModelStats(Measured):
-    """One model's figures in a comparison (seconds, bytes)."""
-
-    name: str
-    path: str
-    runtime: str
-    file_bytes: int
-    parameters: int
-    static: Static
-    provider: str
-    threads: int | None
-    session_s: float
-    first_s: float
-    latency: Summary
-    samples: tuple[float, ...]
-    peak_rss: int
-    rss_baseline: int | None
-    device_bytes: int | None
-    pid: int
-    batch: int
-    accuracy: Accuracy | None = None
-    gpu_latency: Summary | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "runtime": self.runtime,
-            "file_bytes": self.file_bytes,
-            "parameters": self.parameters,
-            "static": self.static.to_dict(),
-            "provider": self.provider,
-            "threads": self.threads,
-            "session_s": self.session_s,
-            "first_s": self.first_s,
-            "latency": self.latency.to_dict(),
-            "throughput": self.throughput,
-            "gpu_latency": self.gpu_latency.to_dict() if self.gpu_latency else None,
-            "peak_rss": self.peak_rss,
-            "rss_baseline": self.rss_baseline,
-            "rss_delta": self.rss_delta,
-            "device_bytes": self.device_bytes,
-            "pid": self.pid,
-            "batch": self.batch,
-            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
-            "samples": list(self.samples),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelStats:
-        return cls(
-            name=d["name"],
-            path=d["path"],
-            runtime=d.get("runtime", "onnxfit"),
-            file_bytes=d["file_bytes"],
-            parameters=d["parameters"],
-            static=Static(**d.get("static", {})),
-            provider=d["provider"],
-            threads=d.get("threads"),
-            session_s=d["session_s"],
-            first_s=d["first_s"],
-            latency=Summary.from_dict(d["latency"]),
-            samples=tuple(d.get("samples", ())),
-            peak_rss=d["peak_rss"],
-            rss_baseline=d.get("rss_baseline"),
-            device_bytes=d.get("device_bytes"),
-            pid=d.get("pid", 0),
-            batch=d.get("batch", 1),
-            accuracy=Accuracy.from_dict(d["accuracy"]) if d.get("accuracy") else None,
-            gpu_latency=Summary.from_dict(d["gpu_latency"]) if d.get("gpu_latency") else None,
-        )
-
-
-def _ratio(first: float | None, this: float | None) -> float | None:
-    if not first or not this:
-        return None
-    return first / this
-
-
-@dataclass(frozen=True)
-class CompareResult:
-    """Models measured together; :meth:`ratios` against the first."""
-
-    models: tuple[ModelStats, ...]
-    target: str
-    batch: int
-    warmup: int
-    rounds: int
-    per_round: int
-    schedule: tuple[int, ...]
-    isolated: bool
-    noise: Noise | None = None
-    machine: dict[str, Any] = field(default_factory=dict)
-    eval_data: str | None = None
-    notes: tuple[str, ...] = ()
-    projection: str = ""  # Target.projection_label: how far to trust the projected column
-
-    def ratios(self) -> list[dict[str, float | None]]:
-        """Per model, improvement factors vs the first (see the module docstring)."""
-        a = self.models[0]
-        out = []
-        for m in self.models:
-            acc = None
-            if a.accuracy is not None and m.accuracy is not None:
-                key, base = a.accuracy.headline
-                acc = 100.0 * (m.accuracy.metrics.get(key, 0.0) - base)
-            out.append(
-                {
-                    "file_size": _ratio(a.file_bytes, m.file_bytes),
-                    "parameters": _ratio(a.parameters, m.parameters),
-                    "arena": _ratio(a.static.arena_bytes, m.static.arena_bytes),
-                    "runtime_memory": _ratio(a.static.runtime_bytes, m.static.runtime_bytes),
-                    "weights": _ratio(a.static.weights_bytes, m.static.weights_bytes),
-                    "peak_rss": _ratio(a.peak_rss, m.peak_rss),
-                    "rss_delta": _ratio(a.rss_delta, m.rss_delta),
-                    "latency": _ratio(a.latency.median, m.latency.median),
-                    "throughput": _ratio(m.throughput, a.throughput),
-                    "projected": _ratio(a.static.projected_s, m.static.projected_s),
-                    "accuracy_pts": acc,
-                }
-            )
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "projection": self.projection,
-            "batch": self.batch,
-            "warmup": self.warmup,
-            "rounds": self.rounds,
-            "per_round": self.per_round,
-            "schedule": list(self.schedule),
-            "isolated": self.isolated,
-            "noise": self.noise.to_dict() if self.noise else None,
-            "machine": self.machine,
-            "eval_data": self.eval_data,
-            "notes": list(self.notes),
-            "models": [m.to_dict() for m in self.models],
-            "ratios": self.ratios(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CompareResult:
-        return cls(
-            models=tuple(ModelStats.from_dict(m) for m in d["models"]),
-            target=d["target"],
-            batch=d["batch"],
-            warmup=d.get("warmup", 0),
-            rounds=d["rounds"],
-            per_round=d["per_round"],
-            schedule=tuple(d.get("schedule", ())),
-            isolated=d.get("isolated", True),
-            noise=Noise.from_dict(d["noise"]) if d.get("noise") else None,
-            machine=d.get("machine", {}),
-            eval_data=d.get("eval_data"),
-            notes=tuple(d.get("notes", ())),
-            projection=d.get("projection", ""),
-        )
 
 
 def _names(paths: Sequence[Path], names: Sequence[str] | None) -> list[str]:
@@ -242,12 +82,15 @@ def compare(
     pin: bool = True,
     noise: bool = True,
     seed: int = 0,
+    layers: int = 0,
     on_progress: ProgressFn | None = None,
 ) -> CompareResult:
     """Measure ``models`` interleaved (see the module docstring); a :class:`CompareResult`.
 
     ``runtime`` is one runtime for all, or one per model ("onnxfit" or "ort" — plain
     onnxruntime defaults, the baseline). ``rounds`` x ``per_round`` timed runs per model.
+    ``layers`` > 0 adds, for every model after the first, its ``layers`` nodes adding the most
+    error against the first (:func:`layer_errors`).
     """
     paths = [Path(m) for m in models]
     if not paths:
@@ -266,9 +109,9 @@ def compare(
     labels = _names(paths, names)
     tgt = get_target(target)
     if eval_data is not None:
-        from onnxfit.profiling.accuracy import detect_task
+        from onnxfit.verify.evalset import dataset_task
 
-        detect_task(eval_data)  # check the folder before the long part
+        dataset_task(eval_data)  # check the folder before the long part
     irs = [io.load(p) for p in paths]  # ModelLoadError for a bad file, before anything runs
     statics: list[Static] = []
     notes: list[str] = []
@@ -334,12 +177,12 @@ def compare(
         notes.append("measured in one process: peak RSS is the whole process's, for every model")
     accs: list[Accuracy | None] = [None] * len(paths)
     if eval_data is not None:
-        from onnxfit.profiling.accuracy import evaluate
+        from onnxfit.verify.evaluator import evaluate_models
 
         if on_progress:
             on_progress(total, total, "accuracy")
         accs = list(
-            evaluate(
+            evaluate_models(
                 paths,
                 eval_data,
                 target=target if isinstance(target, str) else tgt.name,
@@ -379,6 +222,11 @@ def compare(
             f"{(providers or tgt.providers)[0]} is not available here; measured on "
             f"{stats[0].provider} (the projection is still for {tgt.name})"
         )
+    errors: dict[str, list[dict[str, Any]]] = {}
+    if layers > 0 and len(irs) > 1:
+        if on_progress:
+            on_progress(total, total, "layer errors")
+        errors = _layer_errors(irs, labels, top=layers, eval_data=eval_data, seed=seed)
     return CompareResult(
         models=tuple(stats),
         target=tgt.name,
@@ -393,4 +241,26 @@ def compare(
         eval_data=str(eval_data) if eval_data is not None else None,
         notes=tuple(notes),
         projection=tgt.projection_label,
+        layer_errors=errors,
     )
+
+
+def _layer_errors(
+    models: Sequence[Any], names: Sequence[str], *, top: int, eval_data: Any, seed: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Per model after the first: :func:`onnxfit.verify.sensitivity.layer_errors` against the
+    first, on its first 16 ``eval_data`` images or 16 seeded synthetic samples."""
+    from onnxfit.data.calibration import synthetic_inputs
+    from onnxfit.verify.sensitivity import layer_errors
+
+    inputs: Any = synthetic_inputs(models[0], 16, seed=seed)
+    if eval_data is not None:
+        from onnxfit.verify.evalset import dataset_task, load_labelled
+        from onnxfit.verify.evaluator import model_info
+
+        info = model_info(models[0], task=dataset_task(eval_data))
+        inputs = load_labelled(eval_data, info.preset, limit=16).x
+    return {
+        name: layer_errors(models[0], m, inputs, top=top, origins=m)
+        for name, m in zip(names[1:], models[1:], strict=True)
+    }

@@ -363,14 +363,30 @@ def bench_markdown(result: BenchResult, *, top: int = 15) -> str:
     return body + "".join(f"\n- note: {n}" for n in result.notes) + ("\n" if result.notes else "")
 
 
+def layer_lines(result: CompareResult) -> list[str]:
+    """The layer error tables (``--layers K``) as text lines."""
+    first = result.models[0].name if result.models else ""
+    lines = []
+    for name, rows in result.layer_errors.items():
+        lines.append(f"layer errors of {name} vs {first} (top {len(rows)} by error added):")
+        lines += [
+            f"  {r['node']} ({r['op_type']}): added {r['added']:.4f}, rel error "
+            f"{r['rel_error']:.4f}, cosine {r['cosine']:.5f}"
+            for r in rows
+        ]
+    return lines
+
+
 def render_compare(result: CompareResult) -> RenderableType:
     parts: list[RenderableType] = [rich_table(compare_rows(result))]
+    parts += [Text(line) for line in layer_lines(result)]
     parts += [Text(f"note: {n}", style="yellow") for n in result.notes]
     return Group(*parts)
 
 
 def compare_markdown(result: CompareResult) -> str:
     body = markdown(compare_rows(result))
+    body += "".join(f"\n- {line.strip()}" for line in layer_lines(result))
     return body + "".join(f"\n- note: {n}" for n in result.notes) + ("\n" if result.notes else "")
 
 

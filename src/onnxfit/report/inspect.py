@@ -26,7 +26,8 @@ def _shape_text(shape: tuple[int | str | None, ...] | None) -> str:
 
 
 def verdict_text(result: InspectResult) -> str:
-    """``FITS: uses X of Y (Z% headroom)`` or ``DOES NOT FIT (at first run): needs X of Y ...``.
+    """``FITS: uses X of Y (Z% headroom)`` or ``DOES NOT FIT (at first run): needs X of Y ...;
+    next: INT8 would need ...``.
 
     X is the first-run total as the provider's allocator holds it (see
     :mod:`onnxfit.analysis.budget`); Y the target's budget or the ``--budget`` slice.
@@ -36,9 +37,11 @@ def verdict_text(result: InspectResult) -> str:
         return f"FITS: uses {used} of {budget} ({result.headroom_pct:.2f}% headroom)"
     over = fmt_bytes(-result.headroom_bytes)
     where = f" (at {result.verdict.fails_at})" if result.verdict and result.verdict.fails_at else ""
-    return (
+    text = (
         f"DOES NOT FIT{where}: needs {used} of {budget} ({over} over, {-result.headroom_pct:.2f}%)"
     )
+    step = result.projection.next_need()
+    return text + (f"; {step}" if step else "")
 
 
 def budget_rows(result: InspectResult) -> list[tuple[str, str]]:

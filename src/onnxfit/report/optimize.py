@@ -24,17 +24,25 @@ def _pct(x: float | None) -> str:
 
 
 def _accuracy_row(result: OptimizeResult) -> tuple[str, str, str, str]:
-    v = result.verification
-    if v.reference_accuracy:
-        ref, cand = v.reference_accuracy, v.candidate_accuracy
-        before = " / ".join(_pct(ref.get(k)) for k in ("top1", "top5") if k in ref)
-        after = " / ".join(_pct(cand.get(k)) for k in ("top1", "top5") if k in cand)
-        drop = v.accuracy_drop or 0.0
-        return ("top-1 / top-5 accuracy", before, after, f"{-drop:+.2f} pt top-1")
-    if v.agreement is not None:
-        what = "top-1 agreement" if v.task == "classify" else "top-box agreement"
-        return (what, "reference", _pct(v.agreement), f"cosine min {v.cosine_min:.5f}")
-    return ("output cosine (worst)", "reference", f"{v.cosine_min:.6f}", "-")
+    g = result.gate
+    d = g.details
+    if g.measure in ("top1_drop", "map50_drop"):
+        keys = ("top1", "top5") if g.measure == "top1_drop" else ("map50", "map50_95")
+        name = "top-1 / top-5 accuracy" if g.measure == "top1_drop" else "mAP@0.5 / @0.5:0.95"
+        before = " / ".join(_pct(d.get(f"reference_{k}")) for k in keys)
+        after = " / ".join(_pct(d.get(f"candidate_{k}")) for k in keys)
+        head = "top-1" if g.measure == "top1_drop" else "mAP@0.5"
+        return (name, before, after, f"{-g.value:+.2f} pt {head}")
+    if g.measure == "expected_top1_drop":
+        return (
+            "expected top-1 drop (no labels)",
+            "reference",
+            f"{g.value:.3f} pt",
+            f"agreement {_pct(d.get('agreement'))}, KL {d.get('mean_kl', 0):.4f}",
+        )
+    if g.measure == "box_disagreement":
+        return ("box disagreement (no labels)", "reference", f"{g.value:.2f} %", "-")
+    return ("output cosine (worst)", "reference", f"{g.value:.6f}", "-")
 
 
 def comparison_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
@@ -73,6 +81,34 @@ def comparison_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
         ),
         _accuracy_row(result),
     ]
+    return rows + achieved_rows(result)
+
+
+def achieved_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
+    """Requested vs achieved: precision share of the compute, sparsity, channels removed."""
+    rows = []
+    p = result.achieved.get("precision")
+    if p is not None:
+        flops = "-" if p["flops_share"] is None else f"{100 * p['flops_share']:.1f} % FLOPs"
+        rows.append(
+            (
+                f"compute at {p['precision']} (Conv/Gemm/MatMul)",
+                "requested 100 %",
+                f"{p['nodes']}/{p['total']} nodes ({100 * p['node_share']:.1f} %), {flops}",
+                "",
+            )
+        )
+    for key, label in (("sparsity", "sparsity"), ("channels", "channels removed")):
+        a = result.achieved.get(key)
+        if a is not None:
+            rows.append(
+                (
+                    f"{label} ({a['of']})",
+                    f"requested {a['requested']}",
+                    f"{100 * float(a['achieved']):.1f} %",
+                    str(a["mode"]),
+                )
+            )
     return rows
 
 
@@ -103,21 +139,20 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     """Verification, data, back-off, kept-float nodes, passes, outputs, notes."""
     v = result.verification
     lines = [
-        f"verification: {result.gate.describe()} -> {'PASS' if result.gate.passed else 'FAIL'}",
-        f"  max abs error {v.max_abs_error:.4g}, max rel error {v.max_rel_error:.4g}, "
-        f"cosine min {v.cosine_min:.6f} ({v.samples} samples vs the original)",
+        f"accuracy gate: {result.gate.describe()} -> {'PASS' if result.gate.passed else 'FAIL'}",
+        f"  measure: {result.gate.measure} — {result.gate.rule}",
+        f"  outputs vs the original: max abs error {v.max_abs_error:.4g}, max rel error "
+        f"{v.max_rel_error:.4g}, cosine min {v.cosine_min:.6f} ({v.samples} samples)",
         f"  data: {result.data.get('verification')}"
         + (" [SYNTHETIC]" if result.data.get("synthetic") else ""),
     ]
     if result.data.get("calibration") != result.data.get("verification"):
         lines.append(f"  calibration: {result.data.get('calibration')}")
-    gv = result.gate_verification
-    if gv is not None:
-        lines.append(
-            f"  judged vs the {result.gate.reference}: cosine min {gv.cosine_min:.6f}, "
-            f"agreement {_pct(gv.agreement)}"
-            + (f", top-1 drop {gv.accuracy_drop:.2f} pt" if gv.accuracy_drop is not None else "")
-        )
+    verdict = result.after.verdict
+    if verdict is not None:
+        lines.append(f"memory: {verdict.line()}")
+        if verdict.next_step():
+            lines.append(f"  next: {verdict.next_step()}")
     rounds = max(0, len(result.attempts) - 1)
     if rounds:
         lines.append(
@@ -133,11 +168,22 @@ def detail_lines(result: OptimizeResult) -> list[str]:
     for p in result.passes:
         stats = ", ".join(_stat(k, val) for k, val in p.stats.items() if k != "ops")
         lines.append(f"pass {p.name}{'' if p.modified else ' (no change)'}: {stats}")
+    if result.layer_errors:
+        lines.append(f"layer errors (top {len(result.layer_errors)} by error added, vs float):")
+        for r in result.layer_errors:
+            origin = f" [{r['from']}]" if r.get("from") and r["from"] != r["node"] else ""
+            lines.append(
+                f"  {r['node']} ({r['op_type']}){origin}: added {r['added']:.4f}, "
+                f"rel error {r['rel_error']:.4f}, cosine {r['cosine']:.5f}"
+            )
     from onnxfit.report.prune import scan_lines
 
     lines += scan_lines(result.passes)  # the pruning budget's sensitivity scan, if it ran
     lines += fit_lines(result)
-    lines.append(f"wrote {result.output}, {result.report_path}, {result.deploy_path}")
+    if result.written:
+        lines.append(f"wrote {result.output}, {result.report_path}, {result.deploy_path}")
+    else:
+        lines.append("nothing written")
     lines += [f"note: {n}" for n in result.notes]
     return lines
 
@@ -175,6 +221,30 @@ def _stat(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
+CANDIDATE_HEADERS = ("candidate", "status", "file", "runtime memory", "latency", "gate", "")
+
+
+def candidate_rows(result: OptimizeResult) -> list[tuple[str, ...]]:
+    """The candidate search's table (empty without a search)."""
+    rows: list[tuple[str, ...]] = []
+    for c in result.candidates:
+        if "speed_s" not in c:
+            rows.append((c["label"], c["status"], "-", "-", "-", c["gate"], ""))
+            continue
+        rows.append(
+            (
+                c["label"],
+                c["status"],
+                fmt_bytes(c["file_bytes"]),
+                fmt_bytes(c["runtime_bytes"]),
+                f"{fmt_time(c['speed_s'])} ({c['speed_from']})",
+                c["gate"],
+                "<- written" if c["chosen"] else "",
+            )
+        )
+    return rows
+
+
 def render_optimize(result: OptimizeResult) -> RenderableType:
     """The before/after table and the details below it, for the console."""
     table = Table(title=f"{result.model} -> {result.output} ({result.target}, {result.precision})")
@@ -182,13 +252,23 @@ def render_optimize(result: OptimizeResult) -> RenderableType:
         table.add_column(h, justify="left" if i == 0 else "right")
     for row in comparison_rows(result):
         table.add_row(*row)
-    return Group(table, Text("\n".join(detail_lines(result))))
+    parts: list[RenderableType] = [table]
+    if result.candidates:
+        cands = Table(title="candidates (fastest that fits and meets the budget is written)")
+        for h in CANDIDATE_HEADERS:
+            cands.add_column(h)
+        for r in candidate_rows(result):
+            cands.add_row(*r)
+        parts.append(cands)
+    return Group(*parts, Text("\n".join(detail_lines(result))))
 
 
 def to_markdown(result: OptimizeResult) -> str:
     """The before/after table and details as Markdown."""
     head = f"### {result.model} -> {result.output} ({result.target}, {result.precision})\n\n"
     table = markdown_table(HEADERS, comparison_rows(result))
+    if result.candidates:
+        table += "\n" + markdown_table(CANDIDATE_HEADERS, candidate_rows(result))
     details = "\n".join(f"- {line.strip()}" for line in detail_lines(result))
     return head + table + "\n" + details + "\n"
 

@@ -1,47 +1,75 @@
-"""Compare an optimized model with its original on the same inputs.
+"""Measure models on data: run them, score them, compare them (the floor below pruning, the
+optimizer, apps and profiling — they all measure through here).
 
-* :func:`compare_models` runs both models in onnxruntime (CPU) on the same feeds and returns a
-  :class:`VerifyResult`: per output the max abs error, the max error relative to the reference
-  output's largest magnitude, the mean abs error, and the cosine similarity of each sample
-  (mean and worst); the top-1 agreement of a classifier-like output ``[N, C]``, or the top-box
-  agreement of a decoded detector output ``[N, boxes, 5 + classes]``; and with ``labels`` the
-  top-1 / top-5 accuracy of both models and the drop in points. ``synthetic`` says whether the
-  inputs were made up (then the result says nothing about real accuracy).
-* :func:`per_node_sensitivity` exposes every float tensor both models compute (same name) as an
-  extra output, runs both, and ranks nodes by the error they *add* (their output's relative L2
-  error minus the worst of their inputs'): the layers to keep in higher precision when backing
-  off.
-* :func:`load_eval_set` reads an evaluation folder (images + ``labels.tsv``, the format of
-  ``../shared/data/imagenet-sample``).
+* :mod:`~onnxfit.verify.runner` — the one "run a model over feeds" helper (:func:`run_all`):
+  fixed batch sizes honoured, the last batch padded and trimmed;
+* :mod:`~onnxfit.verify.evalset` — labelled folders (``labels.tsv``, or YOLO ``images/`` +
+  ``labels/``) read into an :class:`EvalSet`; :func:`load_eval_set` for classification arrays;
+* :mod:`~onnxfit.verify.evaluator` — the one evaluator: top-1/top-5, mAP@0.5 and @0.5:0.95
+  (:class:`Evaluator`, :func:`evaluate_models`, :class:`Accuracy`);
+* :mod:`~onnxfit.verify.distance` — distances between two models' outputs without labels:
+  top-1 agreement, mean KL, expected top-1 drop, cosine, matched boxes;
+* :func:`compare_models` — per-output error figures (max abs / rel error, cosine) of a candidate
+  against a reference on the same inputs, agreement, and with labels both models' top-1/top-5;
+* :func:`per_node_sensitivity` — nodes ranked by the error they *add* (their output's relative
+  L2 error minus the worst of their inputs'): the layers to keep in higher precision.
 """
 
 from __future__ import annotations
 
 from onnxfit.verify.compare import (
     OutputDiff,
-    Task,
     VerifyResult,
-    check_labels,
     compare_models,
-    cosine_per_sample,
     output_diff,
-    top1_agreement,
     top_box,
 )
-from onnxfit.verify.evalset import load_eval_set
+from onnxfit.verify.distance import (
+    box_agreement,
+    cosine_per_sample,
+    expected_top1_drop,
+    mean_kl,
+    top1_agreement,
+)
+from onnxfit.verify.evalset import (
+    EvalSet,
+    Task,
+    check_labels,
+    dataset_task,
+    load_eval_set,
+    load_labelled,
+)
+from onnxfit.verify.evaluator import (
+    Accuracy,
+    Evaluator,
+    classification_metrics,
+    evaluate_models,
+)
+from onnxfit.verify.runner import run_all
 from onnxfit.verify.sensitivity import NodeDrift, per_node_sensitivity
 
 __all__ = [
+    "Accuracy",
+    "EvalSet",
+    "Evaluator",
     "NodeDrift",
     "OutputDiff",
     "Task",
     "VerifyResult",
+    "box_agreement",
     "check_labels",
+    "classification_metrics",
     "compare_models",
     "cosine_per_sample",
+    "dataset_task",
+    "evaluate_models",
+    "expected_top1_drop",
     "load_eval_set",
+    "load_labelled",
+    "mean_kl",
     "output_diff",
     "per_node_sensitivity",
+    "run_all",
     "top1_agreement",
     "top_box",
 ]

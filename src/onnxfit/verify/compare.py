@@ -12,16 +12,17 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from onnxfit.errors import InputError
-from onnxfit.verify._run import Inputs, ModelArg, feeds_of, input_names, run_all
+from onnxfit.verify.distance import cosine_per_sample, top1_agreement
+from onnxfit.verify.evalset import Task, check_labels
+from onnxfit.verify.evaluator import classification_metrics
+from onnxfit.verify.runner import Inputs, ModelArg, feeds_of, input_names, run_all
 
 logger = logging.getLogger(__name__)
-
-Task = Literal["classify", "detect"]
 
 
 @dataclass
@@ -94,19 +95,6 @@ class VerifyResult:
         }
 
 
-def cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each sample (axis 0) of two equal-shape arrays, in float64.
-
-    Two all-zero samples count as identical (1.0); one all-zero sample as orthogonal (0.0).
-    """
-    r = ref.reshape(ref.shape[0], -1).astype(np.float64)
-    c = cand.reshape(cand.shape[0], -1).astype(np.float64)
-    nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
-    dot = np.einsum("ij,ij->i", r, c)
-    out = np.where((nr > 0) & (nc > 0), dot / np.maximum(nr * nc, 1e-300), 0.0)
-    return np.where((nr == 0) & (nc == 0), 1.0, np.clip(out, -1.0, 1.0))
-
-
 def output_diff(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputDiff:
     """Error figures of one output; ``max_rel_error`` is ``max|ref - cand| / max|ref|``."""
     if ref.shape != cand.shape:
@@ -146,11 +134,6 @@ def top_box(arr: np.ndarray) -> np.ndarray:
     return np.stack(np.unravel_index(flat, scores.shape[1:]), axis=1)
 
 
-def top1_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
-    """Fraction of samples whose argmax class is the same in both [N, C] score arrays."""
-    return float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1))) if len(ref) else math.nan
-
-
 def _agreement(
     ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], task: Task | None
 ) -> tuple[float | None, str | None, Task | None]:
@@ -169,23 +152,6 @@ def _agreement(
             hint="pass task=None to compare errors only",
         )
     return None, None, None
-
-
-def _accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from onnxfit.data.tasks import topk_accuracy
-
-    acc = topk_accuracy(scores, labels, ks=[k for k in (1, 5) if k <= scores.shape[1]])
-    return {f"top{k}": float(v) for k, v in acc.items()}
-
-
-def check_labels(labels: np.ndarray, num_classes: int, *, what: str = "labels") -> None:
-    """:class:`InputError` unless every label is a class index of a ``num_classes`` model."""
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(
-            f"{what} run from {int(labels.min())} to {int(labels.max())}, but the model has "
-            f"{num_classes} classes",
-            hint="use an evaluation set made for this model's classes",
-        )
 
 
 def compare_models(
@@ -209,8 +175,8 @@ def compare_models(
     feeds, is_synthetic = feeds_of(inputs, input_names(reference))
     if not feeds:
         raise InputError("no inputs to compare the models on", hint="give at least one sample")
-    ref = run_all(reference, feeds, batch)
-    cand = run_all(candidate, feeds, batch)
+    ref = run_all(reference, feeds, batch=batch)
+    cand = run_all(candidate, feeds, batch=batch)
     missing = sorted(set(ref) - set(cand))
     if missing:
         raise InputError(f"the candidate lacks outputs {missing}", hint="outputs must keep names")
@@ -240,8 +206,8 @@ def compare_models(
         check_labels(lab, scores.shape[1])
         cand_scores = _class_scores(cand[agree_out])  # type: ignore[index]
         assert cand_scores is not None
-        result.reference_accuracy = _accuracy(scores, lab)
-        result.candidate_accuracy = _accuracy(cand_scores, lab)
+        result.reference_accuracy = classification_metrics(scores, lab)
+        result.candidate_accuracy = classification_metrics(cand_scores, lab)
     logger.info(
         "verify: %d samples, max abs %.3g, cosine min %.5f, agreement %s",
         samples,

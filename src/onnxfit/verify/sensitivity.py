@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxfit import io
-from onnxfit.verify._run import Inputs, ModelArg, feeds_of, input_names, iter_runs
+from onnxfit.verify.runner import Inputs, ModelArg, feeds_of, input_names, iter_outputs
 
 #: Ops a QDQ quantizer folds into the QuantizeLinear before them (their output takes the name).
 _FOLDED = {"Relu", "Clip"}
@@ -151,7 +151,11 @@ def per_node_sensitivity(
     feeds, _ = feeds_of(inputs, input_names(reference))
     # running sums per tensor: |r - c|^2, |r|^2, |c|^2, r.c (all samples; memory stays flat)
     sums: dict[str, np.ndarray] = {n: np.zeros(4) for n in pairs}
-    runs = zip(iter_runs(ref_proto, feeds, batch), iter_runs(cand_proto, feeds, batch), strict=True)
+    runs = zip(
+        iter_outputs(ref_proto, feeds, batch=batch),
+        iter_outputs(cand_proto, feeds, batch=batch),
+        strict=True,
+    )
     for ref_out, cand_out in runs:
         for name in list(sums):
             r = ref_out[name].astype(np.float64).ravel()
@@ -184,3 +188,35 @@ def per_node_sensitivity(
         )
     drifts.sort(key=lambda d: d.added, reverse=True)
     return drifts[:top] if top is not None else drifts
+
+
+def layer_errors(
+    reference: ModelArg,
+    candidate: ModelArg,
+    inputs: Inputs,
+    *,
+    top: int = 10,
+    origins: ir.Model | None = None,
+) -> list[dict[str, Any]]:
+    """The layer error table: the ``top`` reference nodes by the error the candidate adds after
+    them (:func:`per_node_sensitivity`), as dicts (``node``, ``op_type``, ``output``,
+    ``rel_error``, ``added``, ``cosine``, ``from``: what the node came from, read from the
+    ``onnxfit:from`` metadata of the same-named node in ``origins``)."""
+    if top <= 0:
+        return []
+    drifts = per_node_sensitivity(reference, candidate, inputs, top=top)
+    meta = (
+        {n.name: n.metadata_props.get("onnxfit:from", "") for n in origins.graph} if origins else {}
+    )
+    return [
+        {
+            "node": d.node,
+            "op_type": d.op_type,
+            "output": d.output,
+            "rel_error": d.rel_error,
+            "added": d.added,
+            "cosine": d.cosine,
+            "from": meta.get(d.node, ""),
+        }
+        for d in drifts
+    ]
