@@ -39,8 +39,9 @@ demo: venv
 	$(if $(wildcard $(COCO)),$(OF) eval build/yolov3-tiny.onnx $(COCO) --task detect,@echo "no COCO sample: eval skipped")
 	$(if $(wildcard $(COCO)),$(OF) eval build/yolov3-tiny-xbox.onnx $(COCO) --task detect,@true)
 	@echo "== 5. run on a few images, boxes drawn into build/drawn/"
+	@rm -rf build/drawn build/drawn.jsonl
 	$(if $(wildcard $(COCO)),$(OF) run build/yolov3-tiny-xbox.onnx $(wordlist 1,4,$(sort $(wildcard $(COCO)/images/val2017/*.jpg))) \
-		--labels $(COCO)/coco80_names.txt --draw build/drawn -o build/drawn/results.jsonl --force,@echo "no COCO sample: run skipped")
+		--labels $(COCO)/coco80_names.txt --draw build/drawn -o build/drawn.jsonl,@echo "no COCO sample: run skipped")
 	@echo "== 6. before / after, side by side (this CPU measures; the console is projected)"
 	$(OF) compare build/yolov3-tiny.onnx build/yolov3-tiny-xbox.onnx --target xbox-series-s \
 		--rounds 3 $(if $(wildcard $(COCO)),--eval $(COCO),)
