@@ -1,9 +1,16 @@
 """Safe model I/O: the only place ONNX protobuf files are read or written.
 
-* :func:`load` returns an :class:`onnx_ir.Model` with its external data resolved. It refuses,
-  with :class:`UnsafeModelError`, any external-data location that leaves the model's folder
-  (absolute path, ``..``, or a symlink that resolves outside). A missing, empty, truncated or
-  non-ONNX file raises :class:`ModelLoadError` naming the file and the reason.
+* :func:`load` returns an :class:`onnx_ir.Model` with its external data resolved (relative to
+  the model's own folder, whatever the current directory). Before anything else reads the
+  model, it is checked at this edge: a missing, empty, irregular (FIFO, folder), over-2-GiB,
+  truncated or non-ONNX file, and every structural defect :mod:`onnxfit.io.validate` knows
+  (undefined values, cycles, unknown dtypes, attributes of the wrong type, recursive
+  functions, tensor data that disagrees with its dims...) raise :class:`ModelLoadError` naming
+  the file, the node or tensor, and the reason. External data is checked by
+  :mod:`onnxfit.io.external`: a location that leaves the model's folder (absolute path, ``..``,
+  symlink out) raises :class:`UnsafeModelError`; a missing or irregular file or a byte range
+  past its end raises :class:`ModelLoadError`. Sparse initializers become dense ones.
+* :func:`load_proto` gives the checked ModelProto (for onnxruntime and its tools).
 * :func:`save` writes atomically (temporary file in the same folder, flush + fsync, rename),
   switches to external data when the serialized model would pass protobuf's 2 GiB limit, and
   refuses to overwrite the file the model was loaded from unless ``force=True``.
@@ -14,10 +21,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +35,25 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from onnxfit import atomic
-from onnxfit.errors import ModelLoadError, UnsafeModelError
+from onnxfit.errors import ModelLoadError, OnnxfitError
+from onnxfit.io.external import check_external_data, read_external
+from onnxfit.io.tensors import all_tensors, densify_sparse_initializers
+from onnxfit.io.validate import validate
+
+__all__ = [
+    "MIB",
+    "PROTOBUF_LIMIT",
+    "SOURCE_KEY",
+    "FileSize",
+    "check_external_data",
+    "file_size",
+    "from_proto",
+    "load",
+    "load_proto",
+    "save",
+    "to_bytes",
+    "to_proto",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,67 +87,29 @@ class FileSize:
         }
 
 
-def _iter_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    yield from external_data_helper._get_all_tensors(proto)
-
-
-def _external_locations(proto: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(tensor name, location) of every tensor stored as external data."""
-    out = []
-    for tensor in _iter_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in tensor.external_data}
-            out.append((tensor.name, info.get("location", "")))
-    return out
-
-
-def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> list[Path]:
-    """Check every external-data location stays inside ``base_dir``; return the files used.
-
-    Raises :class:`UnsafeModelError` naming the tensor and location of the first bad entry,
-    and :class:`ModelLoadError` when a referenced file is missing.
-    """
-    base = base_dir.resolve()
-    files: list[Path] = []
-    for name, location in _external_locations(proto):
-        where = f"tensor {name!r} has external data location {location!r}"
-        if not location:
-            raise UnsafeModelError(f"{where}: empty location")
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location[:3]:
-            raise UnsafeModelError(
-                f"{where}: absolute paths are refused",
-                hint="external data must sit in the model's folder; re-save the model there",
-            )
-        parts = Path(location.replace("\\", "/")).parts
-        if ".." in parts:
-            raise UnsafeModelError(
-                f"{where}: '..' leaves the model's folder",
-                hint="external data must sit in the model's folder; re-save the model there",
-            )
-        target = (base / location).resolve()
-        if not target.is_relative_to(base):
-            raise UnsafeModelError(
-                f"{where}: it resolves to {target}, outside {base} (symlink?)",
-                hint="copy the data file into the model's folder instead of linking to it",
-            )
-        if not target.is_file():
-            raise ModelLoadError(
-                f"{where}: file {target} does not exist",
-                hint="keep the .data file next to the .onnx file",
-            )
-        if target not in files:
-            files.append(target)
-    return files
-
-
 def _read_proto(path: Path) -> onnx.ModelProto:
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file", hint="check the path")
-    if path.is_dir():
+    """Parse ``path`` after checking it is a regular, non-empty file under protobuf's limit."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ModelLoadError(f"{path}: no such file", hint="check the path") from None
+        reason = "a symlink loop" if exc.errno == errno.ELOOP else exc.strerror
+        raise ModelLoadError(f"{path}: cannot open it ({reason})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ModelLoadError(f"{path}: is a folder, not an .onnx file")
-    size = path.stat().st_size
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(
+            f"{path}: not a regular file", hint="give the path of a .onnx file on disk"
+        )
+    if st.st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty", hint="re-export or re-download it")
+    if st.st_size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path}: {st.st_size / 2**30:.1f} GiB; a single .onnx file cannot exceed 2 GiB "
+            "(protobuf's limit), so this one is damaged or not ONNX",
+            hint="models above 2 GiB keep their weights in external .data files; re-export so",
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -135,6 +123,7 @@ def _read_proto(path: Path) -> onnx.ModelProto:
             f"{path}: {reason} ({type(exc).__name__})",
             hint="re-export or re-download the model",
         ) from None
+    del data
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelLoadError(
             f"{path}: not an ONNX model (no graph or no opset import)",
@@ -145,6 +134,27 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     return proto
 
 
+def _checked_proto(path: Path, *, densify: bool = False) -> tuple[onnx.ModelProto, list[Path]]:
+    """Read, validate (:mod:`onnxfit.io.validate`) and check external data; (proto, files).
+
+    ``densify`` also turns sparse initializers into dense ones (for onnx_ir).
+    """
+    proto = _read_proto(path)
+    try:
+        notes = validate(proto)
+        files = check_external_data(proto, path.parent)
+        densify_sparse_initializers(
+            proto, lambda t: read_external(t, path.parent), check_only=not densify
+        )
+    except OnnxfitError as exc:
+        exc.message = f"{path}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+    for note in notes:
+        logger.info("%s: %s", path, note)
+    return proto, files
+
+
 def load(path: str | os.PathLike[str]) -> ir.Model:
     """Load a model file into an :class:`onnx_ir.Model`, refusing unsafe external data.
 
@@ -152,8 +162,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
     recorded in ``model.meta`` so that :func:`save` can refuse to overwrite it.
     """
     p = Path(path)
-    proto = _read_proto(p)
-    check_external_data(proto, p.parent)
+    proto, _ = _checked_proto(p, densify=True)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # malformed fields that parse as protobuf but not as ONNX
@@ -167,16 +176,43 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
 def load_proto(path: str | os.PathLike[str], *, with_external: bool = True) -> onnx.ModelProto:
     """Load a model as protobuf (for tools that need one), with the same safety checks."""
     p = Path(path)
-    proto = _read_proto(p)
-    check_external_data(proto, p.parent)
-    if with_external and _external_locations(proto):
+    proto, files = _checked_proto(p)
+    if with_external and files:
         external_data_helper.load_external_data_for_model(proto, str(p.parent))
     return proto
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialize an IR model to a ModelProto (external tensors are read into memory)."""
-    return ir.to_proto(model)
+    """Serialize an IR model to a self-contained ModelProto: external tensors are read into it.
+
+    onnx_ir itself writes external references (relative locations), which would then be
+    resolved against the current directory by whoever reads the proto; reading the bytes here
+    keeps a model loaded from another folder working.
+    """
+    proto = ir.to_proto(model)
+    external: dict[tuple[str, int], ir.ExternalTensor] = {}
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                t = value.const_value
+                external[(str(t.location), t.offset or 0)] = t
+        for node in graph:
+            for attr in node.attributes.values():
+                if isinstance(attr.value, ir.ExternalTensor):
+                    external[(str(attr.value.location), attr.value.offset or 0)] = attr.value
+    if not external:
+        return proto
+    for _, tensor in all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        source = external.get((info.get("location", ""), int(info.get("offset") or 0)))
+        if source is None:
+            continue
+        tensor.raw_data = source.tobytes()
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return proto
 
 
 def from_proto(proto: onnx.ModelProto) -> ir.Model:
@@ -258,7 +294,7 @@ def save(
 def file_size(path: str | os.PathLike[str]) -> FileSize:
     """Exact bytes on disk of a model file and the external-data files it references."""
     p = Path(path)
-    files = check_external_data(_read_proto(p), p.parent)
+    _, files = _checked_proto(p)
     model_bytes = p.stat().st_size
     external = sum(f.stat().st_size for f in files)
     return FileSize(str(p), model_bytes + external, model_bytes, external)
