@@ -182,14 +182,8 @@ def load_proto(path: str | os.PathLike[str], *, with_external: bool = True) -> o
     return proto
 
 
-def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialize an IR model to a self-contained ModelProto: external tensors are read into it.
-
-    onnx_ir itself writes external references (relative locations), which would then be
-    resolved against the current directory by whoever reads the proto; reading the bytes here
-    keeps a model loaded from another folder working.
-    """
-    proto = ir.to_proto(model)
+def _external_tensors(model: ir.Model) -> dict[tuple[str, int], ir.ExternalTensor]:
+    """(location, offset) -> every external tensor of ``model`` (initializers, attributes)."""
     external: dict[tuple[str, int], ir.ExternalTensor] = {}
     for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
@@ -200,6 +194,18 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
             for attr in node.attributes.values():
                 if isinstance(attr.value, ir.ExternalTensor):
                     external[(str(attr.value.location), attr.value.offset or 0)] = attr.value
+    return external
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialize an IR model to a self-contained ModelProto: external tensors are read into it.
+
+    onnx_ir itself writes external references (relative locations), which would then be
+    resolved against the current directory by whoever reads the proto; reading the bytes here
+    keeps a model loaded from another folder working.
+    """
+    proto = ir.to_proto(model)
+    external = _external_tensors(model)
     if not external:
         return proto
     for _, tensor in all_tensors(proto):
@@ -250,7 +256,10 @@ def save(
     if out.is_dir():
         raise ModelLoadError(f"{out}: is a folder; give a file name ending in .onnx")
     if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise atomic.output_error(out, exc) from None
     if isinstance(model, onnx.ModelProto):
         model = from_proto(model)
     source = model.meta.get(SOURCE_KEY)
@@ -266,29 +275,38 @@ def save(
     # The source-path marker belongs to the loaded object, not to the file we write.
     saved_meta = model.meta.pop(SOURCE_KEY, None)
     try:
-        proto = to_proto(model)
-        if proto.ByteSize() < external_threshold:
-            atomic.write_bytes(out, proto.SerializeToString())
+        # the size without reading external tensors in: a model above the limit is not read
+        external = sum(t.nbytes for t in _external_tensors(model).values())
+        if ir.to_proto(model).ByteSize() + external < external_threshold:
+            atomic.write_bytes(out, to_proto(model).SerializeToString())
         else:
-            data_name = out.name + ".data"
-            mode = atomic.file_mode(out)
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-            os.close(fd)
-            try:
-                # onnx_ir writes the external file atomically itself, then we rename the graph.
-                ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
-                os.chmod(tmp, mode)  # mkstemp created it 0600
-                os.replace(tmp, out)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            _save_external(model, out)
+    except OSError as exc:
+        if exc.errno not in atomic.WRITE_ERRNOS:
+            raise
+        raise atomic.output_error(out, exc) from None
     finally:
         if saved_meta is not None:
             model.meta[SOURCE_KEY] = saved_meta
     size = file_size(out)
     logger.info("saved %s (%d bytes, %.2f MiB)", out, size.bytes, size.mib)
     return size
+
+
+def _save_external(model: ir.Model, out: Path) -> None:
+    """Save with tensors in ``<out>.data`` (onnx_ir writes that file atomically itself; the
+    graph goes to a temporary file renamed over ``out``)."""
+    mode = atomic.file_mode(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        ir.save(model, tmp, external_data=out.name + ".data", size_threshold_bytes=1024)
+        os.chmod(tmp, mode)  # mkstemp created it 0600
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def file_size(path: str | os.PathLike[str]) -> FileSize:

@@ -31,6 +31,7 @@ from onnxfit.optimizer.result import OptimizeResult
 from onnxfit.optimizer.stats import measure_latency, model_stats, one_sample
 from onnxfit.passes.base import PassReport
 from onnxfit.prune_budget import PRUNE_STEPS, run_budgeted
+from onnxfit.runtime.ort_errors import guard_ort
 from onnxfit.targets import Target, get_target
 from onnxfit.verify import compare_models
 
@@ -124,6 +125,7 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+@guard_ort("while optimizing the model")
 def optimize(
     model_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -196,7 +198,7 @@ def optimize(
         precision=the_plan.model_precision,
     )
     after = model_stats(final, target=tgt, file_bytes=len(payload), precision=the_plan.precision)
-    sample = one_sample(data.verify_feeds(original, limit=1)[0])
+    sample = one_sample(data.verify_feeds(original, limit=1)[0], original)
     before.measured_latency_s = measure_latency(original, sample, runs=opts.measure_runs)
     after.measured_latency_s = measure_latency(final, sample, runs=opts.measure_runs)
     free, left = _free_dims(final)
