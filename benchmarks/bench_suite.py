@@ -98,7 +98,7 @@ def entries() -> list[Entry]:
             Entry(
                 "YOLOv3-tiny (trained, Darknet)", _darknet, coco / "images" / "val2017", coco, True
             ),
-        )  # noqa: E501
+        )
     else:
         out.append(Entry("YOLOv3-tiny (zoo, untrained)", _zoo("yolov3-tiny"), None, None, False))
     if have:

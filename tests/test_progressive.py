@@ -128,7 +128,7 @@ def test_streamed_sections_match_whole_model_and_stay_in_budget(tmp_path: Path) 
         plan = loader.plan
         assert plan.sectioned and not plan.resident and len(plan.sections) >= 3
         # metadata only: the section models hold no weight bytes, only references to the file
-        protos = [io.to_proto(m) for m in loader._models]
+        protos = [io.to_proto(m, inline_external=False) for m in loader._models]
         inits = [t for p in protos for t in p.graph.initializer]
         assert len(inits) == 8
         assert all(t.data_location == TensorProto.EXTERNAL and not t.raw_data for t in inits)

@@ -3,17 +3,42 @@
 Every file onnxfit writes (models, reports, plots, pages, JSON sidecars) goes through
 :func:`atomic_open`: a temporary file in the same folder, flushed and fsync'ed, given the mode a
 plain ``open()`` would have given it (``mkstemp`` creates 0600), then renamed over the target.
-On any error the temporary file is removed and the target is untouched.
+On any error the temporary file is removed and the target is untouched; a read-only folder,
+a full disk, a missing folder or a path that is too long becomes one
+:class:`~onnxfit.errors.OutputError` line (:func:`output_error`) instead of a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from onnxfit.errors import OutputError
+
+#: errno values that mean "this output cannot be written here" (not a bug in onnxfit).
+WRITE_ERRNOS = frozenset(
+    {
+        errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT,
+        errno.ENOTDIR, errno.EISDIR, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV,
+    }
+)  # fmt: skip
+
+
+def output_error(path: str | os.PathLike[str], exc: OSError) -> OutputError:
+    """One line saying why ``path`` cannot be written, with what to do about it."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        hint = "free some disk space, or write to another disk"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "write to a folder you can write to (-o other/folder/file)"
+    else:
+        hint = "check the output path"
+    return OutputError(f"cannot write {path}: {reason}", hint=hint)
 
 
 def file_mode(path: str | os.PathLike[str] | None = None) -> int:
@@ -33,7 +58,12 @@ def atomic_open(
     """Open a temporary file beside ``path`` for writing; rename it to ``path`` on success."""
     out = Path(path)
     final_mode = file_mode(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise output_error(out, exc) from None
+        raise
     try:
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             yield fh
@@ -41,9 +71,11 @@ def atomic_open(
             os.fsync(fh.fileno())
         os.chmod(tmp, final_mode)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise output_error(out, exc) from None
         raise
 
 

@@ -54,3 +54,12 @@ class VerificationError(OnnxfitError):
 
 class InputError(OnnxfitError):
     """A bad argument: unknown target, wrong shape or dtype, bad option value, bad data folder."""
+
+
+class ExecutionError(OnnxfitError):
+    """ONNX Runtime could not run the model (the message names the op and node when it can)."""
+
+
+class OutputError(OnnxfitError):
+    """An output cannot be written: it exists (no ``--force``), it is one of the command's own
+    inputs, or the folder is read-only or the disk is full. Nothing was changed."""

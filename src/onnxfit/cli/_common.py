@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from rich.progress import (
 from onnxfit.errors import OnnxfitError
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: The longest ``error:`` line the CLI prints (the full text is in the log with -vv).
+MAX_ERROR_CHARS = 500
 
 #: Results and tables go to stdout; progress, warnings and errors to stderr.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -39,13 +42,18 @@ def guarded(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OnnxfitError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
-            sys.exit(getattr(exc, "exit_code", 2))
+            _fail(exc)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise  # a bug in onnxfit: the traceback is wanted
+            # a last net: ORT failures are translated where they happen; one that slips
+            # through still gets one line
+            from onnxfit.runtime.ort_errors import ort_failure
+
+            _fail(ort_failure(exc, doing="while running the command"))
 
     return wrapper  # type: ignore[return-value]
 
@@ -60,6 +68,19 @@ def exit_over_budget(verdict: Any) -> None:
     hint = f"{step}; " if step else ""
     click.echo(f"hint: {hint}or pass --allow-over-budget to accept it", err=True)
     sys.exit(EXIT_DOES_NOT_FIT)
+
+
+def _fail(exc: OnnxfitError) -> None:
+    """Print ``error: ...`` (one line, capped) and ``hint: ...`` on stderr; exit 2 (or the
+    error's own ``exit_code``: 3 for a model that does not fit)."""
+    message = " ".join(exc.message.split())
+    if len(message) > MAX_ERROR_CHARS:
+        logging.getLogger("onnxfit.cli").debug("full error: %s", exc.message)
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    click.echo(f"error: {message}", err=True)
+    if exc.hint:
+        click.echo(f"hint: {' '.join(exc.hint.split())}", err=True)
+    sys.exit(getattr(exc, "exit_code", 2))
 
 
 def target_option(default: str = "xbox-series-s") -> Callable[[F], F]:

@@ -32,6 +32,7 @@ from onnxfit.optimizer.gate import USE_SCORE_THRESHOLD
 from onnxfit.optimizer.options import OptimizeOptions
 from onnxfit.optimizer.plan import OptimizePlan, build_plan
 from onnxfit.optimizer.result import OptimizeResult
+from onnxfit.runtime.ort_errors import guard_ort
 from onnxfit.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+@guard_ort("while optimizing the model")
 def optimize(
     model_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],

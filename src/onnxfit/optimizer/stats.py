@@ -81,9 +81,18 @@ def model_stats(
     )
 
 
-def one_sample(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The first sample of a feed (batch axis kept)."""
-    return {k: np.ascontiguousarray(v[:1]) for k, v in feed.items()}
+def one_sample(
+    feed: Mapping[str, np.ndarray], model: ir.Model | None = None
+) -> dict[str, np.ndarray]:
+    """The first sample of a feed (batch axis kept); the first ``n`` where ``model`` fixes the
+    input's batch dimension at ``n`` (a model built for batch 2 takes nothing else)."""
+    fixed: dict[str, int] = {}
+    if model is not None:
+        for value in model.graph.inputs:
+            dims = value.shape.dims if value.shape is not None else ()
+            if dims and isinstance(dims[0], int) and dims[0] > 0:
+                fixed[str(value.name)] = dims[0]
+    return {k: np.ascontiguousarray(v[: fixed.get(k, 1)]) for k, v in feed.items()}
 
 
 def measure_latency(

@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxfit import io
+from onnxfit.errors import ModelLoadError
 from onnxfit.passes.fp16 import F32, FP16_MAX, FP16_TINY, infer_dtypes
+from onnxfit.runtime.ort_errors import quiet_ort, translated
 
 logger = logging.getLogger(__name__)
 
@@ -99,17 +102,15 @@ def activation_stats(
     Each element of ``feeds`` is one ``{input name: array}`` batch for onnxruntime (CPU,
     graph optimizations off, so that every value of the graph exists).
     """
-    import onnxruntime as ort
-
     proto, where = _exposed_proto(model)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(io.to_bytes(proto), options, providers=["CPUExecutionProvider"])
+    session = _session(proto)
     names = [o.name for o in session.get_outputs() if o.name in where]
     stats = {n: ActivationStats(n, *where[n]) for n in names}
     batches = 0
     for feed in feeds:
-        for name, array in zip(names, session.run(names, dict(feed)), strict=True):
+        with translated("measuring activations"):
+            arrays = session.run(names, dict(feed))
+        for name, array in zip(names, arrays, strict=True):
             stats[name].update(array)
         batches += 1
     logger.info("activation stats: %d values over %d batches", len(stats), batches)
@@ -118,14 +119,22 @@ def activation_stats(
 
 def collect_activations(model: ir.Model, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every float32 value of ``model`` (by name) for one input batch ``feed``."""
+    proto, where = _exposed_proto(model)
+    session = _session(proto)
+    names = [o.name for o in session.get_outputs() if o.name in where]
+    with translated("collecting activations"):
+        return dict(zip(names, session.run(names, dict(feed)), strict=True))
+
+
+def _session(proto: Any) -> Any:
+    """A CPU session with graph optimizations off (every value of the graph exists)."""
     import onnxruntime as ort
 
-    proto, where = _exposed_proto(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(io.to_bytes(proto), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs() if o.name in where]
-    return dict(zip(names, session.run(names, dict(feed)), strict=True))
+    options.log_severity_level = quiet_ort()
+    with translated("to load the model", error=ModelLoadError):
+        return ort.InferenceSession(io.to_bytes(proto), options, providers=["CPUExecutionProvider"])
 
 
 def fp16_risk_nodes(

@@ -50,7 +50,9 @@ from onnxfit import io
 from onnxfit.data.calibration import CalibrationData, synthetic_inputs
 from onnxfit.errors import InputError
 from onnxfit.passes.base import OnnxfitPass, count_ops
+from onnxfit.passes.quantizer_guard import quantize_keeping_failures_float
 from onnxfit.passes.ranges import METHODS, Method, Ranges, collect_ranges, default_op_types
+from onnxfit.runtime.ort_errors import quiet_ort
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ def prepare_for_quantization(
                 hint="re-export the model at opset 13 or newer",
             ) from None
     _name_nodes(proto)
+    quiet_ort()  # ORT's tools make their own sessions, on the default logger
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with scratch_dir(chdir=True) as tmp:
@@ -162,6 +165,7 @@ def quantize_with_ranges(
     runs here. ``nodes_to_exclude`` names nodes of ``prepared`` that stay float.
     """
     _check_types(activation_type, weight_type)
+    quiet_ort()
     proto = io.to_proto(prepared)
     if per_channel and _opset(proto) < MIN_OPSET:
         raise InputError(
@@ -175,20 +179,27 @@ def quantize_with_ranges(
         src, dst, cache = tmp / "prepared.onnx", tmp / "int8.onnx", tmp / "ranges.json"
         io.save(proto, src, force=True)
         ranges.write_cache(cache)
-        quantize_static(
-            str(src),
-            str(dst),
-            calibration_data_reader=None,
-            calibration_cache_path=str(cache),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types) if op_types is not None else default_op_types(),
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=_QTYPES[activation_type],
-            weight_type=_QTYPES[weight_type],
-            nodes_to_exclude=list(nodes_to_exclude),
-            calibrate_method=METHODS[ranges.method],
-        )
+
+        def quantize(excluded: list[str]) -> None:
+            dst.unlink(missing_ok=True)
+            quantize_static(
+                str(src),
+                str(dst),
+                calibration_data_reader=None,
+                calibration_cache_path=str(cache),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=(
+                    list(op_types) if op_types is not None else default_op_types()
+                ),
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=_QTYPES[activation_type],
+                weight_type=_QTYPES[weight_type],
+                nodes_to_exclude=excluded,
+                calibrate_method=METHODS[ranges.method],
+            )
+
+        quantize_keeping_failures_float(quantize, nodes_to_exclude)
         return _read_back(dst)
 
 

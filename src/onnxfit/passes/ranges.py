@@ -33,6 +33,7 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxfit import io
 from onnxfit.data.calibration import CalibrationData, model_inputs
 from onnxfit.errors import InputError
+from onnxfit.runtime.ort_errors import one_line, quiet_ort
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def collect_ranges(
         raise InputError(
             f"unknown calibration method {method!r}", hint=f"use one of {', '.join(METHODS)}"
         )
+    quiet_ort()  # ORT's calibrator makes its own sessions, on the default logger
     reader = data.reader() if isinstance(data, CalibrationData) else data
     synthetic = data.synthetic if isinstance(data, CalibrationData) else False
     if isinstance(data, CalibrationData):
@@ -188,7 +190,7 @@ def collect_ranges(
                 calibrator.collect_data(_Prepend(first, part))
             except (InvalidArgument, Fail) as exc:  # shapes/dtypes the model refuses
                 raise InputError(
-                    f"the model cannot run on the calibration data: {exc}",
+                    one_line(f"the model cannot run on the calibration data: {exc}"),
                     hint="check the data's shape and dtype against the model's inputs",
                 ) from None
             total += part.samples

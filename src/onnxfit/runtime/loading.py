@@ -160,6 +160,6 @@ def build_section_session(
     so.graph_optimization_level = OPT_LEVELS[optimization]
     if sectioned:
         so.enable_cpu_mem_arena = False
-    sess = inference_session(io.to_bytes(model), so, session_plan.providers)
+    sess = inference_session(io.to_bytes(model, inline_external=False), so, session_plan.providers)
     malloc_trim()
     return sess

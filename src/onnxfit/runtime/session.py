@@ -34,10 +34,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from onnxfit import io
-from onnxfit.errors import InputError, ModelLoadError
+from onnxfit.errors import InputError
 from onnxfit.runtime.binding import (
     DeviceBinding,
     PooledBinding,
@@ -45,6 +44,7 @@ from onnxfit.runtime.binding import (
     graph_capture_shapes,
 )
 from onnxfit.runtime.feeds import TensorSpec, check_feeds, fmt_shape, spec_from_ort
+from onnxfit.runtime.ort_errors import ORT_OR_MEMORY, ort_failure, quiet_ort, session_failure
 from onnxfit.runtime.pool import MemoryPool
 from onnxfit.runtime.settings import (
     ProviderArg,
@@ -60,15 +60,9 @@ __all__ = ["Session", "TensorSpec", "check_feeds", "deploy_settings", "plan_sess
 
 logger = logging.getLogger(__name__)
 
-_ORT_ERRORS: tuple[type[Exception], ...] = (
-    RuntimeError,
-    _ort_state.Fail,
-    _ort_state.InvalidGraph,
-    _ort_state.InvalidArgument,
-    _ort_state.InvalidProtobuf,
-    _ort_state.NotImplemented,
-    _ort_state.RuntimeException,
-)
+_ORT_ERRORS = ORT_OR_MEMORY
+#: Creating a session also raises RuntimeError (unknown provider, unreadable source...).
+_CREATE_ERRORS: tuple[type[BaseException], ...] = (*ORT_OR_MEMORY, RuntimeError)
 
 
 def _load_proto(model: str | os.PathLike[str] | ir.Model | onnx.ModelProto) -> onnx.ModelProto:
@@ -139,15 +133,12 @@ class Session:
             str(model) if isinstance(model, str | os.PathLike) else io.to_bytes(proto)
         )
         del proto
+        options = build_session_options(self.plan)
+        options.log_severity_level = quiet_ort()
         try:
-            self._sess: Any = inference_session(
-                source, build_session_options(self.plan), self.plan.providers
-            )
-        except _ORT_ERRORS as exc:
-            raise ModelLoadError(
-                f"onnxruntime cannot create a session for the model: {exc}",
-                hint="check the model with onnx.checker; an op or opset may be unsupported",
-            ) from None
+            self._sess: Any = inference_session(source, options, self.plan.providers)
+        except _CREATE_ERRORS as exc:
+            raise session_failure(exc) from None
         running = self._sess.get_providers()[0]
         if running != self.plan.provider:  # listed as available but failed to start
             msg = f"{self.plan.provider} did not start; {running} runs instead"
@@ -239,9 +230,12 @@ class Session:
         """Run once; returns ``{output name: array}`` (arrays the caller owns)."""
         arrays = self.check_feeds(feeds)
         with self._running() as sess:
-            if self._binding is not None:
-                return self._binding.run(arrays, copy=True)
-            values = sess.run(self._output_names, arrays)
+            try:
+                if self._binding is not None:
+                    return self._binding.run(arrays, copy=True)
+                values = sess.run(self._output_names, arrays)
+            except _ORT_ERRORS as exc:
+                raise ort_failure(exc, doing="running the model") from None
         return dict(zip(self._output_names, values, strict=True))
 
     def run_device(self, feeds: Mapping[str, ort.OrtValue]) -> dict[str, ort.OrtValue]:
@@ -265,7 +259,10 @@ class Session:
                 binding.bind_ortvalue_input(name, value)
             for name in self._output_names:
                 binding.bind_output(name, self.plan.device_type, self.plan.device_id)
-            sess.run_with_iobinding(binding)
+            try:
+                sess.run_with_iobinding(binding)
+            except _ORT_ERRORS as exc:
+                raise ort_failure(exc, doing="running the model") from None
             return dict(zip(self._output_names, binding.get_outputs(), strict=True))
 
     def run_bound(self, feeds: Mapping[str, Any], *, copy: bool = True) -> dict[str, np.ndarray]:
@@ -288,7 +285,10 @@ class Session:
         with self._running():
             binding = self._binding
             assert isinstance(binding, PooledBinding | StaticBinding)  # not closed meanwhile
-            return binding.run(arrays, copy=copy)
+            try:
+                return binding.run(arrays, copy=copy)
+            except _ORT_ERRORS as exc:
+                raise ort_failure(exc, doing="running the model") from None
 
     def input_buffers(self) -> dict[str, np.ndarray]:
         """The bound input buffers (after a first :meth:`run_bound`): write into them and pass

@@ -1,9 +1,16 @@
 """Safe model I/O: the only place ONNX protobuf files are read or written.
 
-* :func:`load` returns an :class:`onnx_ir.Model` with its external data resolved. It refuses,
-  with :class:`UnsafeModelError`, any external-data location that leaves the model's folder
-  (absolute path, ``..``, or a symlink that resolves outside). A missing, empty, truncated or
-  non-ONNX file raises :class:`ModelLoadError` naming the file and the reason.
+* :func:`load` returns an :class:`onnx_ir.Model` with its external data resolved (relative to
+  the model's own folder, whatever the current directory). Before anything else reads the
+  model, it is checked at this edge: a missing, empty, irregular (FIFO, folder), over-2-GiB,
+  truncated or non-ONNX file, and every structural defect :mod:`onnxfit.io.validate` knows
+  (undefined values, cycles, unknown dtypes, attributes of the wrong type, recursive
+  functions, tensor data that disagrees with its dims...) raise :class:`ModelLoadError` naming
+  the file, the node or tensor, and the reason. External data is checked by
+  :mod:`onnxfit.io.external`: a location that leaves the model's folder (absolute path, ``..``,
+  symlink out) raises :class:`UnsafeModelError`; a missing or irregular file or a byte range
+  past its end raises :class:`ModelLoadError`. Sparse initializers become dense ones.
+* :func:`load_proto` gives the checked ModelProto (for onnxruntime and its tools).
 * :func:`save` writes atomically (temporary file in the same folder, flush + fsync, rename),
   switches to external data when the serialized model would pass protobuf's 2 GiB limit, and
   refuses to overwrite the file the model was loaded from unless ``force=True``.
@@ -14,10 +21,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +37,25 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from onnxfit import atomic
-from onnxfit.errors import ModelLoadError, UnsafeModelError
+from onnxfit.errors import ModelLoadError, OnnxfitError
+from onnxfit.io.external import check_external_data, read_external
+from onnxfit.io.tensors import all_tensors, densify_sparse_initializers
+from onnxfit.io.validate import validate
+
+__all__ = [
+    "MIB",
+    "PROTOBUF_LIMIT",
+    "SOURCE_KEY",
+    "FileSize",
+    "check_external_data",
+    "file_size",
+    "from_proto",
+    "load",
+    "load_proto",
+    "save",
+    "to_bytes",
+    "to_proto",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,67 +89,29 @@ class FileSize:
         }
 
 
-def _iter_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    yield from external_data_helper._get_all_tensors(proto)
-
-
-def _external_locations(proto: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(tensor name, location) of every tensor stored as external data."""
-    out = []
-    for tensor in _iter_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in tensor.external_data}
-            out.append((tensor.name, info.get("location", "")))
-    return out
-
-
-def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> list[Path]:
-    """Check every external-data location stays inside ``base_dir``; return the files used.
-
-    Raises :class:`UnsafeModelError` naming the tensor and location of the first bad entry,
-    and :class:`ModelLoadError` when a referenced file is missing.
-    """
-    base = base_dir.resolve()
-    files: list[Path] = []
-    for name, location in _external_locations(proto):
-        where = f"tensor {name!r} has external data location {location!r}"
-        if not location:
-            raise UnsafeModelError(f"{where}: empty location")
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location[:3]:
-            raise UnsafeModelError(
-                f"{where}: absolute paths are refused",
-                hint="external data must sit in the model's folder; re-save the model there",
-            )
-        parts = Path(location.replace("\\", "/")).parts
-        if ".." in parts:
-            raise UnsafeModelError(
-                f"{where}: '..' leaves the model's folder",
-                hint="external data must sit in the model's folder; re-save the model there",
-            )
-        target = (base / location).resolve()
-        if not target.is_relative_to(base):
-            raise UnsafeModelError(
-                f"{where}: it resolves to {target}, outside {base} (symlink?)",
-                hint="copy the data file into the model's folder instead of linking to it",
-            )
-        if not target.is_file():
-            raise ModelLoadError(
-                f"{where}: file {target} does not exist",
-                hint="keep the .data file next to the .onnx file",
-            )
-        if target not in files:
-            files.append(target)
-    return files
-
-
 def _read_proto(path: Path) -> onnx.ModelProto:
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file", hint="check the path")
-    if path.is_dir():
+    """Parse ``path`` after checking it is a regular, non-empty file under protobuf's limit."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ModelLoadError(f"{path}: no such file", hint="check the path") from None
+        reason = "a symlink loop" if exc.errno == errno.ELOOP else exc.strerror
+        raise ModelLoadError(f"{path}: cannot open it ({reason})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ModelLoadError(f"{path}: is a folder, not an .onnx file")
-    size = path.stat().st_size
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(
+            f"{path}: not a regular file", hint="give the path of a .onnx file on disk"
+        )
+    if st.st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty", hint="re-export or re-download it")
+    if st.st_size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path}: {st.st_size / 2**30:.1f} GiB; a single .onnx file cannot exceed 2 GiB "
+            "(protobuf's limit), so this one is damaged or not ONNX",
+            hint="models above 2 GiB keep their weights in external .data files; re-export so",
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -137,6 +125,7 @@ def _read_proto(path: Path) -> onnx.ModelProto:
             f"{path}: {reason} ({type(exc).__name__})",
             hint="re-export or re-download the model",
         ) from None
+    del data
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelLoadError(
             f"{path}: not an ONNX model (no graph or no opset import)",
@@ -147,6 +136,27 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     return proto
 
 
+def _checked_proto(path: Path, *, densify: bool = False) -> tuple[onnx.ModelProto, list[Path]]:
+    """Read, validate (:mod:`onnxfit.io.validate`) and check external data; (proto, files).
+
+    ``densify`` also turns sparse initializers into dense ones (for onnx_ir).
+    """
+    proto = _read_proto(path)
+    try:
+        notes = validate(proto)
+        files = check_external_data(proto, path.parent)
+        densify_sparse_initializers(
+            proto, lambda t: read_external(t, path.parent), check_only=not densify
+        )
+    except OnnxfitError as exc:
+        exc.message = f"{path}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+    for note in notes:
+        logger.info("%s: %s", path, note)
+    return proto, files
+
+
 def load(path: str | os.PathLike[str]) -> ir.Model:
     """Load a model file into an :class:`onnx_ir.Model`, refusing unsafe external data.
 
@@ -154,8 +164,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
     recorded in ``model.meta`` so that :func:`save` can refuse to overwrite it.
     """
     p = Path(path)
-    proto = _read_proto(p)
-    check_external_data(proto, p.parent)
+    proto, _ = _checked_proto(p, densify=True)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # malformed fields that parse as protobuf but not as ONNX
@@ -169,17 +178,51 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
 def load_proto(path: str | os.PathLike[str], *, with_external: bool = True) -> onnx.ModelProto:
     """Load a model as protobuf (for tools that need one), with the same safety checks."""
     p = Path(path)
-    proto = _read_proto(p)
-    check_external_data(proto, p.parent)
-    if with_external and _external_locations(proto):
+    proto, files = _checked_proto(p)
+    if with_external and files:
         external_data_helper.load_external_data_for_model(proto, str(p.parent))
     return proto
 
 
-def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialize an IR model to a ModelProto; external tensors stay references to their files
-    (location, offset, length), unread."""
-    return ir.to_proto(model)
+def _external_tensors(model: ir.Model) -> dict[tuple[str, int], ir.ExternalTensor]:
+    """(location, offset) -> every external tensor of ``model`` (initializers, attributes)."""
+    external: dict[tuple[str, int], ir.ExternalTensor] = {}
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                t = value.const_value
+                external[(str(t.location), t.offset or 0)] = t
+        for node in graph:
+            for attr in node.attributes.values():
+                if isinstance(attr.value, ir.ExternalTensor):
+                    external[(str(attr.value.location), attr.value.offset or 0)] = attr.value
+    return external
+
+
+def to_proto(model: ir.Model, *, inline_external: bool = True) -> onnx.ModelProto:
+    """Serialize an IR model to a ModelProto.
+
+    ``inline_external=True`` (the default) makes it self-contained: external tensors are read
+    into it. onnx_ir itself writes external references (relative locations), which would then be
+    resolved against the current directory by whoever reads the proto; reading the bytes here
+    keeps a model loaded from another folder working. ``False`` keeps the references, unread
+    (progressive loading hands ORT the folder and never reads the weights in Python).
+    """
+    proto = ir.to_proto(model)
+    external = _external_tensors(model) if inline_external else {}
+    if not external:
+        return proto
+    for _, tensor in all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        source = external.get((info.get("location", ""), int(info.get("offset") or 0)))
+        if source is None:
+            continue
+        tensor.raw_data = source.tobytes()
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return proto
 
 
 def from_proto(proto: onnx.ModelProto) -> ir.Model:
@@ -211,9 +254,14 @@ def clone(model: ir.Model) -> ir.Model:
     return copy
 
 
-def to_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
-    """The serialized model, e.g. for ``onnxruntime.InferenceSession(bytes)`` (< 2 GiB)."""
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+def to_bytes(model: ir.Model | onnx.ModelProto, *, inline_external: bool = True) -> bytes:
+    """The serialized model, e.g. for ``onnxruntime.InferenceSession(bytes)`` (< 2 GiB);
+    ``inline_external`` as in :func:`to_proto`."""
+    proto = (
+        model
+        if isinstance(model, onnx.ModelProto)
+        else to_proto(model, inline_external=inline_external)
+    )
     return proto.SerializeToString()
 
 
@@ -241,7 +289,10 @@ def save(
     if out.is_dir():
         raise ModelLoadError(f"{out}: is a folder; give a file name ending in .onnx")
     if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise atomic.output_error(out, exc) from None
     if isinstance(model, onnx.ModelProto):
         model = from_proto(model)
     source = model.meta.get(SOURCE_KEY)
@@ -257,23 +308,16 @@ def save(
     # The source-path marker belongs to the loaded object, not to the file we write.
     saved_meta = model.meta.pop(SOURCE_KEY, None)
     try:
-        proto = to_proto(model)
-        if proto.ByteSize() < external_threshold:
-            atomic.write_bytes(out, proto.SerializeToString())
+        # the size without reading external tensors in: a model above the limit is not read
+        external = sum(t.nbytes for t in _external_tensors(model).values())
+        if ir.to_proto(model).ByteSize() + external < external_threshold:
+            atomic.write_bytes(out, to_proto(model).SerializeToString())
         else:
-            data_name = out.name + ".data"
-            mode = atomic.file_mode(out)
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-            os.close(fd)
-            try:
-                # onnx_ir writes the external file atomically itself, then we rename the graph.
-                ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
-                os.chmod(tmp, mode)  # mkstemp created it 0600
-                os.replace(tmp, out)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            _save_external(model, out)
+    except OSError as exc:
+        if exc.errno not in atomic.WRITE_ERRNOS:
+            raise
+        raise atomic.output_error(out, exc) from None
     finally:
         if saved_meta is not None:
             model.meta[SOURCE_KEY] = saved_meta
@@ -282,10 +326,26 @@ def save(
     return size
 
 
+def _save_external(model: ir.Model, out: Path) -> None:
+    """Save with tensors in ``<out>.data`` (onnx_ir writes that file atomically itself; the
+    graph goes to a temporary file renamed over ``out``)."""
+    mode = atomic.file_mode(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        ir.save(model, tmp, external_data=out.name + ".data", size_threshold_bytes=1024)
+        os.chmod(tmp, mode)  # mkstemp created it 0600
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def file_size(path: str | os.PathLike[str]) -> FileSize:
     """Exact bytes on disk of a model file and the external-data files it references."""
     p = Path(path)
-    files = check_external_data(_read_proto(p), p.parent)
+    _, files = _checked_proto(p)
     model_bytes = p.stat().st_size
     external = sum(f.stat().st_size for f in files)
     return FileSize(str(p), model_bytes + external, model_bytes, external)

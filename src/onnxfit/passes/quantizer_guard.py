@@ -1,0 +1,68 @@
+"""Running onnxruntime's INT8 quantizer so that one node it cannot handle stays float.
+
+ORT's quantization tools are Python code that can fail deep inside on one node (seen on a real
+speech model: a broadcast error in the bias quantizer). :func:`quantize_keeping_failures_float`
+calls the quantizer; when it fails and its frames name the node it was working on, that node
+is added to the excluded list (it stays float, with a WARNING saying so) and the quantizer runs
+again, up to ``retries`` times. Any other failure becomes one :class:`ExecutionError` line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from onnxfit.errors import ExecutionError
+from onnxfit.runtime.ort_errors import one_line
+
+logger = logging.getLogger(__name__)
+
+#: Nodes that ORT's quantizer may fail on (each then stays float) before INT8 gives up.
+MAX_QUANTIZER_RETRIES = 8
+
+
+def failing_node(exc: BaseException) -> str | None:
+    """The name of the node ORT's quantizer was working on when ``exc`` was raised (its frames
+    keep it in a local called ``node``), innermost first; None when no frame has one."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        node = frame.f_locals.get("node")
+        # a NodeProto of ORT's quantizer (duck-typed: this module stays off protobuf)
+        if type(node).__name__ == "NodeProto" and getattr(node, "name", ""):
+            return str(node.name)
+    return None
+
+
+def quantize_keeping_failures_float(
+    quantize: Callable[[list[str]], None],
+    nodes_to_exclude: Sequence[str],
+    *,
+    retries: int = MAX_QUANTIZER_RETRIES,
+) -> list[str]:
+    """Call ``quantize(excluded)`` until it succeeds (module docstring); returns the nodes that
+    were added to the excluded list because the quantizer failed on them."""
+    excluded = list(nodes_to_exclude)
+    added: list[str] = []
+    for attempt in range(retries + 1):
+        try:
+            quantize(list(excluded))
+            return added
+        except Exception as exc:  # ORT's quantizer is Python code: any failure is its own
+            node = failing_node(exc)
+            if node is None or node in excluded or attempt == retries:
+                raise ExecutionError(
+                    one_line(f"onnxruntime's INT8 quantizer failed: {exc or type(exc).__name__}"),
+                    hint="exclude the node that fails, or use --precision fp16",
+                ) from None
+            logger.warning(
+                "onnxruntime's INT8 quantizer failed on node %r (%s): that node stays float",
+                node,
+                one_line(str(exc), 160),
+            )
+            excluded.append(node)
+            added.append(node)
+    return added
