@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from onnxfit.errors import ExecutionError
 from onnxfit.runtime.ort_errors import one_line
@@ -30,10 +31,11 @@ def failing_node(exc: BaseException) -> str | None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        node = frame.f_locals.get("node")
+        node: Any = frame.f_locals.get("node")
         # a NodeProto of ORT's quantizer (duck-typed: this module stays off protobuf)
-        if type(node).__name__ == "NodeProto" and getattr(node, "name", ""):
-            return str(node.name)
+        name = str(getattr(node, "name", "") or "") if type(node).__name__ == "NodeProto" else ""
+        if name:
+            return name
     return None
 
 
