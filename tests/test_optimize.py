@@ -180,8 +180,9 @@ def test_budget_that_cannot_be_met_writes_nothing(tmp_path: Path) -> None:
 def test_refuses_existing_output_and_input(tmp_path: Path) -> None:
     src = overflow_model(tmp_path / "m.onnx")
     before = src.read_bytes()
-    with pytest.raises(InputError, match="overwrite the input"):
-        optimize(src, src, target="xbox-series-s", **FAST)
+    for force in (False, True):  # --force never overwrites the input
+        with pytest.raises(InputError, match="write over an input"):
+            optimize(src, src, target="xbox-series-s", force=force, **FAST)
     assert src.read_bytes() == before
     out = tmp_path / "taken.onnx"
     out.write_bytes(b"keep")

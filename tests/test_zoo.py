@@ -189,7 +189,7 @@ def test_cli_builds_then_refuses_to_overwrite(tmp_path: Path) -> None:
     res = runner.invoke(main, ["zoo", "resnet18", "-o", str(out), "--seed", "3"])
     assert res.exit_code == 2
     assert "Traceback" not in res.output
-    assert res.stderr.splitlines()[0] == f"error: {out}: file exists"
+    assert res.stderr.splitlines()[0] == f"error: -o {out}: file exists"
     assert out.read_bytes() == first  # nothing written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.onnx"]  # no temporary left behind
     res = runner.invoke(main, ["zoo", "resnet18", "-o", str(out), "--seed", "3", "--force"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
+import threading
 
 import click
 
@@ -43,6 +45,11 @@ class LazyGroup(click.Group):
         return cmd
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: unwind like Ctrl-C (temporary files removed, outputs left as they were)."""
+    raise KeyboardInterrupt
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxfit")
 @click.option("-v", "--verbose", count=True, help="More logging (-v: INFO, -vv: DEBUG).")
@@ -57,3 +64,11 @@ def main(verbose: int) -> None:
     """
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from onnxfit import atomic
+
+    # leftovers of runs killed with kill -9 (their process is gone); a SIGTERM unwinds like
+    # Ctrl-C, so every temporary file and folder of this run is removed on the way out
+    for leftover in atomic.sweep_temp():
+        logging.getLogger("onnxfit.cli").info("removed leftover %s", leftover)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)

@@ -159,8 +159,46 @@ def check_threads(threads: int | None) -> None:
         raise InputError(f"--threads must be >= 1, got {threads}", hint="--threads 2")
 
 
-def check_report_paths(plot: Path | None, html_out: Path | None) -> None:
-    """Fail early (InputError) on a ``--plot`` / ``--html`` path that cannot be written."""
+force_option = click.option(
+    "--force", is_flag=True, help="Overwrite output files that exist (never an input)."
+)
+
+
+def claim_outputs(
+    outputs: dict[str, Path | None],
+    inputs: Sequence[Path | None],
+    *,
+    force: bool,
+) -> None:
+    """The write guard of every command, before any work: each output (option -> path) may not
+    be one of ``inputs`` (a model also protects its ``.data`` file; a folder protects the images
+    in it), nor an existing file without ``force`` (:func:`onnxfit.atomic.guard_output`)."""
+    from onnxfit import atomic
+    from onnxfit.data.files import IMAGE_EXTENSIONS
+
+    protected: list[Path | None] = list(inputs)
+    protected += [p.with_name(p.name + ".data") for p in inputs if p is not None and p.is_file()]
+    for option, path in outputs.items():
+        if path is not None:
+            atomic.guard_output(
+                path,
+                inputs=protected,
+                force=force,
+                option=option,
+                protect_in_folders=lambda p: p.suffix.lower() in IMAGE_EXTENSIONS,
+            )
+
+
+def check_report_paths(
+    plot: Path | None,
+    html_out: Path | None,
+    *,
+    inputs: Sequence[Path | None] = (),
+    force: bool = False,
+) -> None:
+    """Fail early (InputError) on a ``--plot`` / ``--html`` path that cannot be written, is an
+    input, or exists without ``force`` (:func:`claim_outputs`)."""
+    claim_outputs({"--plot": plot, "--html": html_out}, inputs, force=force)
     if plot is not None:
         from onnxfit.report.figures import check_plot_path
 

@@ -9,6 +9,7 @@ import click
 from onnxfit.cli._common import (
     check_report_paths,
     check_threads,
+    force_option,
     guarded,
     html_option,
     input_shape_option,
@@ -53,6 +54,7 @@ from onnxfit.cli._common import (
 @click.option("--in-process", is_flag=True, help="Measure in this process (no fresh child).")
 @click.option("--no-pin", is_flag=True, help="Do not pin the child to the cores it uses.")
 @plot_option
+@force_option
 @html_option("One self-contained HTML page with the tables and plots.")
 @markdown_option
 @json_option
@@ -76,6 +78,7 @@ def bench(
     no_pin: bool,
     plot: Path | None,
     html_out: Path | None,
+    force: bool,
     markdown: bool,
     as_json: bool,
 ) -> None:
@@ -103,7 +106,7 @@ def bench(
     check_threads(threads)
     if profile_runs < 1:
         raise InputError(f"--profile-runs must be >= 1, got {profile_runs}")
-    check_report_paths(plot, html_out)
+    check_report_paths(plot, html_out, inputs=[model], force=force)
     shapes = parse_shapes(input_shape)
     ir_model = io.load(model)  # a bad file fails here, before anything runs
     if duration is None and iterations is None:

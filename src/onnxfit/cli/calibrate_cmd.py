@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from onnxfit.cli._common import (
+    claim_outputs,
+    force_option,
     guarded,
     json_option,
     markdown_option,
@@ -52,7 +54,7 @@ from onnxfit.cli._common import (
     help="Fit measurements saved earlier instead of measuring.",
 )
 @click.option("--validate", is_flag=True, help="Also report leave-one-model-out errors.")
-@click.option("--force", is_flag=True, help="Overwrite the output file.")
+@force_option
 @markdown_option
 @json_option
 @guarded
@@ -92,6 +94,11 @@ def calibrate(
     from onnxfit.profiling.calibrate import calibrate as run_calibrate
     from onnxfit.report.calibrate import render_calibrate, to_markdown
 
+    claim_outputs(
+        {"-o": output, "--save-measurements": save_measurements},
+        [*extra, from_measurements],
+        force=force,
+    )
     measurements = CalibrationRun.load(from_measurements) if from_measurements else None
     with progress(not as_json) as bar:
         result = run_calibrate(

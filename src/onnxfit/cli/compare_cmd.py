@@ -9,6 +9,7 @@ import click
 from onnxfit.cli._common import (
     check_report_paths,
     check_threads,
+    force_option,
     guarded,
     html_option,
     input_shape_option,
@@ -65,6 +66,7 @@ from onnxfit.cli._common import (
 @click.option("--in-process", is_flag=True, help="Measure in this process (no fresh children).")
 @click.option("--no-pin", is_flag=True, help="Do not pin the children to the cores they use.")
 @plot_option
+@force_option
 @html_option("One self-contained HTML page with the table and plots.")
 @markdown_option
 @json_option
@@ -89,6 +91,7 @@ def compare(
     no_pin: bool,
     plot: Path | None,
     html_out: Path | None,
+    force: bool,
     markdown: bool,
     as_json: bool,
 ) -> None:
@@ -135,7 +138,7 @@ def compare(
     labels = [n.strip() for n in names.split(",")] if names else None
     if labels is not None and len(labels) != len(models):
         raise InputError(f"--names gives {len(labels)} names for {len(models)} models")
-    check_report_paths(plot, html_out)
+    check_report_paths(plot, html_out, inputs=[*models, eval_data], force=force)
     irs = [io.load(m) for m in models]  # a bad file fails here, before anything runs
     with progress() as bar:
         result = run_compare(

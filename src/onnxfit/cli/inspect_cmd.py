@@ -9,8 +9,10 @@ import click
 from onnxfit.cli._common import (
     allow_over_budget_option,
     budget_option,
+    claim_outputs,
     console,
     exit_over_budget,
+    force_option,
     guarded,
     input_shape_option,
     json_option,
@@ -40,6 +42,7 @@ _PLOT_SUFFIXES = (".png", ".svg", ".pdf")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also draw the memory plan (lifetime across, offset up) to this .png/.svg/.pdf.",
 )
+@force_option
 @markdown_option
 @json_option
 @guarded
@@ -52,6 +55,7 @@ def inspect_cmd(
     budget: str | None,
     allow_over_budget: bool,
     plot_memory: Path | None,
+    force: bool,
     markdown: bool,
     as_json: bool,
 ) -> None:
@@ -91,6 +95,7 @@ def inspect_cmd(
             f"--plot-memory {plot_memory}: unsupported image type",
             hint=f"give a file ending in {', '.join(_PLOT_SUFFIXES)}",
         )
+    claim_outputs({"--plot-memory": plot_memory}, [model], force=force)
     shapes = parse_shapes(input_shape)
     tgt = get_target(target)
     with progress() as bar:

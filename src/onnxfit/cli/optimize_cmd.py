@@ -129,7 +129,7 @@ from onnxfit.cli._common import (
 )
 @budget_option
 @allow_over_budget_option
-@click.option("--force", is_flag=True, help="Overwrite OUT (and the input, if it is OUT).")
+@click.option("--force", is_flag=True, help="Overwrite OUT and its sidecars (never the input).")
 @markdown_option
 @json_option
 @guarded
@@ -167,10 +167,10 @@ def optimize(
     more than --max-accuracy-drop, the layers hurting most stay in higher precision and it
     retries; if no round is good enough, it stops with an error and writes nothing.
 
-    Writes OUT (atomically; never the input unless --force), OUT.report.json (plan, pass
-    stats, before/after, verification, blocked layers, data used) and OUT.deploy.json (the
-    session settings the target's runtime must use, the memory verdict and, for DirectML
-    targets, the DirectML pre-flight), where OUT.onnx gives OUT.report.json.
+    Writes OUT (atomically; never over the input, nor over an existing file without --force),
+    OUT.report.json (plan, pass stats, before/after, verification, blocked layers, data used)
+    and OUT.deploy.json (the session settings the target's runtime must use, the memory verdict
+    and, for DirectML targets, the DirectML pre-flight), where OUT.onnx gives OUT.report.json.
 
     The optimized model is judged against the target's memory budget or the --budget slice of
     it, at load and at its first run (see `onnxfit inspect --help`); when it does not fit the
@@ -222,7 +222,9 @@ def optimize(
     }
     opts = OptimizeOptions.build(**values)
     tgt = get_target(target)
-    check_output(model, output, force=force)
+    check_output(
+        model, output, force=force, inputs=tuple(Path(d) for d in (calibrate, eval_dir) if d)
+    )
     from onnxfit import io
 
     loaded = io.load(model)

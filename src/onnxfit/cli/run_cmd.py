@@ -10,9 +10,11 @@ from typing import Any
 import click
 
 from onnxfit.cli._common import (
+    claim_outputs,
     console,
     echo_json,
     err_console,
+    force_option,
     guarded,
     json_option,
     progress,
@@ -120,6 +122,7 @@ class ProgressHook:
     type=click.Path(file_okay=False, path_type=Path),
     help="Save each image with its boxes / top-1 label drawn into this folder.",
 )
+@force_option
 @json_option
 @guarded
 def run(
@@ -137,6 +140,7 @@ def run(
     iou_threshold: float,
     output: Path | None,
     draw: Path | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Run MODEL on image files and folders (folders recursed, sorted).
@@ -147,6 +151,10 @@ def run(
     be used. The task and preprocessing come from the model unless --task / --preset say.
     Loading and preprocessing overlap with inference. Files that are not images, unreadable,
     corrupt or too large are counted and listed at the end (and in --json), never dropped.
+
+    -o never writes over the model, an input image or the labels file, nor over an existing
+    file without --force; --draw never over an input, and picks a free name (stem-1.jpg) for
+    a file it did not write unless --force.
 
     Without -o the lines go to stdout and the summary to stderr; with --json and no -o, one
     JSON document (summary + results) goes to stdout.
@@ -161,6 +169,7 @@ def run(
     from onnxfit.apps.pipeline import run_images
     from onnxfit.report.run import Drawer, JsonlWriter, render_run
 
+    claim_outputs({"-o": output}, [model, *inputs, labels], force=force)
     stdout_lines = output is None and not as_json
     state: dict[str, Any] = {"writer": None, "drawer": None}
     with progress(not as_json) as bar:
@@ -172,7 +181,7 @@ def run(
             if output is not None:
                 state["writer"] = JsonlWriter(output)
             if draw is not None:
-                state["drawer"] = Drawer(draw)
+                state["drawer"] = Drawer(draw, force=force, inputs=(model, *inputs))
             hook.start(pipe, total)
 
         def on_result(res: Any) -> None:

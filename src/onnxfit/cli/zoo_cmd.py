@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from onnxfit.cli._common import console, echo_json, guarded, json_option, progress
+from onnxfit.cli._common import (
+    claim_outputs,
+    console,
+    echo_json,
+    guarded,
+    json_option,
+    progress,
+)
 from onnxfit.errors import InputError
 from onnxfit.report.common import fmt_count
 from onnxfit.zoo import ZOO_SPECS, build_and_save, canonical_name
@@ -76,6 +83,7 @@ def zoo(
     key = canonical_name(name)
     if output is None:
         raise InputError("no output file given", hint=f"add -o {key}.onnx")
+    claim_outputs({"-o": output}, [weights, cfg], force=force)
     with progress() as bar:
         bar.add_task(f"building {key}", total=None)
         result = build_and_save(key, output, seed=seed, force=force, weights=weights, cfg=cfg)

@@ -330,7 +330,7 @@ def _save_external(model: ir.Model, out: Path) -> None:
     """Save with tensors in ``<out>.data`` (onnx_ir writes that file atomically itself; the
     graph goes to a temporary file renamed over ``out``)."""
     mode = atomic.file_mode(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=atomic.temp_prefix(out), suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
         ir.save(model, tmp, external_data=out.name + ".data", size_threshold_bytes=1024)

@@ -23,7 +23,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxfit import atomic, io
-from onnxfit.errors import DoesNotFitError, InputError
+from onnxfit.errors import DoesNotFitError
 from onnxfit.optimizer.candidate import ProgressFn, Stages, build_candidate
 
 __all__ = ["ProgressFn", "check_output", "golden_path", "optimize", "sidecar_paths"]
@@ -45,19 +45,16 @@ def sidecar_paths(out: str | os.PathLike[str]) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".report.json"), stem.with_name(stem.name + ".deploy.json")
 
 
-def check_output(src: Path, out: Path, *, force: bool) -> None:
-    """Refuse (InputError) an output that is a folder, the input itself, or exists, unless
-    ``force`` (the input is never overwritten without it)."""
-    if out.is_dir():
-        raise InputError(f"{out}: is a folder", hint="give a file name ending in .onnx")
-    same = src.exists() and out.exists() and src.resolve() == out.resolve()
-    if same and not force:
-        raise InputError(
-            f"{out}: refusing to overwrite the input model",
-            hint="write to another file, or pass --force",
-        )
-    if out.exists() and not force:
-        raise InputError(f"{out}: file exists", hint="choose another -o path, or pass --force")
+def check_output(
+    src: Path, out: Path, *, force: bool, inputs: tuple[Path | None, ...] = ()
+) -> None:
+    """Refuse (InputError, before any work) an output that is a folder, the input model or one of
+    the other ``inputs`` (its ``.data`` file, the data folders) even with ``force``, or a model,
+    report, deploy manifest or golden file that exists unless ``force``
+    (:func:`onnxfit.atomic.guard_output`)."""
+    model_inputs = (src, src.with_name(src.name + ".data"), *inputs)
+    for path in (out, *sidecar_paths(out), golden_path(out)):
+        atomic.guard_output(path, inputs=model_inputs, force=force)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -121,7 +118,8 @@ def optimize(
     )
     tgt = get_target(target)
     src, out = Path(model_path), Path(out_path)
-    check_output(src, out, force=force)
+    data_dirs = tuple(Path(d) for d in (calibrate, eval) if d is not None)
+    check_output(src, out, force=force, inputs=data_dirs)
     original = io.load(src)
     searching = plan is None and searches(opts)
     the_plan = plan if plan is not None else build_plan(original, tgt, opts)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ import onnx
 import onnx_ir as ir
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-from onnxfit import io
+from onnxfit import atomic, io
 from onnxfit.data.calibration import CalibrationData, synthetic_inputs
 from onnxfit.errors import InputError
 from onnxfit.passes.base import OnnxfitPass, count_ops
@@ -65,7 +64,7 @@ _CWD_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def scratch_dir(*, chdir: bool = False, prefix: str = "onnxfit-int8-") -> Iterator[Path]:
+def scratch_dir(*, chdir: bool = False, kind: str = "int8") -> Iterator[Path]:
     """A temporary folder, removed on exit (success or failure).
 
     ``chdir=True`` also makes it the working directory while inside: ORT's symbolic shape
@@ -76,7 +75,7 @@ def scratch_dir(*, chdir: bool = False, prefix: str = "onnxfit-int8-") -> Iterat
     with contextlib.ExitStack() as stack:
         if chdir:
             stack.enter_context(_CWD_LOCK)
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        tmp = Path(stack.enter_context(atomic.temp_dir(kind)))
         if chdir:
             stack.enter_context(contextlib.chdir(tmp))
         yield tmp

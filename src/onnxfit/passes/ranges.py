@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-from onnxfit import io
+from onnxfit import atomic, io
 from onnxfit.data.calibration import CalibrationData, model_inputs
 from onnxfit.errors import InputError
 from onnxfit.runtime.ort_errors import one_line, quiet_ort
@@ -167,7 +166,7 @@ def collect_ranges(
         extra["symmetric"] = symmetric
     # ORT's histogram calibrators print progress to stdout, which must stay clean for --json
     with (
-        tempfile.TemporaryDirectory(prefix="onnxfit-calib-") as tmp,
+        atomic.temp_dir("calib") as tmp,
         contextlib.redirect_stdout(_LogWriter()),
     ):
         model_path = Path(tmp) / "model.onnx"

@@ -20,7 +20,6 @@ import json
 import logging
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxfit import io
+from onnxfit import atomic, io
 from onnxfit.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -240,7 +239,7 @@ def measure_model(
     del sess
     if provider not in SYNC_PROFILE:
         return _wall_only(name, model, kind=kind, batch=batch, wall=wall, target=tgt)
-    with tempfile.TemporaryDirectory(prefix="onnxfit-calib-") as tmp:
+    with atomic.temp_dir("calib") as tmp:
         psess = _session(payload, provider, threads, str(Path(tmp) / "p"))
         prof_runs = max(3, runs // 2)
         for _ in range(warmup + prof_runs):

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxfit import atomic
 from onnxfit.data.feeds import free_dims_for, make_feeds, ort_specs, proto_specs
 from onnxfit.errors import InputError, ModelLoadError, OnnxfitError
 from onnxfit.profiling import system
@@ -269,7 +269,7 @@ class Worker:
             so = ort.SessionOptions()
             so.intra_op_num_threads = self._ort.get_session_options().intra_op_num_threads
             providers = list(self._ort.get_providers())
-        with tempfile.TemporaryDirectory(prefix="onnxfit-prof-") as tmp:
+        with atomic.temp_dir("prof") as tmp:
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(tmp) / "ort")
             proto = io.load_proto(Path(self._spec["model"]))

@@ -17,6 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from onnxfit import atomic
 from onnxfit.apps.evaluation import EvalResult
 from onnxfit.apps.results import BadInput, ImageResult, PipelineStats, RunResult, count_kinds
 
@@ -128,9 +129,10 @@ def render_eval(result: EvalResult) -> RenderableType:
 
 
 class JsonlWriter:
-    """JSON lines streamed to ``<path>.partial`` in the same folder, renamed to ``path`` by
-    :meth:`commit` (after flush + fsync); :meth:`abort` removes the partial file. A crash or
-    an interrupted run leaves ``path`` as it was."""
+    """JSON lines streamed to ``<path>.onnxfit-PID.partial`` in the same folder, renamed to
+    ``path`` by :meth:`commit` (after flush + fsync); :meth:`abort` removes the partial file. A
+    crash or an interrupted run leaves ``path`` as it was; the next run removes a killed run's
+    partial file (:func:`onnxfit.atomic.sweep_beside`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -138,7 +140,7 @@ class JsonlWriter:
             from onnxfit.errors import InputError
 
             raise InputError(f"-o {self.path}: is a folder", hint="give a file name")
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = atomic.partial_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh: IO[str] | None = self.partial.open("w", encoding="utf-8")
@@ -179,9 +181,18 @@ def _color(c: int) -> tuple[int, int, int]:
 class Drawer:
     """Saves each image with its predictions drawn: boxes + ``name score`` labels (detection) or
     the top-1 ``name probability`` in a banner (classification). Files go to ``folder`` as
-    ``<stem>.jpg`` (``<stem>-1.jpg``... when two inputs share a name)."""
+    ``<stem>.jpg`` (``<stem>-1.jpg``... when two inputs share a name, or when the name is taken
+    by a file this run did not write: an existing file is overwritten only with ``force``, and
+    one of the run's ``inputs`` never). Each file is written atomically."""
 
-    def __init__(self, folder: str | os.PathLike[str], *, max_side: int = 1280) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        max_side: int = 1280,
+        force: bool = False,
+        inputs: tuple[str | os.PathLike[str], ...] = (),
+    ) -> None:
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             from onnxfit.errors import InputError
@@ -191,11 +202,23 @@ class Drawer:
         self.max_side = max_side
         self._used: set[str] = set()
         self.written: list[Path] = []
+        self.force = force
+        given = [Path(p) for p in inputs]
+        self.inputs = {p.resolve() for p in given if p.is_file()}
+        self.input_dirs = [p.resolve() for p in given if p.is_dir()]
+
+    def _taken(self, path: Path) -> bool:
+        """A name this drawer may not use: an input of the run, or (without force) any file."""
+        if not path.exists():
+            return False
+        real = path.resolve()
+        in_folder = any(real.is_relative_to(d) for d in self.input_dirs)
+        return not self.force or real in self.inputs or in_folder
 
     def _target(self, path: str) -> Path:
         stem = Path(path).stem or "image"
         name, k = f"{stem}.jpg", 0
-        while name in self._used:
+        while name in self._used or self._taken(self.folder / name):
             k += 1
             name = f"{stem}-{k}.jpg"
         self._used.add(name)
@@ -228,7 +251,8 @@ class Drawer:
             name = result.name_of(c.indices[0]) or f"class {c.indices[0]}"
             _label(canvas, (0, 0), f"{name} {c.probabilities[0]:.2f}", (0, 0, 0), font, below=True)
         out = self._target(result.path)
-        im.save(out, quality=90)
+        with atomic.atomic_open(out) as fh:
+            im.convert("RGB").save(fh, format="JPEG", quality=90)
         self.written.append(out)
         return out
 

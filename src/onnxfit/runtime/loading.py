@@ -21,6 +21,7 @@ metadata-first, plan its sections for a budget, and build one section's ORT sess
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -65,7 +66,7 @@ def read_graph(path: Path) -> tuple[ir.Model, str, str | None]:
     )
     if embedded < SPILL_BYTES:
         return model, str(path.resolve().parent), None
-    tmpdir = tempfile.mkdtemp(prefix="onnxfit-progressive-")
+    tmpdir = tempfile.mkdtemp(prefix=f"onnxfit-progressive-{os.getpid()}-")
     try:
         spilled = Path(tmpdir) / "model.onnx"
         io.save(model, spilled, external_threshold=0)
