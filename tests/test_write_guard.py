@@ -83,7 +83,7 @@ def test_draw_never_overwrites_an_input_and_picks_free_names(case, tmp_path) -> 
 
 
 def test_optimize_force_never_overwrites_the_input(case, tmp_path) -> None:
-    model, imgs, _ = case
+    model, _, _ = case
     before = model.read_bytes()
     r = invoke("optimize", model, "-o", model, "--precision", "fp16", "--force")
     assert r.exit_code == 2 and "refusing to write over an input" in r.stderr
