@@ -136,3 +136,27 @@ def test_does_not_fit_exits_3_and_writes_nothing(tmp_path: Path) -> None:
         str(src), "-o", str(out), "--target", str(small), "--allow-over-budget", "--json", *FAST
     )
     assert code == 0 and json.loads(stdout)["written"] is True and out.exists()
+
+
+def test_candidate_search_plot(tmp_path: Path) -> None:
+    """--target cpu without --precision searches INT8 and FP32; --plot draws them."""
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out, plot = tmp_path / "o.onnx", tmp_path / "cands.png"
+    code, stdout, stderr = _run(
+        str(src), "-o", str(out), "--target", "cpu", "--plot", str(plot), "--json", *FAST
+    )
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert len(report["candidates"]) == 2
+    assert sum(c["chosen"] for c in report["candidates"]) == 1
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    taken = _run(str(src), "-o", str(tmp_path / "p.onnx"), "--plot", str(plot), *FAST)
+    assert taken[0] == 2 and "file exists" in taken[2]
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    from onnxfit.report.pareto import pareto_front
+
+    pts = [(1.0, 5.0), (2.0, 1.0), (1.5, 6.0), (3.0, 0.5), (2.5, 1.0)]
+    assert pareto_front(pts) == [0, 1, 3]
+    assert pareto_front([]) == []

@@ -10,10 +10,12 @@ import click
 from onnxfit.cli._common import (
     allow_over_budget_option,
     budget_option,
+    check_report_paths,
     err_console,
     guarded,
     json_option,
     markdown_option,
+    plot_option,
     print_result,
     progress,
     target_option,
@@ -130,6 +132,7 @@ from onnxfit.cli._common import (
 @budget_option
 @allow_over_budget_option
 @click.option("--force", is_flag=True, help="Overwrite OUT and its sidecars (never the input).")
+@plot_option
 @markdown_option
 @json_option
 @guarded
@@ -156,6 +159,7 @@ def optimize(
     budget: str | None,
     force: bool,
     allow_over_budget: bool,
+    plot: Path | None,
     markdown: bool,
     as_json: bool,
 ) -> None:
@@ -184,6 +188,7 @@ def optimize(
     Examples:
       onnxfit optimize resnet18.onnx -o resnet18-xbox.onnx --target xbox-series-s
       onnxfit optimize resnet18.onnx -o r18-int8.onnx --target cpu --calibrate images/
+      onnxfit optimize yolo.onnx -o yolo-cpu.onnx --target cpu --eval coco/ --plot cands.png
       onnxfit optimize net.onnx -o net-fp16.onnx --precision fp16 --eval imagenet-sample/
       onnxfit optimize int8.onnx -o fp16.onnx --target xbox-series-s   (dequantize -> fp16)
       onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
@@ -222,9 +227,9 @@ def optimize(
     }
     opts = OptimizeOptions.build(**values)
     tgt = get_target(target)
-    check_output(
-        model, output, force=force, inputs=tuple(Path(d) for d in (calibrate, eval_dir) if d)
-    )
+    data_dirs = tuple(Path(d) for d in (calibrate, eval_dir) if d)
+    check_output(model, output, force=force, inputs=data_dirs)
+    check_report_paths(plot, None, inputs=[model, *data_dirs], force=force)
     from onnxfit import io
 
     loaded = io.load(model)
@@ -262,8 +267,22 @@ def optimize(
             if exc.result is not None:  # show what was measured, then the error (exit 3)
                 bar.stop()
                 _show(exc.result, as_json=as_json, markdown=markdown)
+                _plot(exc.result, plot, as_json=as_json)
             raise
     _show(result, as_json=as_json, markdown=markdown)
+    _plot(result, plot, as_json=as_json)
+
+
+def _plot(result: Any, plot: Path | None, *, as_json: bool) -> None:
+    """``--plot``: the candidate table as a figure (speed vs the accuracy measure)."""
+    if plot is None:
+        return
+    from onnxfit.report.figures import write_plots
+    from onnxfit.report.pareto import optimize_plots
+
+    written = write_plots(optimize_plots(result), plot)
+    if not as_json:
+        err_console.print("candidates plotted to " + ", ".join(map(str, written)))
 
 
 def _show(result: Any, *, as_json: bool, markdown: bool) -> None:
