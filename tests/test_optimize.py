@@ -353,3 +353,25 @@ def test_deploy_bundle_is_usable_as_is(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": gold["input:x"]})[0]
     assert np.abs(got - gold["output:logits"]).max() <= deploy["golden"]["tolerance_abs"]
+
+
+def test_fixed_batch_of_two_runs_on_its_own_synthetic_inputs(tmp_path: Path) -> None:
+    """The synthetic inputs onnxfit builds keep a batch fixed at 2 everywhere (the latency
+    sample included): they are never refused as if they were the user's data."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W")
+    node = helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 2, 2])],
+        [w],
+    )
+    src = _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx"
+    )
+    for precision in ("fp16", "int8"):
+        out = tmp_path / f"m-{precision}.onnx"
+        result = optimize(src, out, target="cpu", precision=precision, measure_runs=2)
+        assert out.exists() and result.after.measured_latency_s is not None

@@ -91,7 +91,7 @@ def build_candidate(
     after = model_stats(
         final, target=tgt, file_bytes=len(payload), precision=the_plan.precision, budget=budget
     )
-    sample = one_sample(data.verify_feeds(original, limit=1)[0])
+    sample = one_sample(data.verify_feeds(original, limit=1)[0], original)
     before.measured_latency_s = measure_latency(original, sample, runs=opts.measure_runs)
     after.measured_latency_s = measure_latency(final, sample, runs=opts.measure_runs)
     free, left = _free_dims(final)
