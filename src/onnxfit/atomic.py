@@ -107,7 +107,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 #: The marker in the names of onnxfit's temporary files and folders (followed by the pid).
 MARK = "onnxfit"
 #: Temporary folders older than this whose process is gone are leftovers (seconds).
-STALE_AFTER_S = 60.0
+STALE_AFTER_S = 2.0
 
 
 def temp_prefix(out: Path) -> str:
