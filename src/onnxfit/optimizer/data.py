@@ -105,7 +105,10 @@ def _dims(value: ir.Value) -> list[int | str | None]:
 
 
 def _spec(value: ir.Value) -> SimpleNamespace:
-    dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else np.dtype(np.float32)
+    try:
+        dtype = np.dtype(value.dtype.numpy())  # type: ignore[union-attr]
+    except (AttributeError, TypeError):  # no dtype, or UNDEFINED (declared outputs may say 0)
+        dtype = np.dtype(np.float32)
     return SimpleNamespace(name=value.name or "", shape=_dims(value), dtype=dtype)
 
 
