@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from fuzz.cases import Case, image_models
 from fuzz.inprocess import run_case
 from fuzz.runner import PASS, CaseResult
@@ -44,8 +45,12 @@ def test_run_on_folder_with_link_loops(tmp_path: Path, link: str) -> None:
     images = tmp_path / "in"
     (images / "a" / "b").mkdir(parents=True)
     (images / "ok.png").write_bytes(seed_images()["png"])
-    target = {"parent": ("a/up", ".."), "deep_parent": ("a/b/top", "../.."),
-              "self": ("here", "."), "loop": ("x.jpg", "y.jpg")}[link]  # fmt: skip
+    target = {
+        "parent": ("a/up", ".."),
+        "deep_parent": ("a/b/top", "../.."),
+        "self": ("here", "."),
+        "loop": ("x.jpg", "y.jpg"),
+    }[link]
     os.symlink(target[1], images / target[0])
     if link == "loop":
         os.symlink("x.jpg", images / "y.jpg")

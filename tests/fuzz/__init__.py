@@ -2,9 +2,10 @@
 
 * :mod:`fuzz.seeds` builds the small valid seed models (a conv net, a model with a local
   function, a QDQ model) and seed images in code;
-* :mod:`fuzz.models` / :mod:`fuzz.images` turn a seed and a random generator into one mutated
-  case of a named mutation class (bit flips, truncations, structural edits, external-data and
-  file-system tricks...);
+* :mod:`fuzz.models`, :mod:`fuzz.tricks` (runtime-only and external-data) and
+  :mod:`fuzz.images` turn a seed and a random generator into one mutated case of a named
+  mutation class (bit flips, truncations, structural edits, external-data and file-system
+  tricks...); :mod:`fuzz.protomut` edits random protobuf fields;
 * :mod:`fuzz.cases` generates the whole seeded corpus (``generate``);
 * :mod:`fuzz.runner` runs each case's commands (``inspect``, ``optimize --precision fp16``,
   ``run``, ``eval``) in a child process with a timeout and an RSS watch, and judges it: exit 0,

@@ -27,8 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        prog="python -m fuzz",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--models", type=int, default=2000, help="mutated models (default 2000)")
     ap.add_argument("--images", type=int, default=300, help="mutated image cases (default 300)")
     ap.add_argument("--seed", type=int, default=11)
@@ -45,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="onnxfit-fuzz-"))
     t0 = time.monotonic()
     only = set(args.only) if args.only else None
-    built = corpus.generate(root, args.seed, args.models, args.images, real=not args.no_real,
-                            only=only)  # fmt: skip
-    print(f"fuzz: {len(built)} cases in {root} (built in {time.monotonic() - t0:.0f} s)",
-          file=sys.stderr)  # fmt: skip
+    built = corpus.generate(
+        root, args.seed, args.models, args.images, real=not args.no_real, only=only
+    )
+    print(
+        f"fuzz: {len(built)} cases in {root} (built in {time.monotonic() - t0:.0f} s)",
+        file=sys.stderr,
+    )
     log = args.log.open("w", encoding="utf-8") if args.log else None
     count = {"n": 0, "bad": 0}
 
@@ -56,14 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         count["n"] += 1
         if cr.verdict not in PASS:
             count["bad"] += 1
-            print(f"FAIL {cr.case.id} {cr.case.klass} {cr.verdict}: "
-                  f"{min(cr.results, key=lambda r: r.verdict in PASS).why}", file=sys.stderr)  # fmt: skip
+            print(
+                f"FAIL {cr.case.id} {cr.case.klass} {cr.verdict}: "
+                f"{min(cr.results, key=lambda r: r.verdict in PASS).why}",
+                file=sys.stderr,
+            )
         if log is not None:
             log.write(log_line(cr) + "\n")
             log.flush()
         if count["n"] % 100 == 0:
-            print(f"fuzz: {count['n']}/{len(built)} done, {count['bad']} failing, "
-                  f"{time.monotonic() - t0:.0f} s", file=sys.stderr)  # fmt: skip
+            print(
+                f"fuzz: {count['n']}/{len(built)} done, {count['bad']} failing, "
+                f"{time.monotonic() - t0:.0f} s",
+                file=sys.stderr,
+            )
 
     results = run_cases(built, jobs=args.jobs, mode=args.mode, on_done=on_done)
     wall = time.monotonic() - t0
@@ -71,8 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     bad = failures(results)
     command = "python -m fuzz " + " ".join(argv if argv is not None else sys.argv[1:])
     host = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
-    text = render(results, command=command.strip(), seed=args.seed, jobs=args.jobs,
-                  mode=args.mode, wall_s=wall, host=host)  # fmt: skip
+    text = render(
+        results,
+        command=command.strip(),
+        seed=args.seed,
+        jobs=args.jobs,
+        mode=args.mode,
+        wall_s=wall,
+        host=host,
+    )
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text, encoding="utf-8")

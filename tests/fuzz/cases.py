@@ -2,7 +2,7 @@
 
 Case ``i`` of a corpus draws everything from ``np.random.default_rng([seed, i])``, so any one
 case can be rebuilt alone (``python -m fuzz --only m00042``). Classes are dealt round-robin by
-weight (:data:`fuzz.models.CLASSES`, :data:`fuzz.images.CLASSES`), so every class appears in
+weight (:data:`MODEL_CLASSES`, :data:`fuzz.images.CLASSES`), so every class appears in
 proportion whatever the count.
 
 A model case runs ``inspect`` and, when inspect accepted the model, ``optimize --precision
@@ -18,11 +18,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fuzz import images, models, tricks
+from fuzz.images import Arg
+from fuzz.models import Mutation
+from fuzz.seeds import seed_models
 from pipeline_util import colour_classifier, constant_detector
 
-from fuzz import images, models
-from fuzz.images import Arg
-from fuzz.seeds import seed_models
+#: Mutation class -> (function, weight in the corpus, seeds it applies to).
+ALL_SEEDS = ("conv", "function", "qdq")
+MODEL_CLASSES: dict[str, tuple[Mutation, int, tuple[str, ...]]] = {
+    "bitflip": (models.bitflip, 14, ALL_SEEDS),
+    "truncate": (models.truncate, 8, ALL_SEEDS),
+    "splice": (models.splice, 6, ALL_SEEDS),
+    "dangling_input": (models.dangling_input, 5, ALL_SEEDS),
+    "cycle": (models.cycle, 5, ALL_SEEDS),
+    "out_of_order": (models.out_of_order, 5, ALL_SEEDS),
+    "orphan_output": (models.orphan_output, 4, ALL_SEEDS),
+    "no_outputs": (models.no_outputs, 2, ALL_SEEDS),
+    "init_inconsistent": (models.init_inconsistent, 6, ALL_SEEDS),
+    "dtype_unknown": (models.dtype_unknown, 5, ALL_SEEDS),
+    "attr_wrong_type": (models.attr_wrong_type, 8, ALL_SEEDS),
+    "recursive_function": (models.recursive_function, 3, ("function",)),
+    "runtime_graph": (tricks.runtime_graph, 6, ("conv",)),
+    "proto_field": (models.proto_field, 12, ALL_SEEDS),
+    "external": (tricks.external, 8, ("conv", "function", "qdq")),
+    "sparse_external": (tricks.sparse_external, 2, ("conv",)),
+    "real_bitflip": (models.bitflip, 1, ("real:shufflenet-v2-12-qdq", "real:yolox_nano")),
+    "real_truncate": (models.truncate, 1, ("real:shufflenet-v2-12-qdq", "real:yolox_nano")),
+    "real_proto_field": (models.proto_field, 1, ("real:shufflenet-v2-12-qdq", "real:yolox_nano")),
+}
 
 
 @dataclass
@@ -67,9 +92,9 @@ def _fresh(folder: Path) -> None:
 
 def model_case(root: Path, seed: int, i: int, *, real: bool = True) -> Case:
     seeds = seed_models(real)
-    deck = _weighted({k: w for k, (_, w, s) in models.CLASSES.items() if any(x in seeds for x in s)})
+    deck = _weighted({k: w for k, (_, w, s) in MODEL_CLASSES.items() if any(x in seeds for x in s)})
     klass = deck[i % len(deck)]
-    fn, _, allowed = models.CLASSES[klass]
+    fn, _, allowed = MODEL_CLASSES[klass]
     rng = np.random.default_rng([seed, 1, i])
     names = [s for s in allowed if s in seeds]
     seed_name = names[int(rng.integers(len(names)))]
@@ -82,8 +107,18 @@ def model_case(root: Path, seed: int, i: int, *, real: bool = True) -> Case:
     inspect: list[Arg] = ["inspect", model, "--target", target]
     if rng.random() < 0.3:
         inspect.append("--json")
-    optimize: list[Arg] = ["optimize", model, "-o", str(folder / "out" / "o.onnx"),
-                           "--precision", "fp16", "--target", target, "--measure-runs", "0"]  # fmt: skip
+    optimize: list[Arg] = [
+        "optimize",
+        model,
+        "-o",
+        str(folder / "out" / "o.onnx"),
+        "--precision",
+        "fp16",
+        "--target",
+        target,
+        "--measure-runs",
+        "0",
+    ]
     if rng.random() < 0.3:
         optimize.append("--json")
     slow = seed_name.startswith("real:")
@@ -127,8 +162,15 @@ def image_case(root: Path, seed: int, i: int) -> Case:
     return Case(f"i{i:05d}", "image", klass, f"{task}: {detail}", folder, [cmd], chain=False)
 
 
-def generate(root: Path, seed: int, n_models: int, n_images: int, *, real: bool = True,
-             only: set[str] | None = None) -> list[Case]:  # fmt: skip
+def generate(
+    root: Path,
+    seed: int,
+    n_models: int,
+    n_images: int,
+    *,
+    real: bool = True,
+    only: set[str] | None = None,
+) -> list[Case]:
     """Build the corpus under ``root``: ``n_models`` model cases and ``n_images`` image cases
     (or just the ids in ``only``)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def huge_png(w: int, h: int, body: bytes = b"\x00" * 16) -> bytes:
     """A PNG whose header claims ``w`` x ``h`` RGB pixels."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(body)) + _png_chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(body))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _patch_jpeg_size(data: bytes, w: int, h: int) -> bytes:
@@ -79,8 +83,20 @@ def zero_byte(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
 
 
 def huge_dims(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
-    w, h = (int(v) for v in _pick(rng, [(100_000, 100_000), (2**31 - 1, 1), (65_500, 65_500),
-                                         (1, 2**31 - 1), (0, 0), (10_000, 6_000)]))  # fmt: skip
+    w, h = (
+        int(v)
+        for v in _pick(
+            rng,
+            [
+                (100_000, 100_000),
+                (2**31 - 1, 1),
+                (65_500, 65_500),
+                (1, 2**31 - 1),
+                (0, 0),
+                (10_000, 6_000),
+            ],
+        )
+    )
     kind = _pick(rng, ["png", "jpg", "gif", "bmp"])
     if kind == "png":
         data = huge_png(w, h)
@@ -104,9 +120,16 @@ def bomb(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
     comp = zlib.compressobj(9)
     body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + b""
-            + struct.pack(">I", len(body)) + b"IDAT" + body
-            + struct.pack(">I", zlib.crc32(b"IDAT" + body)) + _png_chunk(b"IEND", b""))  # fmt: skip
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + b""
+        + struct.pack(">I", len(body))
+        + b"IDAT"
+        + body
+        + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+        + _png_chunk(b"IEND", b"")
+    )
     return f"{side}x{side} grey PNG of zeros ({len(data)} bytes)", [
         str(_write(folder, "bomb.png", data))
     ]
@@ -170,8 +193,10 @@ def links(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
 def odd_files(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
     ext, data = _seed(rng)
     _write(folder, f"ok.{ext}", data)
-    choice = _pick(rng, ["fifo", "dir_named_jpg", "unreadable", "missing_arg", "empty_dir",
-                         "dot_file", "dup_arg"])  # fmt: skip
+    choice = _pick(
+        rng,
+        ["fifo", "dir_named_jpg", "unreadable", "missing_arg", "empty_dir", "dot_file", "dup_arg"],
+    )
     args: list[Arg] = [str(folder)]
     if choice == "fifo":
         os.mkfifo(folder / "pipe.jpg")
@@ -196,8 +221,9 @@ def odd_files(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
 
 def modes(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
     """Valid images in unusual modes and shapes (CMYK, 16-bit, palette, 1 x N, animated...)."""
-    choice = _pick(rng, ["CMYK", "I;16", "P", "1", "LA", "RGBA", "F", "tiny", "thin", "anim",
-                         "exif"])  # fmt: skip
+    choice = _pick(
+        rng, ["CMYK", "I;16", "P", "1", "LA", "RGBA", "F", "tiny", "thin", "anim", "exif"]
+    )
     px = (rng.integers(0, 255, (20, 24, 3))).astype(np.uint8)
     im = Image.fromarray(px)
     buf = pyio.BytesIO()
@@ -226,8 +252,19 @@ def modes(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
     return choice, [str(_write(folder, name, buf.getvalue()))]
 
 
-_LABEL_BREAKS = ["ok", "bad_class", "neg_class", "missing_file", "bad_utf8", "no_header",
-                 "empty", "dup", "extra_cols", "escape", "nan"]  # fmt: skip
+_LABEL_BREAKS = [
+    "ok",
+    "bad_class",
+    "neg_class",
+    "missing_file",
+    "bad_utf8",
+    "no_header",
+    "empty",
+    "dup",
+    "extra_cols",
+    "escape",
+    "nan",
+]
 
 
 def eval_labels(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]:
@@ -241,9 +278,15 @@ def eval_labels(folder: Path, rng: np.random.Generator) -> tuple[str, list[Arg]]
         _write(folder / "images", f"{i}.{ext}", data)
         rows.append(f"images/{i}.{ext}\t{i % 3}")
     choice = _pick(rng, _LABEL_BREAKS)
-    extra = {"bad_class": "images/0.jpg\t99999", "neg_class": "images/0.jpg\t-3",
-             "missing_file": "images/none.png\t1", "dup": rows[-1], "extra_cols": "a\tb\tc\td",
-             "escape": "../../etc/passwd\t0", "nan": f"{rows[1].split(chr(9))[0]}\tnan"}  # fmt: skip
+    extra = {
+        "bad_class": "images/0.jpg\t99999",
+        "neg_class": "images/0.jpg\t-3",
+        "missing_file": "images/none.png\t1",
+        "dup": rows[-1],
+        "extra_cols": "a\tb\tc\td",
+        "escape": "../../etc/passwd\t0",
+        "nan": f"{rows[1].split(chr(9))[0]}\tnan",
+    }
     text = "\n".join(rows[1:] if choice == "no_header" else rows) + "\n"
     if choice in extra:
         text += extra[choice] + "\n"

@@ -36,7 +36,7 @@ def run_cli(argv: list[Arg], tmp: str | None = None) -> tuple[int, str, str]:
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:  # noqa: BLE001 - recorded as the bug it is
+            except BaseException:
                 traceback.print_exc(file=err)
     finally:
         tempfile.tempdir = old_tmp

@@ -2,15 +2,13 @@
 files) into the case folder and returning a short description of what it did.
 
 Byte-level classes (bit flips, truncation, splices) work on the serialized seed; structural
-classes edit the protobuf the way broken exporters and hand edits do; external-data classes
-move weights out of the file and then break the reference or the file; runtime classes build
-graphs that only ONNX Runtime can refuse (group 0, huge Expand / ConstantOfShape...);
-``proto_field`` sets random protobuf fields to random values.
+classes edit the protobuf the way broken exporters and hand edits do; ``proto_field`` sets
+random protobuf fields to random values. Runtime-only and external-data classes are in
+:mod:`fuzz.tricks`; the class table (weights, seeds) is :data:`fuzz.cases.MODEL_CLASSES`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +123,7 @@ def out_of_order(c: Ctx) -> str:
     order = list(c.rng.permutation(len(nodes)))
     copy = [nodes[int(i)] for i in order]
     shuffled = [onnx.NodeProto() for _ in copy]
-    for dst, src in zip(shuffled, copy):
+    for dst, src in zip(shuffled, copy, strict=True):
         dst.CopyFrom(src)
     del nodes[:]
     nodes.extend(shuffled)
@@ -164,8 +162,20 @@ def _initializer(m: onnx.ModelProto, c: Ctx) -> TensorProto:
 def init_inconsistent(c: Ctx) -> str:
     m = c.proto()
     t = _initializer(m, c)
-    choice = c.pick(["grow_dim", "drop_dim", "add_dim", "neg_dim", "zero_dim", "cut_raw",
-                     "extend_raw", "float_data", "huge_dim", "to_float_data"])  # fmt: skip
+    choice = c.pick(
+        [
+            "grow_dim",
+            "drop_dim",
+            "add_dim",
+            "neg_dim",
+            "zero_dim",
+            "cut_raw",
+            "extend_raw",
+            "float_data",
+            "huge_dim",
+            "to_float_data",
+        ]
+    )
     if choice == "grow_dim" and t.dims:
         t.dims[int(c.rng.integers(len(t.dims)))] *= 2
     elif choice == "drop_dim" and t.dims:
@@ -208,8 +218,20 @@ def dtype_unknown(c: Ctx) -> str:
     return f"{where} data_type {value}"
 
 
-_WRONG_ATTRS = ["strings", "float", "undefined", "bad_utf8", "unknown", "drop", "empty_ints",
-                "neg_ints", "huge_ints", "graph", "tensor", "dup"]  # fmt: skip
+_WRONG_ATTRS = [
+    "strings",
+    "float",
+    "undefined",
+    "bad_utf8",
+    "unknown",
+    "drop",
+    "empty_ints",
+    "neg_ints",
+    "huge_ints",
+    "graph",
+    "tensor",
+    "dup",
+]
 
 
 def attr_wrong_type(c: Ctx) -> str:
@@ -259,8 +281,14 @@ def recursive_function(c: Ctx) -> str:
     m = c.proto()
     if not m.functions:
         m.functions.add().CopyFrom(
-            oh.make_function("local", "Act", ["a"], ["b"], [oh.make_node("Relu", ["a"], ["b"])],
-                             [oh.make_opsetid("", 17)])  # fmt: skip
+            oh.make_function(
+                "local",
+                "Act",
+                ["a"],
+                ["b"],
+                [oh.make_node("Relu", ["a"], ["b"])],
+                [oh.make_opsetid("", 17)],
+            )
         )
         m.opset_import.add().CopyFrom(oh.make_opsetid("local", 1))
     fn = m.functions[0]
@@ -284,198 +312,8 @@ def recursive_function(c: Ctx) -> str:
     return choice
 
 
-# ---------------------------------------------------------------------- runtime-only failures
-
-
-def _io(m: onnx.ModelProto) -> tuple[str, str]:
-    return m.graph.input[0].name, m.graph.output[0].name
-
-
-def runtime_graph(c: Ctx) -> str:
-    """A graph that validation lets through and ONNX Runtime (or the arithmetic) refuses."""
-    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
-    choice = c.pick(["group0", "group_mismatch", "expand", "constant_of_shape", "reshape",
-                     "kernel_too_big", "matmul", "gather", "tile", "resize"])  # fmt: skip
-    big = int(c.pick([2**16, 2**20, 2**31, 10**12]))
-    inits: list[TensorProto] = []
-    w = nh.from_array(np.ones((4, 4, 3, 3), np.float32), "w")
-    if choice == "group0":
-        nodes = [oh.make_node("Conv", ["x", "w"], ["y"], group=0, kernel_shape=[3, 3])]
-        inits = [w]
-    elif choice == "group_mismatch":
-        nodes = [oh.make_node("Conv", ["x", "w"], ["y"], group=3)]
-        inits = [w]
-    elif choice == "kernel_too_big":
-        inits = [nh.from_array(np.ones((4, 4, 20, 20), np.float32), "w")]
-        nodes = [oh.make_node("Conv", ["x", "w"], ["y"])]
-    elif choice == "expand":
-        inits = [nh.from_array(np.array([big, 4, 8, 8], np.int64), "s")]
-        nodes = [oh.make_node("Expand", ["x", "s"], ["y"])]
-    elif choice == "constant_of_shape":
-        inits = [nh.from_array(np.array([big, 64], np.int64), "s")]
-        nodes = [oh.make_node("ConstantOfShape", ["s"], ["c"]),
-                 oh.make_node("ReduceSum", ["c"], ["y"], keepdims=0)]  # fmt: skip
-    elif choice == "reshape":
-        inits = [nh.from_array(np.array([7, -1, 5], np.int64), "s")]
-        nodes = [oh.make_node("Reshape", ["x", "s"], ["y"])]
-    elif choice == "matmul":
-        inits = [nh.from_array(np.ones((5, 3), np.float32), "w")]
-        nodes = [oh.make_node("MatMul", ["x", "w"], ["y"])]
-    elif choice == "gather":
-        inits = [nh.from_array(np.array([big % 2**31], np.int64), "i")]
-        nodes = [oh.make_node("Gather", ["x", "i"], ["y"], axis=1)]
-    elif choice == "tile":
-        inits = [nh.from_array(np.array([1, 1, big % 2**40, big % 2**40], np.int64), "r")]
-        nodes = [oh.make_node("Tile", ["x", "r"], ["y"])]
-    else:
-        inits = [nh.from_array(np.array([1.0, 1.0, 1e6, 1e6], np.float32), "sc")]
-        nodes = [oh.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")]
-    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    model = oh.make_model(oh.make_graph(nodes, "rt", [x], [y], inits),
-                          opset_imports=[oh.make_opsetid("", 17)])  # fmt: skip
-    model.ir_version = 8
-    c.save(model)
-    return f"{choice} ({big})"
-
-
 def proto_field(c: Ctx) -> str:
     m = c.proto()
     done = mutate_fields(m, c.rng, int(c.rng.integers(1, 4)))
     c.save(m)
     return "; ".join(done)
-
-
-# ---------------------------------------------------------------------- external data
-
-
-def _externalize(c: Ctx, location: str = "w.data") -> tuple[onnx.ModelProto, TensorProto, bytes]:
-    """The seed with its largest initializer moved to ``location`` (written); returns the
-    model, that tensor and its bytes."""
-    m = c.proto()
-    t = max(m.graph.initializer, key=lambda t: len(t.raw_data))
-    data = t.raw_data
-    t.ClearField("raw_data")
-    t.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(len(data)))):
-        e = t.external_data.add()
-        e.key, e.value = key, value
-    return m, t, data
-
-
-def _set_ext(t: TensorProto, key: str, value: str) -> None:
-    for e in t.external_data:
-        if e.key == key:
-            e.value = value
-            return
-    e = t.external_data.add()
-    e.key, e.value = key, value
-
-
-def external(c: Ctx) -> str:
-    choice = c.pick(["valid", "symlink_loop", "long_location", "long_component", "past_eof",
-                     "bad_length", "neg_offset", "text_offset", "empty", "fifo", "escape_dotdot",
-                     "escape_abs", "escape_symlink", "folder", "missing", "dangling_link",
-                     "nul", "self"])  # fmt: skip
-    m, t, data = _externalize(c)
-    f = c.folder
-    (f / "w.data").write_bytes(data)
-    if choice == "symlink_loop":
-        _set_ext(t, "location", "loop_a")
-        os.symlink("loop_b", f / "loop_a")
-        os.symlink("loop_a", f / "loop_b")
-    elif choice == "long_location":
-        _set_ext(t, "location", "a/" * 2500)
-    elif choice == "long_component":
-        _set_ext(t, "location", "b" * 5000)
-    elif choice == "past_eof":
-        _set_ext(t, "offset", str(len(data) + int(c.rng.integers(1, 10**6))))
-    elif choice == "bad_length":
-        _set_ext(t, "length", str(int(c.pick([0, 1, len(data) * 2, 2**63]))))
-    elif choice == "neg_offset":
-        _set_ext(t, "offset", "-8")
-    elif choice == "text_offset":
-        _set_ext(t, c.pick(["offset", "length"]), c.pick(["1e3", "0x10", " 5", "∞"]))
-    elif choice == "empty":
-        (f / "w.data").write_bytes(b"")
-    elif choice == "fifo":
-        (f / "w.data").unlink()
-        os.mkfifo(f / "w.data")
-    elif choice == "escape_dotdot":
-        _set_ext(t, "location", c.pick(["../w.data", "sub/../../w.data", "./../w.data"]))
-    elif choice == "escape_abs":
-        _set_ext(t, "location", c.pick([str(f / "w.data"), "/etc/passwd", "/dev/zero"]))
-    elif choice == "escape_symlink":
-        _set_ext(t, "location", "link.data")
-        os.symlink(c.pick(["/dev/zero", "/etc/hostname", str(f.parent)]), f / "link.data")
-    elif choice == "folder":
-        _set_ext(t, "location", "sub")
-        (f / "sub").mkdir()
-    elif choice == "missing":
-        _set_ext(t, "location", "nothing.data")
-    elif choice == "dangling_link":
-        _set_ext(t, "location", "dangling.data")
-        os.symlink("nothing-here", f / "dangling.data")
-    elif choice == "nul":
-        _set_ext(t, "location", "w.data\x00.txt")
-    elif choice == "self":
-        _set_ext(t, "location", "m.onnx")
-    c.save(m)
-    return choice
-
-
-def sparse_external(c: Ctx) -> str:
-    """A sparse initializer whose values live in external data (valid or broken)."""
-    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
-    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
-    values = nh.from_array(np.array([1.0, 2.0, 3.0], np.float32), "sp")
-    indices = nh.from_array(np.array([1, 5, 14], np.int64), "sp_idx")
-    choice = c.pick(["valid", "escape", "past_eof", "bad_index", "fifo", "loop"])
-    data = values.raw_data
-    values.ClearField("raw_data")
-    values.data_location = TensorProto.EXTERNAL
-    location = {"escape": "../sp.data", "loop": "loop_a"}.get(choice, "sp.data")
-    offset = "4096" if choice == "past_eof" else "0"
-    for key, value in (("location", location), ("offset", offset), ("length", "12")):
-        e = values.external_data.add()
-        e.key, e.value = key, value
-    if choice == "fifo":
-        os.mkfifo(c.folder / "sp.data")
-    elif choice == "loop":
-        os.symlink("loop_b", c.folder / "loop_a")
-        os.symlink("loop_a", c.folder / "loop_b")
-    else:
-        (c.folder / "sp.data").write_bytes(data)
-    if choice == "bad_index":
-        indices = nh.from_array(np.array([1, 5, 99], np.int64), "sp_idx")
-    sparse = oh.make_sparse_tensor(values, indices, [2, 8])
-    graph = oh.make_graph([oh.make_node("Add", ["x", "sp"], ["y"])], "sparse", [x], [y])
-    graph.sparse_initializer.add().CopyFrom(sparse)
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
-    model.ir_version = 8
-    c.save(model)
-    return choice
-
-
-#: Mutation class -> (function, weight in the corpus, seeds it applies to).
-ALL_SEEDS = ("conv", "function", "qdq")
-CLASSES: dict[str, tuple[Mutation, int, tuple[str, ...]]] = {
-    "bitflip": (bitflip, 14, ALL_SEEDS),
-    "truncate": (truncate, 8, ALL_SEEDS),
-    "splice": (splice, 6, ALL_SEEDS),
-    "dangling_input": (dangling_input, 5, ALL_SEEDS),
-    "cycle": (cycle, 5, ALL_SEEDS),
-    "out_of_order": (out_of_order, 5, ALL_SEEDS),
-    "orphan_output": (orphan_output, 4, ALL_SEEDS),
-    "no_outputs": (no_outputs, 2, ALL_SEEDS),
-    "init_inconsistent": (init_inconsistent, 6, ALL_SEEDS),
-    "dtype_unknown": (dtype_unknown, 5, ALL_SEEDS),
-    "attr_wrong_type": (attr_wrong_type, 8, ALL_SEEDS),
-    "recursive_function": (recursive_function, 3, ("function",)),
-    "runtime_graph": (runtime_graph, 6, ("conv",)),
-    "proto_field": (proto_field, 12, ALL_SEEDS),
-    "external": (external, 8, ("conv", "function", "qdq")),
-    "sparse_external": (sparse_external, 2, ("conv",)),
-    "real_bitflip": (bitflip, 1, ("real:shufflenet-v2-12-qdq", "real:yolox_nano")),
-    "real_truncate": (truncate, 1, ("real:shufflenet-v2-12-qdq", "real:yolox_nano")),
-    "real_proto_field": (proto_field, 1, ("real:shufflenet-v2-12-qdq", "real:yolox_nano")),
-}

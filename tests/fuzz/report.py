@@ -6,12 +6,20 @@ import json
 import shlex
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 from fuzz.runner import PASS, SEVERITY, CaseResult
 
-_COLUMNS = ("succeeded", "refused", "traceback", "hang", "crash", "rss", "leftover",
-            "input_changed", "bad_error")  # fmt: skip
+_COLUMNS = (
+    "succeeded",
+    "refused",
+    "traceback",
+    "hang",
+    "crash",
+    "rss",
+    "leftover",
+    "input_changed",
+    "bad_error",
+)
 
 
 def _arg(a: str | bytes) -> str:
@@ -44,12 +52,24 @@ def _table(results: Sequence[CaseResult], kind: str) -> list[str]:
         total["_opt"] += optimized
         rss = max(cr.max_rss for cr in group) / 2**20
         slowest = max((r.wall_s for cr in group for r in cr.results), default=0.0)
-        cells = [klass, str(len(group)), *(str(c[v]) for v in _COLUMNS),
-                 str(optimized) if kind == "model" else "-", f"{rss:.0f}", f"{slowest:.1f}"]  # fmt: skip
+        cells = [
+            klass,
+            str(len(group)),
+            *(str(c[v]) for v in _COLUMNS),
+            str(optimized) if kind == "model" else "-",
+            f"{rss:.0f}",
+            f"{slowest:.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     rss_all = max(cr.max_rss for cr in rows) / 2**20
-    cells = ["**all**", str(len(rows)), *(str(total[v]) for v in _COLUMNS),
-             str(total["_opt"]) if kind == "model" else "-", f"{rss_all:.0f}", ""]  # fmt: skip
+    cells = [
+        "**all**",
+        str(len(rows)),
+        *(str(total[v]) for v in _COLUMNS),
+        str(total["_opt"]) if kind == "model" else "-",
+        f"{rss_all:.0f}",
+        "",
+    ]
     lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -59,8 +79,16 @@ def failures(results: Sequence[CaseResult]) -> list[CaseResult]:
     return sorted(bad, key=lambda cr: (SEVERITY.index(cr.verdict), cr.case.id))
 
 
-def render(results: Sequence[CaseResult], *, command: str, seed: int, jobs: int, mode: str,
-           wall_s: float, host: str) -> str:  # fmt: skip
+def render(
+    results: Sequence[CaseResult],
+    *,
+    command: str,
+    seed: int,
+    jobs: int,
+    mode: str,
+    wall_s: float,
+    host: str,
+) -> str:
     """The Markdown summary written to ``benchmarks/results/fuzz.md``."""
     n_models = sum(1 for cr in results if cr.case.kind == "model")
     n_images = len(results) - n_models
@@ -95,8 +123,10 @@ def render(results: Sequence[CaseResult], *, command: str, seed: int, jobs: int,
         lines += ["## Failures", ""]
         for cr in bad[:40]:
             worst = min(cr.results, key=lambda r: SEVERITY.index(r.verdict))
-            lines.append(f"- `{cr.case.id}` {cr.case.klass} ({cr.case.detail}): **{worst.verdict}** "
-                         f"— {worst.why}; `onnxfit {' '.join(_arg(a) for a in worst.argv)}`")  # fmt: skip
+            lines.append(
+                f"- `{cr.case.id}` {cr.case.klass} ({cr.case.detail}): **{worst.verdict}** "
+                f"— {worst.why}; `onnxfit {' '.join(_arg(a) for a in worst.argv)}`"
+            )
         if len(bad) > 40:
             lines.append(f"- ... and {len(bad) - 40} more (see the JSON lines log)")
         lines.append("")
@@ -105,12 +135,25 @@ def render(results: Sequence[CaseResult], *, command: str, seed: int, jobs: int,
 
 def log_line(cr: CaseResult) -> str:
     """One JSON line per case (the failures log)."""
-    return json.dumps({
-        "id": cr.case.id, "class": cr.case.klass, "detail": cr.case.detail,
-        "verdict": cr.verdict, "folder": str(cr.case.folder),
-        "commands": [{"argv": [a if isinstance(a, str) else repr(a) for a in r.argv],
-                      "verdict": r.verdict, "code": r.code, "wall_s": round(r.wall_s, 2),
-                      "max_rss_mib": round(r.max_rss / 2**20, 1), "why": r.why,
-                      "stderr_tail": r.stderr_tail if r.verdict not in PASS else ""}
-                     for r in cr.results],
-    }, ensure_ascii=False)  # fmt: skip
+    return json.dumps(
+        {
+            "id": cr.case.id,
+            "class": cr.case.klass,
+            "detail": cr.case.detail,
+            "verdict": cr.verdict,
+            "folder": str(cr.case.folder),
+            "commands": [
+                {
+                    "argv": [a if isinstance(a, str) else repr(a) for a in r.argv],
+                    "verdict": r.verdict,
+                    "code": r.code,
+                    "wall_s": round(r.wall_s, 2),
+                    "max_rss_mib": round(r.max_rss / 2**20, 1),
+                    "why": r.why,
+                    "stderr_tail": r.stderr_tail if r.verdict not in PASS else "",
+                }
+                for r in cr.results
+            ],
+        },
+        ensure_ascii=False,
+    )

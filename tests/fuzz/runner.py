@@ -9,7 +9,8 @@ stderr files, ``TMPDIR`` = the case's ``tmp/``):
   command); an uncaught exception prints its traceback and exits 1, like the interpreter.
 
 :func:`run_cases` keeps ``jobs`` commands in flight, kills a command that passes its timeout
-(a hang) or 2 GiB of RSS, and reads each child's peak RSS from ``os.wait4``.
+(a hang) or 2 GiB of RSS, and records each child's peak RSS (``os.wait4``; in spawn mode
+``VmHWM`` polled every 20 ms, since wait4 there counts the parent's RSS before the exec).
 :func:`judge` turns exit status, output and the files left into a verdict: ``succeeded`` (exit
 0) and ``refused`` (exit 2 or 3 with exactly one ``error:`` line) pass; ``traceback``,
 ``crash`` (a signal), ``hang``, ``rss`` (over 1 GiB), ``bad_error`` (no single error line),
@@ -19,6 +20,7 @@ stderr files, ``TMPDIR`` = the case's ``tmp/``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -36,8 +38,17 @@ RSS_LIMIT = 1 << 30  # a case fails above 1 GiB peak RSS
 RSS_KILL = 2 << 30  # and is killed above 2 GiB (the host has other work)
 PASS = ("succeeded", "refused")
 #: Worst first: a case's verdict is its worst command's.
-SEVERITY = ("hang", "crash", "traceback", "rss", "input_changed", "leftover", "bad_error",
-            "refused", "succeeded")  # fmt: skip
+SEVERITY = (
+    "hang",
+    "crash",
+    "traceback",
+    "rss",
+    "input_changed",
+    "leftover",
+    "bad_error",
+    "refused",
+    "succeeded",
+)
 _SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -72,7 +83,7 @@ class CaseResult:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every entry of the case's input (``out``, ``tmp`` and ``log`` excluded): kind, size, content."""
+    """Every entry of the case's input (not ``out``, ``tmp``, ``log``): kind, size, content."""
     snap: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(os.fsencode(folder)):
         rel = os.path.relpath(dirpath, os.fsencode(folder))
@@ -116,8 +127,11 @@ def check_files(case: Case, argv: list[Arg], code: int, before: dict[str, str]) 
     out = _listing(case.out)
     if code != 0 and out:
         return f"leftover: files under the output after a refusal: {out[:4]}"
-    odd = [p for p in out if any(m in Path(p).name for m in _TEMP_MARKS)
-           or Path(p).name.startswith(".")]  # fmt: skip
+    odd = [
+        p
+        for p in out
+        if any(m in Path(p).name for m in _TEMP_MARKS) or Path(p).name.startswith(".")
+    ]
     if odd:
         return f"leftover: temporary files under the output: {odd[:3]}"
     return ""
@@ -143,10 +157,22 @@ def judge(code: int | None, sig: int | None, stdout: str, stderr: str) -> tuple[
 
 # ---------------------------------------------------------------------- starting commands
 
-PRELOAD = ("numpy", "onnx", "onnx_ir", "onnxruntime", "PIL.Image", "onnxfit.cli",
-           "onnxfit.cli._common", "onnxfit.analysis.inspect", "onnxfit.apps.pipeline",
-           "onnxfit.apps.evaluation", "onnxfit.optimizer.run", "onnxfit.report.inspect",
-           "onnxfit.report.run", "onnxfit.report.optimize")  # fmt: skip
+PRELOAD = (
+    "numpy",
+    "onnx",
+    "onnx_ir",
+    "onnxruntime",
+    "PIL.Image",
+    "onnxfit.cli",
+    "onnxfit.cli._common",
+    "onnxfit.analysis.inspect",
+    "onnxfit.apps.pipeline",
+    "onnxfit.apps.evaluation",
+    "onnxfit.optimizer.run",
+    "onnxfit.report.inspect",
+    "onnxfit.report.run",
+    "onnxfit.report.optimize",
+)
 
 
 def preload() -> None:
@@ -156,10 +182,8 @@ def preload() -> None:
     from onnxfit.cli import _COMMANDS
 
     for name in (*PRELOAD, *(spec.split(":")[0] for spec in _COMMANDS.values())):
-        try:
+        with contextlib.suppress(Exception):  # a module that fails to import fails its commands
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a module that fails to import fails its commands
-            pass
 
 
 def _child_main(argv: list[str], tmp: str) -> None:
@@ -183,7 +207,7 @@ def _child_main(argv: list[str], tmp: str) -> None:
             code = exc.code or 0
         else:
             print(exc.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught one
+    except BaseException:
         traceback.print_exc()
     try:
         threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads
@@ -202,8 +226,14 @@ def start(argv: list[Arg], case: Case, n: int, mode: str) -> int:
     try:
         if mode == "spawn":
             env = {**os.environ, "TMPDIR": tmp, "PYTHONPATH": str(_SRC)}
-            proc = subprocess.Popen([sys.executable, "-m", "onnxfit", *argv], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, env=env, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "onnxfit", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
             proc.returncode = 0  # reaped by os.wait4 below, not by Popen
             return proc.pid
         sys.stdout.flush()
@@ -222,12 +252,18 @@ def start(argv: list[Arg], case: Case, n: int, mode: str) -> int:
         os.close(err)
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int) -> tuple[int, int]:
+    """(RSS now, peak RSS since the last exec) of a running process, in bytes."""
+    now = peak = 0
     try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    kib = int(line.split()[1]) * 1024
+                    now, peak = (kib, peak) if line.startswith("VmRSS") else (now, kib)
     except (OSError, ValueError, IndexError):
-        return 0
+        pass
+    return now, peak
 
 
 @dataclass
@@ -239,6 +275,7 @@ class _Running:
     deadline: float
     before: dict[str, str]
     killed: str = ""
+    peak: int = 0  # VmHWM polled while it runs (spawn: wait4's figure counts the parent)
 
 
 def _timeout(case: Case, argv: list[Arg]) -> float:
@@ -274,7 +311,8 @@ def run_cases(
         if pid == 0:
             now = time.monotonic()
             for r in list(running.values()):
-                rss = _rss(r.pid)
+                rss, peak = _rss(r.pid)
+                r.peak = max(r.peak, peak)
                 why = "hang" if now > r.deadline else "rss" if rss > RSS_KILL else ""
                 if why and not r.killed:
                     r.killed = why
@@ -284,7 +322,10 @@ def run_cases(
         r = running.pop(pid)
         case = r.case_result.case
         argv = case.commands[r.n]
-        res = _finish(r, argv, status, usage.ru_maxrss * 1024)
+        # a spawned child's ru_maxrss includes the parent's RSS before exec (Linux keeps the
+        # old memory map's peak), so spawn mode takes the polled peak instead
+        peak = r.peak if mode == "spawn" else max(r.peak, usage.ru_maxrss * 1024)
+        res = _finish(r, argv, status, peak)
         r.case_result.results.append(res)
         nxt = r.n + 1
         if nxt < len(case.commands) and (res.code == 0 or not case.chain) and res.verdict in PASS:
@@ -307,10 +348,8 @@ def _finish(r: _Running, argv: list[Arg], status: int, max_rss: int) -> Result:
     case = r.case_result.case
     wall = time.monotonic() - r.t0
     if r.killed:
-        try:
-            os.killpg(r.pid, signal.SIGKILL)  # anything the command left running
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):  # anything the command left running
+            os.killpg(r.pid, signal.SIGKILL)
     stdout = _read(case.folder / "log" / f"cmd{r.n}.out")
     stderr = _read(case.folder / "log" / f"cmd{r.n}.err")
     code = os.waitstatus_to_exitcode(status)

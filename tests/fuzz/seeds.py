@@ -26,12 +26,17 @@ from PIL import Image
 
 F = TensorProto.FLOAT
 _REPO = Path(__file__).resolve().parents[2]
-SHARED_MODELS = Path(os.environ.get("ONNXFIT_SHARED_DATA", _REPO.parent / "shared" / "data")) / "models"
+SHARED_MODELS = (
+    Path(os.environ.get("ONNXFIT_SHARED_DATA", _REPO.parent / "shared" / "data")) / "models"
+)
 REAL_MODELS = ("shufflenet-v2-12-qdq.onnx", "yolox_nano.onnx")
 
 
-def _finish(graph: onnx.GraphProto, functions: list[onnx.FunctionProto] | None = None,
-            extra_opsets: dict[str, int] | None = None) -> onnx.ModelProto:  # fmt: skip
+def _finish(
+    graph: onnx.GraphProto,
+    functions: list[onnx.FunctionProto] | None = None,
+    extra_opsets: dict[str, int] | None = None,
+) -> onnx.ModelProto:
     opsets = [oh.make_opsetid("", 17)]
     opsets += [oh.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
     model = oh.make_model(graph, opset_imports=opsets, functions=functions or [])
@@ -49,44 +54,67 @@ def conv_net() -> onnx.ModelProto:
     x = oh.make_tensor_value_info("x", F, [1, 3, 16, 16])
     y = oh.make_tensor_value_info("y", F, [1, 5])
     inits = [
-        _w(rng, "w1", 8, 3, 3, 3), _w(rng, "b1", 8),
-        _w(rng, "bn_s", 8), _w(rng, "bn_b", 8), _w(rng, "bn_m", 8),
+        _w(rng, "w1", 8, 3, 3, 3),
+        _w(rng, "b1", 8),
+        _w(rng, "bn_s", 8),
+        _w(rng, "bn_b", 8),
+        _w(rng, "bn_m", 8),
         nh.from_array(np.abs(rng.standard_normal(8)).astype(np.float32) + 0.5, "bn_v"),
         _w(rng, "w2", 8, 8, 3, 3),
         nh.from_array(np.array([1, 8, 64], np.int64), "shape3"),
         nh.from_array(np.array([1, 8, 8, 8], np.int64), "shape4"),
-        _w(rng, "fc", 5, 16), _w(rng, "fcb", 5),
-    ]  # fmt: skip
+        _w(rng, "fc", 5, 16),
+        _w(rng, "fcb", 5),
+    ]
     nodes = [
-        oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3],
-                     pads=[1, 1, 1, 1]),
-        oh.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"],
-                     name="bn1", epsilon=1e-5),
+        oh.make_node(
+            "Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+        ),
+        oh.make_node(
+            "BatchNormalization",
+            ["c1", "bn_s", "bn_b", "bn_m", "bn_v"],
+            ["bn"],
+            name="bn1",
+            epsilon=1e-5,
+        ),
         oh.make_node("Relu", ["bn"], ["r1"], name="relu1"),
         oh.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
         oh.make_node("Reshape", ["p1", "shape3"], ["flat3"], name="reshape3"),
         oh.make_node("Reshape", ["flat3", "shape4"], ["p1b"], name="reshape4"),
-        oh.make_node("Conv", ["p1b", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3],
-                     pads=[1, 1, 1, 1], group=1),
+        oh.make_node(
+            "Conv",
+            ["p1b", "w2"],
+            ["c2"],
+            name="conv2",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            group=1,
+        ),
         oh.make_node("Sigmoid", ["c2"], ["s2"], name="sig2"),
         oh.make_node("GlobalAveragePool", ["s2"], ["g"], name="gap"),
         oh.make_node("GlobalMaxPool", ["r1"], ["gm"], name="gmp"),
         oh.make_node("Concat", ["g", "gm"], ["cat"], name="concat", axis=1),
         oh.make_node("Flatten", ["cat"], ["f"], name="flatten", axis=1),
         oh.make_node("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1),
-    ]  # fmt: skip
+    ]
     return _finish(oh.make_graph(nodes, "conv", [x], [y], inits))
 
 
 def function_net() -> onnx.ModelProto:
     rng = np.random.default_rng(2)
     act = oh.make_function(
-        "local", "Act", ["a"], ["b"],
-        [oh.make_node("Relu", ["a"], ["t"]), oh.make_node("Clip", ["t", "lo", "hi"], ["b"]),
-         oh.make_node("Constant", [], ["lo"], value_float=0.0),
-         oh.make_node("Constant", [], ["hi"], value_float=6.0)],
+        "local",
+        "Act",
+        ["a"],
+        ["b"],
+        [
+            oh.make_node("Relu", ["a"], ["t"]),
+            oh.make_node("Clip", ["t", "lo", "hi"], ["b"]),
+            oh.make_node("Constant", [], ["lo"], value_float=0.0),
+            oh.make_node("Constant", [], ["hi"], value_float=6.0),
+        ],
         [oh.make_opsetid("", 17)],
-    )  # fmt: skip
+    )
     # the Constants after their use: the seed itself is out of order inside the function
     act.node.sort(key=lambda n: n.op_type != "Constant")
     x = oh.make_tensor_value_info("x", F, [1, 3, 8, 8])

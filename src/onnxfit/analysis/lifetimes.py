@@ -209,10 +209,8 @@ def value_bytes(value: ir.Value, *, precision: str | None = None) -> int | None:
             hint="an attribute (kernel_shape, pads, strides...) or an input dimension is wrong",
         )
     numel = math.prod(dims)
-    if dtype.is_string():
-        nbytes = numel * STRING_ITEM_BYTES
-    else:
-        nbytes = (numel * dtype.bitwidth + 7) // 8
+    bits = STRING_ITEM_BYTES * 8 if dtype.is_string() else dtype.bitwidth
+    nbytes = (numel * bits + 7) // 8
     if nbytes > MAX_TENSOR_BYTES:
         raise ModelLoadError(
             f"value {value.name!r} would have shape {dims}: {nbytes / 2**60:,.3g} EiB, more "
