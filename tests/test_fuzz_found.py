@@ -134,3 +134,32 @@ def test_seeds_are_valid_models() -> None:
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         x = sess.get_inputs()[0]
         assert sess.run(None, {x.name: np.ones(x.shape, np.float32)})[0].size > 0
+
+
+def test_function_call_with_too_many_inputs(tmp_path: Path) -> None:
+    """io/nodes: a call passing more inputs than the local function declares reached onnx_ir's
+    inliner (``ValueError: Input mismatch when inlining function``)."""
+    proto = function_net()
+    call = next(n for n in proto.graph.node if n.op_type == "Act")
+    call.input.append(call.input[0])
+    result = _case(tmp_path, ["inspect", _model(tmp_path, proto)])
+    assert "calls function local::Act with 2 inputs; it has 1" in result.results[0].why
+
+
+def test_big_tensors_verify_on_fewer_synthetic_samples(tmp_path: Path) -> None:
+    """optimizer/data: verification kept 16 samples of every output and intermediate; a model
+    with a 64 MiB tensor peaked at 1.3 GiB RSS in ``optimize`` (now 2 samples, about 0.5 GiB)."""
+    from onnx import TensorProto
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    from onnxfit import io
+    from onnxfit.optimizer.data import synthetic_count
+
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    shape = nh.from_array(np.array([2**16, 4, 8, 8], np.int64), "s")
+    graph = oh.make_graph([oh.make_node("Expand", ["x", "s"], ["y"])], "g", [x], [y], [shape])
+    model = io.from_proto(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    assert synthetic_count(model, 16) == 2  # 64 MiB x 2 = the 128 MiB allowance
+    assert synthetic_count(io.from_proto(qdq_net()), 16) == 16
