@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,16 @@ test: venv
 # BENCH_ARGS=--quick for a short run.
 bench: venv
 	$(PY) benchmarks/bench_suite.py $(BENCH_ARGS)
+
+# The fuzzer (tests/fuzz): 2,000 mutated models through inspect + optimize --precision fp16 and
+# 300 mutated image cases through run / eval, FUZZ_JOBS commands at a time (default: all cores);
+# per-class counts -> benchmarks/results/fuzz.md, one JSON line per case -> build/fuzz.jsonl.
+# Exit 1 when any case tracebacks, hangs, crashes, passes 1 GiB RSS or leaves files behind.
+FUZZ_JOBS ?= $(shell nproc)
+fuzz: venv
+	@mkdir -p build
+	PYTHONPATH=tests $(PY) -m fuzz --jobs $(FUZZ_JOBS) --report benchmarks/results/fuzz.md \
+		--log build/fuzz.jsonl $(FUZZ_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

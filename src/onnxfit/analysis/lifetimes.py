@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from onnxfit.analysis.offsets import TensorLife
 from onnxfit.analysis.shapes import DATA_DEPENDENT_OPS
-from onnxfit.errors import InputError
+from onnxfit.errors import InputError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ PRECISION_DTYPES = {
 }
 #: Bytes counted per element of a string tensor (sizeof(std::string) in libstdc++): an estimate.
 STRING_ITEM_BYTES = 32
+#: No tensor can be larger than this (1 EiB): a bigger static size means broken shapes.
+MAX_TENSOR_BYTES = 2**60
 _SHOW = 8
 
 
@@ -188,7 +190,11 @@ def value_dtype(value: ir.Value, *, precision: str | None = None) -> ir.DataType
 
 
 def value_bytes(value: ir.Value, *, precision: str | None = None) -> int | None:
-    """Bytes of a tensor value (shape x dtype), or None when its shape or dtype is not known."""
+    """Bytes of a tensor value (shape x dtype), or None when its shape or dtype is not known.
+
+    A shape with a negative dimension (an attribute larger than its input, say) or one that
+    would need more than :data:`MAX_TENSOR_BYTES` raises :class:`ModelLoadError`: such a model
+    cannot run anywhere, and no memory plan can hold it."""
     dtype = value_dtype(value, precision=precision)
     shape = value.shape
     if dtype is None or dtype == ir.DataType.UNDEFINED or shape is None:
@@ -196,10 +202,22 @@ def value_bytes(value: ir.Value, *, precision: str | None = None) -> int | None:
     dims = [d for d in shape.dims if isinstance(d, int)]
     if len(dims) != len(shape.dims):
         return None
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(
+            f"value {value.name!r} would have shape {dims}, with a negative dimension, so the "
+            "model cannot run",
+            hint="an attribute (kernel_shape, pads, strides...) or an input dimension is wrong",
+        )
     numel = math.prod(dims)
-    if dtype.is_string():
-        return numel * STRING_ITEM_BYTES
-    return (numel * dtype.bitwidth + 7) // 8
+    bits = STRING_ITEM_BYTES * 8 if dtype.is_string() else dtype.bitwidth
+    nbytes = (numel * bits + 7) // 8
+    if nbytes > MAX_TENSOR_BYTES:
+        raise ModelLoadError(
+            f"value {value.name!r} would have shape {dims}: {nbytes / 2**60:,.3g} EiB, more "
+            "memory than any machine has",
+            hint="an input dimension or a shape-giving attribute of the model is wrong",
+        )
+    return nbytes
 
 
 def _unknown_shape_error(names: Sequence[str]) -> InputError:

@@ -22,6 +22,15 @@ from onnxfit.errors import InputError
 __all__ = ["BadInput", "ImageResult", "PipelineStats", "RunResult", "collect_images"]
 
 
+def shown(text: str) -> str:
+    """``text`` as UTF-8 can carry it: the bytes of a file name that are not UTF-8 (which
+    Python keeps as lone surrogates) become ``\\xNN``, so a JSON line can always be written."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class BadInput:
     """An input that could not be used: its path, why, and a short kind for counting
@@ -33,7 +42,7 @@ class BadInput:
     kind: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "kind": self.kind, "reason": self.reason}
+        return {"path": shown(self.path), "kind": self.kind, "reason": shown(self.reason)}
 
 
 def count_kinds(bad: Sequence[BadInput]) -> dict[str, int]:
@@ -62,9 +71,9 @@ class ImageResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON line: ``path``, ``width``/``height``, then ``top_k`` (class, name,
         probability) or ``boxes`` (``[x1, y1, x2, y2, score, class, name]``), or ``error``."""
-        d: dict[str, Any] = {"path": self.path}
+        d: dict[str, Any] = {"path": shown(self.path)}
         if self.error is not None:
-            d["error"] = self.error
+            d["error"] = shown(self.error)
             return d
         if self.size is not None:
             d["width"], d["height"] = self.size

@@ -34,7 +34,8 @@ def scan_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> I
     """Image files in ``folder`` by extension (:data:`IMAGE_EXTENSIONS`, any case), sorted.
 
     Every other entry is listed in ``skipped`` with a reason (hidden, not an image extension,
-    unreadable sub-folder...). A missing or unreadable folder raises :class:`InputError`.
+    unreadable sub-folder, a link that loops or leads back to a folder already scanned: each
+    folder is scanned once). A missing or unreadable folder raises :class:`InputError`.
     """
     root = Path(folder)
     if not root.exists():
@@ -42,25 +43,37 @@ def scan_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> I
     if not root.is_dir():
         raise InputError(f"{root}: not a folder", hint="give a folder of images, or image files")
     scan = ImageScan()
-    _scan(root, scan, recursive=recursive, top=True)
+    _scan(root, scan, recursive=recursive, top=True, seen=set())
     scan.images.sort()
     scan.skipped.sort()
     return scan
 
 
-def _scan(folder: Path, scan: ImageScan, *, recursive: bool, top: bool) -> None:
+def _scan(
+    folder: Path, scan: ImageScan, *, recursive: bool, top: bool, seen: set[tuple[int, int]]
+) -> None:
     try:
+        st = folder.stat()
         entries = list(os.scandir(folder))
     except OSError as exc:
         if top:
             raise InputError(f"{folder}: cannot list folder ({exc.strerror})") from None
         scan.skipped.append((folder, f"cannot list folder ({exc.strerror})"))
         return
+    if (st.st_dev, st.st_ino) in seen:  # a link back to a folder on the way down (or seen)
+        scan.skipped.append((folder, "link to a folder already scanned (not recursing)"))
+        return
+    seen.add((st.st_dev, st.st_ino))
     for entry in entries:
         path = Path(entry.path)
-        if entry.is_dir():
+        try:
+            is_dir = entry.is_dir()
+        except OSError as exc:  # a symlink loop
+            scan.skipped.append((path, f"cannot open it ({exc.strerror})"))
+            continue
+        if is_dir:
             if recursive and not entry.name.startswith("."):
-                _scan(path, scan, recursive=True, top=False)
+                _scan(path, scan, recursive=True, top=False, seen=seen)
             else:
                 scan.skipped.append((path, "folder (not recursing)"))
         elif path.suffix.lower() in IMAGE_EXTENSIONS and not entry.name.startswith("."):

@@ -43,6 +43,8 @@ def read_yolo_labels(
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{p}: cannot read label file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: label file is not UTF-8 text (byte {exc.start})") from None
     w, h = image_size
     boxes, classes = [], []
     for n, line in enumerate(text.splitlines(), start=1):

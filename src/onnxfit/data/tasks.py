@@ -145,6 +145,10 @@ def read_labels_tsv(path: str | os.PathLike[str]) -> dict[str, int]:
             rows = list(csv.DictReader(fh, delimiter="\t"))
     except OSError as exc:
         raise InputError(f"{p}: cannot read labels ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise InputError(f"{p}: not a tab-separated table ({exc})") from None
     if not rows or not {"file", "class_index"} <= set(rows[0]):
         raise InputError(
             f"{p}: not a labels table",

@@ -4,7 +4,8 @@
 are unnamed, set twice, of type UNDEFINED or of an unknown type, a zero or negative ``group``,
 stride, dilation or kernel size, a domain without an opset import, and, for ONNX's own domains,
 an op its opset does not have, an attribute the op's schema does not list or lists with
-another type, and a missing required attribute. Calls of model-local functions and contrib
+another type, and a missing required attribute. A call of a model-local function may not pass
+more inputs or take more outputs than the function declares; the rest of such calls and contrib
 ops (``com.microsoft``: no schema here, onnxruntime knows its own) are left to the runtime.
 """
 
@@ -73,7 +74,16 @@ def check_node(
                     hint=_HINT,
                 )
     domain = "" if node.domain == "ai.onnx" else node.domain
-    if (node.domain, node.op_type) in functions:
+    fn = functions.get((node.domain, node.op_type))
+    if fn is not None:
+        for kind, given, declared in (("inputs", node.input, fn.input),
+                                      ("outputs", node.output, fn.output)):  # fmt: skip
+            if len(given) > len(declared):
+                raise ModelLoadError(
+                    f"{label}: calls function {fn.domain}::{fn.name} with {len(given)} {kind}; "
+                    f"it has {len(declared)}",
+                    hint=_HINT,
+                )
         return
     if domain not in opsets:
         if prefix.startswith("function") and not opsets:

@@ -37,6 +37,8 @@ from onnxfit.verify.evalset import EvalSet, dataset_task, load_labelled
 from onnxfit.verify.evaluator import Evaluator
 
 logger = logging.getLogger(__name__)
+#: Synthetic samples x largest tensor kept at most while verifying (see synthetic_count).
+SAMPLE_BYTES = 128 * 2**20
 
 
 @dataclass
@@ -98,6 +100,34 @@ def _first_input(model: ir.Model) -> tuple[str, int]:
     raise InputError("the model has no inputs")
 
 
+def synthetic_count(model: ir.Model, wanted: int) -> int:
+    """How many synthetic samples to verify on: ``wanted``, fewer (at least one) when the
+    model's largest tensor times the count would pass :data:`SAMPLE_BYTES` (verification keeps
+    every sample's outputs, and the per-layer error pass every intermediate, in memory)."""
+    from onnxfit.analysis.lifetimes import value_bytes
+    from onnxfit.analysis.shapes import infer_shapes
+    from onnxfit.errors import OnnxfitError
+
+    try:
+        shaped = infer_shapes(model, batch=1)
+    except OnnxfitError:  # shapes unknown: nothing to go by
+        return wanted
+    largest = 0
+    for node in shaped.graph:
+        for value in node.outputs:
+            try:
+                largest = max(largest, value_bytes(value) or 0)
+            except OnnxfitError:
+                continue
+    count = max(1, min(wanted, SAMPLE_BYTES // largest)) if largest else wanted
+    if count < wanted:
+        logger.warning(
+            "verifying on %d synthetic samples instead of %d: the largest tensor takes %.0f MiB",
+            count, wanted, largest / 2**20,
+        )  # fmt: skip
+    return count
+
+
 def _dims(value: ir.Value) -> list[int | str | None]:
     if value.shape is None:
         return []
@@ -105,7 +135,10 @@ def _dims(value: ir.Value) -> list[int | str | None]:
 
 
 def _spec(value: ir.Value) -> SimpleNamespace:
-    dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else np.dtype(np.float32)
+    try:
+        dtype = np.dtype(value.dtype.numpy())  # type: ignore[union-attr]
+    except (AttributeError, TypeError):  # no dtype, or UNDEFINED (declared outputs may say 0)
+        dtype = np.dtype(np.float32)
     return SimpleNamespace(name=value.name or "", shape=_dims(value), dtype=dtype)
 
 
@@ -227,10 +260,9 @@ def load_run_data(model: ir.Model, options: OptimizeOptions, *, progress: Any = 
         calibration = CalibrationData(_feeds(model, head.x), f"{options.eval}", False, [], preset)
         calib_source = f"{options.eval} (first {n_cal} evaluation images; evaluated on the rest)"
     else:
-        calibration = synthetic_inputs(model, options.synthetic_count, seed=options.seed)
-        calib_source = (
-            f"synthetic: {options.synthetic_count} samples of N(0, 1), seed {options.seed}"
-        )
+        count = synthetic_count(model, options.synthetic_count)
+        calibration = synthetic_inputs(model, count, seed=options.seed)
+        calib_source = f"synthetic: {count} samples of N(0, 1), seed {options.seed}"
     evaluator = None
     if evalset is not None:
         assert info is not None

@@ -228,14 +228,16 @@ class Fp16Pass(OnnxfitPass):
         """Graph outputs that became float16 get a Cast back (keep_io_types), same names."""
         if not self.keep_io_types:
             return
+        casts: dict[int, ir.Value] = {}  # a value listed twice as an output gets one Cast
         for i, value in enumerate(original):
             if value.dtype != F16 or graph.outputs[i] is not value:
                 continue
-            name = value.name
-            value.name = f"{name}_fp16"
-            cast = self._cast(graph, value, F32)
-            cast.name = name
-            graph.outputs[i] = cast
+            if id(value) not in casts:
+                name = value.name
+                value.name = f"{name}_fp16"
+                casts[id(value)] = self._cast(graph, value, F32)
+                casts[id(value)].name = name
+            graph.outputs[i] = casts[id(value)]
 
 
 def _retype_attributes(node: ir.Node) -> None:
