@@ -95,7 +95,9 @@ def _status(r: dict[str, Any], ok_rcs: tuple[int, ...] = (0,)) -> str:
     return f"exit {r['rc']}"
 
 
-def bench_one(entry: dict[str, Any], timeout: int, tmp: Path) -> dict[str, Any]:
+def bench_one(
+    entry: dict[str, Any], timeout: int, tmp: Path, steps: tuple[str, ...] = ("fp16", "int8")
+) -> dict[str, Any]:
     path = model_path(entry)
     shapes = _shape_args(entry)
     py = sys.executable
@@ -119,6 +121,9 @@ def bench_one(entry: dict[str, Any], timeout: int, tmp: Path) -> dict[str, Any]:
         except (json.JSONDecodeError, KeyError):
             row["engine"] = "?"
     for prec, target in (("fp16", "xbox-series-s"), ("int8", "cpu")):
+        if prec not in steps:
+            row[prec] = "-"
+            continue
         out = tmp / f"{entry['name']}-{prec}.onnx"
         cmd = [*of, "optimize", str(path), "-o", str(out), "--precision", prec]
         cmd += ["--target", target, "--allow-over-budget", "--measure-runs", "0", "--force"]
@@ -194,6 +199,9 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="model names (default: every one)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per step")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument(
+        "--steps", default="fp16,int8", help="optimize steps to run (ORT and inspect always run)"
+    )
     args = ap.parse_args()
     entries = json.loads(MANIFEST.read_text())["models"]
     if args.only:
@@ -206,7 +214,7 @@ def main() -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="onnxfit-corpus-") as tmp:
         for entry in entries:
-            row = bench_one(entry, args.timeout, Path(tmp))
+            row = bench_one(entry, args.timeout, Path(tmp), tuple(args.steps.split(",")))
             rows.append(row)
             print(
                 f"{row['name']:28s} ort={row['ort']:7s} inspect={row['inspect']:9s} "
@@ -214,7 +222,7 @@ def main() -> int:
                 flush=True,
             )
     md = _md(rows, time.perf_counter() - t0)
-    if not args.no_write and not args.only:
+    if not args.no_write and not args.only and args.steps == "fp16,int8":
         OUT_MD.write_text(md)
         OUT_JSON.write_text(json.dumps(rows, indent=1) + "\n")
     print(md)

@@ -227,7 +227,9 @@ def load_run_data(model: ir.Model, options: OptimizeOptions, *, progress: Any = 
         calibration = CalibrationData(_feeds(model, head.x), f"{options.eval}", False, [], preset)
         calib_source = f"{options.eval} (first {n_cal} evaluation images; evaluated on the rest)"
     else:
-        calibration = synthetic_inputs(model, options.synthetic_count, seed=options.seed)
+        calibration = synthetic_inputs(
+            model, options.synthetic_count, seed=options.seed, input_shapes=options.input_shapes
+        )
         calib_source = (
             f"synthetic: {options.synthetic_count} samples of N(0, 1), seed {options.seed}"
         )
