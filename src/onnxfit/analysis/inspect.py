@@ -34,7 +34,7 @@ from onnxfit.analysis.fit import FitVerdict as PrecisionVerdict
 from onnxfit.analysis.fit import verdict_of
 from onnxfit.analysis.lanes import LaneReport, lane_report
 from onnxfit.analysis.memory import MemoryPlan, plan_memory
-from onnxfit.analysis.shapes import infer_shapes
+from onnxfit.analysis.shapes import infer_shapes, shape_engine
 from onnxfit.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,8 @@ class InspectResult:
     verdict: FitVerdict | None = None
     directml: DmlPreflight | None = None
     lanes: LaneReport | None = None
+    #: which engine resolved the last shapes: onnx, ort-symbolic or execution
+    shape_engine: str | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -193,6 +195,7 @@ class InspectResult:
             "weight_bytes": self.weight_bytes,
             "weight_dtypes": dict(self.weight_dtypes),
             "opset": self.opset,
+            "shape_engine": self.shape_engine,
             "num_nodes": self.num_nodes,
             "op_histogram": dict(self.op_histogram),
             "inputs": [t.to_dict() for t in self.inputs],
@@ -336,6 +339,7 @@ def inspect(
         verdict=verdict,
         directml=dml,
         lanes=lanes,
+        shape_engine=shape_engine(shaped),
     )
     logger.info(
         "%s on %s: %d params, %.3f GFLOPs, %.3f ms, %s",

@@ -66,6 +66,9 @@ INT8_OPS = frozenset(
         "QLinearAveragePool",
         "QLinearGlobalAveragePool",
         "QLinearConcat",
+        "QLinearSoftmax",
+        "QLinearReduceMean",
+        "QGemm",
         "DynamicQuantizeMatMul",
     }
 )
@@ -167,6 +170,7 @@ NORMALIZATION: dict[str, int] = {
     "MeanVarianceNormalization": 6,
     "LpNormalization": 3,
     "Softmax": 5,
+    "QLinearSoftmax": 5,
     "LogSoftmax": 6,
     "Hardmax": 1,
 }
@@ -179,6 +183,7 @@ REDUCE: dict[str, int] = {
     **dict.fromkeys(["ArgMax", "ArgMin", "TopK", "GlobalAveragePool", "GlobalMaxPool"], 1),
     "GlobalLpPool": 2,
     "QLinearGlobalAveragePool": 1,
+    "QLinearReduceMean": 1,
 }
 _POOL = frozenset({"MaxPool", "AveragePool", "LpPool", "QLinearAveragePool"})
 _CONV_WEIGHT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1, "NhwcConv": 1}
@@ -187,7 +192,7 @@ _MATMUL_A = frozenset(
 )
 _RNN_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _SPECIAL = frozenset(
-    {"ConvTranspose", "Gemm", "FusedGemm", "Einsum", "Resize", "Upsample", "LRN", *_RNN_GATES}
+    {"ConvTranspose", "Gemm", "FusedGemm", "QGemm", "Einsum", "Resize", "Upsample", "LRN", *_RNN_GATES}
 )
 _KNOWN_MS = frozenset(
     {*INT8_OPS, "FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv", "Gelu", "FastGelu"}
@@ -326,7 +331,7 @@ def count(node: ir.Node) -> tuple[int, int] | None:
         return _conv(node)
     if op in _MATMUL_A:
         return _matmul(node)
-    if op in ("Gemm", "FusedGemm"):
+    if op in ("Gemm", "FusedGemm", "QGemm"):
         return _gemm(node)
     if op == "ConvTranspose":
         return _conv_transpose(node)

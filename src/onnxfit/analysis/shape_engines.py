@@ -6,6 +6,9 @@
 * :func:`onnx_infer`: ``onnx.shape_inference.infer_shapes`` (data propagation on).
 * :func:`ort_symbolic_infer`: onnxruntime's symbolic shape inference (``auto_merge=True``), which
   knows the ``com.microsoft`` contrib ops (Gelu, FusedConv, QLinear*...) that ONNX does not.
+* :func:`execution_infer`: the last resort when both leave shapes open and every graph input is
+  static: the model runs once in onnxruntime (CPU) on made-up inputs with the unresolved values
+  exposed as graph outputs, and their shapes are read off the results.
 * :func:`merge` copies the inferred types back into the IR values, by name.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -82,6 +86,76 @@ def ort_symbolic_infer(proto: onnx.ModelProto) -> onnx.ModelProto | None:
         logger.info("onnxruntime symbolic shape inference failed: %s", exc)
         return None
     return result if isinstance(result, onnx.ModelProto) else None
+
+
+#: Name under which the engine that resolved the last shapes is kept in ``model.meta``.
+ENGINE_KEY = "onnxfit.shape_engine"
+
+
+def execution_infer(
+    model: ir.Model, values: list[ir.Value]
+) -> dict[str, tuple[ir.DataType, list[int]]] | None:
+    """Run ``model`` once in onnxruntime (CPU) and return ``name -> (dtype, shape)`` of ``values``.
+
+    Every graph input must be static (``None`` is returned otherwise, and whenever onnxruntime
+    cannot build or run the model). Inputs are made up: floats 1.0, integers 0, booleans False;
+    the shapes of values that do not depend on input *data* come out the same for any values.
+    Only ``values`` (and the graph's own outputs) are exposed, so onnxruntime keeps just those
+    alive beyond their last use; the model itself is left unchanged.
+    """
+    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    feeds: dict[str, np.ndarray] = {}
+    for value in inputs:
+        if value.dtype is None or value.shape is None or not value.shape.is_static():
+            return None
+        dims = [int(d) for d in value.shape.dims]  # type: ignore[call-overload]
+        try:
+            dtype = value.dtype.numpy()
+        except TypeError:
+            return None
+        fill = 1 if dtype.kind in "fc" else 0
+        feeds[str(value.name)] = np.full(dims, fill, dtype=dtype)
+    wanted = [str(v.name) for v in values if v.name]
+    if not wanted:
+        return {}
+    try:
+        import onnxruntime as ort
+
+        proto = io.to_proto(model)
+        have = {o.name for o in proto.graph.output}
+        for name in wanted:
+            if name not in have:
+                proto.graph.output.append(onnx.ValueInfoProto(name=name))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(
+            proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+        results = session.run(wanted, feeds)
+    except Exception as exc:  # onnxruntime's own errors (any class): no help from this engine
+        logger.info("shape resolution by execution failed: %s", str(exc).splitlines()[0][:300])
+        return None
+    out: dict[str, tuple[ir.DataType, list[int]]] = {}
+    for name, array in zip(wanted, results, strict=True):
+        if isinstance(array, np.ndarray):
+            out[name] = (ir.DataType.from_numpy(array.dtype), list(array.shape))
+    return out
+
+
+def apply_executed(values: list[ir.Value], shapes: dict[str, tuple[ir.DataType, list[int]]]) -> int:
+    """Set the dtype and shape of each of ``values`` found in ``shapes``; returns how many."""
+    n = 0
+    for value in values:
+        found = shapes.get(str(value.name))
+        if found is None:
+            continue
+        dtype, dims = found
+        if value.dtype in (None, ir.DataType.UNDEFINED):
+            value.dtype = dtype
+        value.shape = ir.Shape(dims)
+        n += 1
+    return n
 
 
 def merge(model: ir.Model, inferred: onnx.ModelProto, *, only_missing: bool = False) -> None:

@@ -10,9 +10,11 @@
    hard-coded batch of 1 does not, and the error says which).
 2. ONNX shape inference (``onnx.shape_inference.infer_shapes``, strict mode and data
    propagation; non-strict as a fallback) runs on the copy with large initializers lifted out,
-   so models above protobuf's 2 GiB limit work too. When it leaves tensors unresolved in a
-   graph with non-ONNX ops (``com.microsoft`` contrib ops), onnxruntime's symbolic shape
-   inference fills the gaps (:mod:`onnxfit.analysis.shape_engines`).
+   so models above protobuf's 2 GiB limit work too. When it leaves tensors unresolved
+   (``com.microsoft`` contrib ops, shapes computed at run time), onnxruntime's symbolic shape
+   inference fills the gaps; when even that leaves some open and every input is static, the
+   model runs once in onnxruntime with those values exposed (:mod:`.shape_engines`).
+   :func:`shape_engine` tells which engine resolved the last ones.
 3. Every tensor must end with a static shape and a dtype, or :class:`InputError` names the
    unresolved ones (first few + count) and where they start. Tensors downstream of ops whose
    output shape depends on the data (NonZero, NonMaxSuppression, Loop, ...) may stay dynamic:
@@ -285,6 +287,25 @@ def _roots(unresolved: Sequence[ir.Value]) -> list[str]:
     return roots
 
 
+def _execute_for_shapes(model: ir.Model, engine: str) -> str:
+    """Resolve what static inference left open by running the model once (static inputs
+    only; values downstream of data-dependent ops stay open). Returns the engine to report."""
+    tainted = _downstream_of_data_dependent(model)
+    pending = [v for v in _unresolved(model) if v not in tainted and not v.is_graph_input()]
+    if not pending:
+        return engine
+    logger.info("%d shapes still open; resolving them by running the model once", len(pending))
+    found = engines.execution_infer(model, pending)
+    return "execution" if found and engines.apply_executed(pending, found) else engine
+
+
+def shape_engine(model: ir.Model) -> str | None:
+    """Which engine resolved the last shapes of a model from :func:`infer_shapes`:
+    ``onnx``, ``ort-symbolic`` or ``execution`` (None for a model it did not make)."""
+    value = model.meta.get(engines.ENGINE_KEY)
+    return str(value) if value is not None else None
+
+
 def infer_shapes(
     model: ir.Model,
     *,
@@ -327,17 +348,21 @@ def infer_shapes(
             hint="check --input-shape / --batch against the model's inputs",
         ) from None
     engines.merge(out, inferred)
-    if _unresolved(out) and any(n.domain not in ("", "ai.onnx") for n in out.graph):
+    engine = "onnx"
+    if open_before := len(_unresolved(out)):
         logger.info("ONNX left shapes unresolved; trying onnxruntime symbolic shape inference")
         ort_inferred = engines.ort_symbolic_infer(inferred)
         if ort_inferred is not None:
             engines.merge(out, ort_inferred, only_missing=True)
+            engine = "ort-symbolic" if len(_unresolved(out)) < open_before else engine
     if not changed:  # shapes a previous tool stored stay valid when no static dim moved
         for node in out.graph:
             for value in node.outputs:
                 prev = old.get(str(value.name))
                 if value.shape is None and prev is not None and prev.is_static():
                     value.shape = prev
+    engine = _execute_for_shapes(out, engine)
+    out.meta[engines.ENGINE_KEY] = engine
     _check_reshapes(out, changed, batch)
     if changed:
         _check_outputs_carry_batch(out, old, changed, batch)

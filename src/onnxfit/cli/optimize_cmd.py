@@ -13,7 +13,9 @@ from onnxfit.cli._common import (
     check_report_paths,
     err_console,
     guarded,
+    input_shape_option,
     json_option,
+    parse_shapes,
     markdown_option,
     plot_option,
     print_result,
@@ -129,6 +131,10 @@ from onnxfit.cli._common import (
     help="With --precision auto, take the target's preferred precision instead of trying "
     "each candidate (INT8 / FP32 on CPUs) and keeping the fastest that fits and passes.",
 )
+@input_shape_option(
+    "Full shape of an input with dynamic dims (repeatable): synthetic inputs and the analysis "
+    "use it; the written model keeps its dynamic dims."
+)
 @budget_option
 @allow_over_budget_option
 @click.option("--force", is_flag=True, help="Overwrite OUT and its sidecars (never the input).")
@@ -156,6 +162,7 @@ def optimize(
     prune_scope: str,
     prune_channels: str | None,
     no_search: bool,
+    input_shape: tuple[str, ...],
     budget: str | None,
     force: bool,
     allow_over_budget: bool,
@@ -195,6 +202,7 @@ def optimize(
       onnxfit optimize r18.onnx -o r18-small.onnx --prune-channels 0.3 --eval imagenet-sample/
       onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune auto:0.7
       onnxfit optimize net.onnx -o net-xbox.onnx --target xbox-series-s --budget 256MB
+      onnxfit optimize ocr-det.onnx -o det-fp16.onnx --precision fp16 --input-shape x=1x3x640x640
     """
     from onnxfit.analysis.budget import parse_size
     from onnxfit.errors import DoesNotFitError
@@ -224,6 +232,7 @@ def optimize(
         "prune_scope": prune_scope,
         "prune_channels": prune_channels,
         "search": not no_search,
+        "input_shapes": parse_shapes(input_shape) or None,
     }
     opts = OptimizeOptions.build(**values)
     tgt = get_target(target)

@@ -301,18 +301,24 @@ def _read_arrays(file: Path, ranks: Mapping[str, int]) -> dict[str, np.ndarray]:
 
 
 def synthetic_inputs(
-    model: ir.Model, n: int = 8, *, seed: int = 0, batch: int | None = None
+    model: ir.Model,
+    n: int = 8,
+    *,
+    seed: int = 0,
+    batch: int | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> CalibrationData:
     """``n`` feeds of seeded standard-normal noise (integers: zeros) shaped like the inputs
     (:func:`onnxfit.data.feeds.make_feeds`): a symbolic first dimension becomes ``batch`` (1 when
-    None), a fixed one is kept; any other symbolic dimension raises :class:`InputError`. The
-    result has ``synthetic=True``: callers must say so in reports.
+    None), a fixed one is kept; ``input_shapes`` gives whole shapes; any other symbolic
+    dimension raises :class:`InputError`. The result has ``synthetic=True``: callers must say
+    so in reports.
     """
     from onnxfit.data.feeds import make_feeds
 
     rng = np.random.default_rng(seed)
     specs = model_inputs(model)
-    feeds = [make_feeds(specs, batch=batch, seed=rng) for _ in range(n)]
+    feeds = [make_feeds(specs, batch=batch, input_shapes=input_shapes, seed=rng) for _ in range(n)]
     logger.warning("no calibration data given: using %d synthetic samples (seed %d)", n, seed)
     return CalibrationData(feeds, f"synthetic(seed={seed})", True, [], None)
 

@@ -11,7 +11,7 @@ runs one candidate (a forced precision) or several (the candidate search) and wr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +87,15 @@ def build_candidate(
         file_bytes=io.file_size(src).bytes,
         precision=the_plan.model_precision,
         budget=budget,
+        input_shapes=opts.input_shapes,
     )
     after = model_stats(
-        final, target=tgt, file_bytes=len(payload), precision=the_plan.precision, budget=budget
+        final,
+        target=tgt,
+        file_bytes=len(payload),
+        precision=the_plan.precision,
+        budget=budget,
+        input_shapes=opts.input_shapes,
     )
     sample = one_sample(data.verify_feeds(original, limit=1)[0], original)
     before.measured_latency_s = measure_latency(original, sample, runs=opts.measure_runs)
@@ -99,7 +105,7 @@ def build_candidate(
 
     deploy = deploy_settings(tgt, free_dims=free)
     deploy.update(precision=the_plan.precision)
-    deploy.update(_deploy_checks(final, tgt, after.fit))
+    deploy.update(_deploy_checks(final, tgt, after.fit, opts.input_shapes))
     if left:
         deploy.setdefault("notes", []).append(
             f"symbolic dims {left} stay dynamic: add free-dimension overrides for them"
@@ -133,7 +139,12 @@ def build_candidate(
     return final, result
 
 
-def _deploy_checks(model: ir.Model, tgt: Target, fit: dict[str, Any] | None) -> dict[str, Any]:
+def _deploy_checks(
+    model: ir.Model,
+    tgt: Target,
+    fit: dict[str, Any] | None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, Any]:
     """The memory verdict, and on DirectML the pre-flight, for the deploy manifest."""
     from onnxfit.analysis.directml import directml_preflight
     from onnxfit.analysis.shapes import infer_shapes
@@ -145,7 +156,9 @@ def _deploy_checks(model: ir.Model, tgt: Target, fit: dict[str, Any] | None) -> 
         out["memory"] = {k: fit[k] for k in keys} | {"allocator": fit["allocator"]}
     if tgt.providers and tgt.providers[0] == "DmlExecutionProvider":
         dense = densified(model)
-        pre = directml_preflight(infer_shapes(dense, batch=1), original=dense)
+        pre = directml_preflight(
+            infer_shapes(dense, batch=1, input_shapes=input_shapes), original=dense
+        )
         out["directml"] = {
             "all_on_dml": pre.all_on_dml,
             "fallback_nodes": [f"{n.name} ({n.op_type}): {n.reason}" for n in pre.fallback],

@@ -261,7 +261,9 @@ def load_run_data(model: ir.Model, options: OptimizeOptions, *, progress: Any = 
         calib_source = f"{options.eval} (first {n_cal} evaluation images; evaluated on the rest)"
     else:
         count = synthetic_count(model, options.synthetic_count)
-        calibration = synthetic_inputs(model, count, seed=options.seed)
+        calibration = synthetic_inputs(
+            model, count, seed=options.seed, input_shapes=options.input_shapes
+        )
         calib_source = f"synthetic: {count} samples of N(0, 1), seed {options.seed}"
     evaluator = None
     if evalset is not None:

@@ -127,18 +127,9 @@ def golden(
 ) -> dict[str, np.ndarray]:
     """``input:<name>`` / ``output:<name>`` arrays: the first ``samples`` of ``feeds`` and the
     model's outputs on them (ORT CPU)."""
-    from onnxfit.verify.runner import run_all
+    from onnxfit.verify.runner import first_samples, merge_feeds, run_all
 
-    arrays: dict[str, list[np.ndarray]] = {}
-    n = 0
-    for f in feeds:
-        if n >= samples:
-            break
-        k = min(samples - n, next(iter(f.values())).shape[0])
-        for name, v in f.items():
-            arrays.setdefault(name, []).append(np.asarray(v[:k]))
-        n += k
-    inputs = {k: np.concatenate(v) for k, v in arrays.items()}
+    inputs = merge_feeds(first_samples(feeds, samples))
     outputs = run_all(model, [inputs])
     return {**{f"input:{k}": v for k, v in inputs.items()},
             **{f"output:{k}": v for k, v in outputs.items()}}  # fmt: skip

@@ -53,6 +53,8 @@ class OptimizeOptions:
     * ``search``: with ``precision="auto"``, try every precision the target runs well and keep
       the fastest that fits and meets the budget (:mod:`onnxfit.optimizer.search`).
     * ``synthetic_count``: samples of seeded noise when no data is given; ``seed``.
+    * ``input_shapes``: full shapes for inputs with dynamic dims (``--input-shape``): the
+      synthetic inputs and the analysis use them; the written model keeps its dynamic dims.
     * ``prune``: unstructured magnitude sparsity (``prune_scope`` global or per layer);
       ``prune_channels``: ratio of Conv output channels removed. Both one-shot. A number is
       honoured exactly or refused with the accuracy it costs; ``"auto"`` (``prune_auto`` /
@@ -84,6 +86,7 @@ class OptimizeOptions:
     prune_channels_auto: bool = False
     layer_top: int = 10
     search: bool = True
+    input_shapes: dict[str, tuple[int, ...]] | None = None
 
     @classmethod
     def build(cls, **values: Any) -> OptimizeOptions:
@@ -100,6 +103,11 @@ class OptimizeOptions:
             values["passes"] = parse_pass_list(passes)
         elif passes is not None:
             values["passes"] = tuple(passes)
+        if values.get("input_shapes"):
+            shapes = values["input_shapes"]
+            values["input_shapes"] = {str(k): tuple(int(d) for d in v) for k, v in shapes.items()}
+        else:
+            values.pop("input_shapes", None)
         for key in ("calibrate", "eval"):
             if values.get(key) is not None:
                 values[key] = os.fspath(values[key])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,14 +57,19 @@ def model_stats(
     file_bytes: int,
     precision: str,
     budget: int | str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> ModelStats:
     """Static figures of ``model`` on ``target`` (``file_bytes`` measured by the caller);
-    ``budget`` replaces the target's memory budget in the fit verdict."""
+    ``budget`` replaces the target's memory budget in the fit verdict; ``input_shapes`` pins
+    dynamic input dims (``--input-shape``)."""
     from onnxfit.analysis.inspect import inspect
     from onnxfit.pruning.sparse import densified
 
     # sparse-stored weights are decoded (constant-folded) at load: analyse the dense form
-    result = inspect(densified(model), target=target, batch=1, budget=budget)
+    shapes = {k: list(v) for k, v in input_shapes.items()} if input_shapes else None
+    result = inspect(
+        densified(model), target=target, batch=1, budget=budget, input_shapes=shapes
+    )
     return ModelStats(
         precision=precision,
         file_bytes=int(file_bytes),
@@ -85,14 +90,19 @@ def one_sample(
     feed: Mapping[str, np.ndarray], model: ir.Model | None = None
 ) -> dict[str, np.ndarray]:
     """The first sample of a feed (batch axis kept); the first ``n`` where ``model`` fixes the
-    input's batch dimension at ``n`` (a model built for batch 2 takes nothing else)."""
+    input's batch dimension at ``n`` (a model built for batch 2 takes nothing else); scalars
+    (a sample rate) whole."""
     fixed: dict[str, int] = {}
     if model is not None:
         for value in model.graph.inputs:
             dims = value.shape.dims if value.shape is not None else ()
             if dims and isinstance(dims[0], int) and dims[0] > 0:
                 fixed[str(value.name)] = dims[0]
-    return {k: np.ascontiguousarray(v[: fixed.get(k, 1)]) for k, v in feed.items()}
+    # (np.ascontiguousarray would turn a 0-d array into shape [1])
+    return {
+        k: np.ascontiguousarray(v[: fixed.get(k, 1)]) if np.ndim(v) else np.asarray(v)
+        for k, v in feed.items()
+    }
 
 
 def measure_latency(

@@ -7,7 +7,8 @@ Rewrites it makes (each an existing onnx-ir / onnxscript pass, in this order):
 2. constant subgraphs are evaluated and replaced by their value (onnxscript
    ``FoldConstantsPass``; QuantizeLinear/DequantizeLinear are never folded there, so an INT8
    model stays INT8);
-3. ``y = Identity(x)`` nodes whose output is not a graph output are removed;
+3. ``y = Identity(x)`` nodes are removed (:class:`ScopedIdentityElimination`: not where the
+   Identity hands a subgraph or function output a value made in another scope);
 4. unused nodes, initializers and opset imports are removed;
 5. initializers with equal dtype, shape and bytes are merged
    (``DeduplicateHashedInitializersPass``);
@@ -33,6 +34,22 @@ from onnxfit.passes.base import OnnxfitPass, count_ops
 #: folded outputs up to 262,144 elements kept (larger ones stay as computed nodes).
 FOLD_INPUT_LIMIT = 8192
 FOLD_OUTPUT_LIMIT = 262144
+
+
+class ScopedIdentityElimination(common.IdentityEliminationPass):
+    """onnx-ir's Identity elimination without the cases it gets wrong: an Identity that hands
+    a graph output (of the model, a subgraph or a function) a value made elsewhere — in an
+    outer scope, by no node, or already an output itself — stays. (Removing it put one value
+    in two graphs' outputs, an error, or left a function output produced by no node.)"""
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if node.op_type == "Identity" and len(node.inputs) == 1 and len(node.outputs) == 1:
+            x, y = node.inputs[0], node.outputs[0]
+            if x is not None and y.is_graph_output():
+                producer = x.producer()
+                if producer is None or producer.graph is not node.graph or x.is_graph_output():
+                    return False
+        return bool(super()._try_eliminate_identity_node(node))
 
 
 class CleanupPass(OnnxfitPass):
@@ -87,7 +104,7 @@ class CleanupPass(OnnxfitPass):
             }
         passes: list[ir.passes.PassBase] = []
         if self.remove_identity:
-            passes.append(common.IdentityEliminationPass())
+            passes.append(ScopedIdentityElimination())
         passes += [common.RemoveUnusedNodesPass(), common.RemoveUnusedOpsetsPass()]
         if self.deduplicate:
             passes.append(common.DeduplicateHashedInitializersPass())

@@ -11,6 +11,8 @@ schemas):
   ``QLinearLeakyRelu`` -> LeakyRelu; ``QLinearGlobalAveragePool`` / ``QLinearAveragePool``
   (``channels_last=0`` only) -> GlobalAveragePool / AveragePool; ``QLinearConcat`` -> Concat;
   ``QGemm`` -> Gemm (bias scale ``alpha * as * bs``; float output when it has no ``y_scale``);
+  ``QLinearSoftmax`` -> Softmax (unless its ``opset`` semantics differ from the model's at a
+  non-last axis);
 * the dynamic-quantization chain written by ``onnxruntime.quantization.quantize_dynamic``:
   ``Mul(Cast(MatMulInteger(DynamicQuantizeLinear(x), Wq, .., Wzp)), Mul(x_scale, Ws))`` ->
   ``MatMul(x, (Wq - Wzp) * Ws)``, and the same with ConvInteger -> Conv.
@@ -19,7 +21,7 @@ Between QOperator nodes, QOperator models run data-movement ops (Reshape, Flatte
 Concat...) on the integers; :func:`sink_dequantize` moves the DequantizeLinear above them so
 that the Q -> DQ pairs meet.
 
-Anything else (QLinearSoftmax, channels-last pooling, integer ops not in that chain) stays as
+Anything else (such a QLinearSoftmax, channels-last pooling, integer ops not in that chain) stays as
 it is and is named in the returned ``unsupported`` list.
 """
 
@@ -51,6 +53,7 @@ _SIMPLE: dict[
     "QLinearGlobalAveragePool": ("GlobalAveragePool", [(0, 1, 2, None)], (3, 4), {"channels_last"}),
     "QLinearAveragePool": ("AveragePool", [(0, 1, 2, None)], (3, 4), {"channels_last"}),
     "QLinearMatMul": ("MatMul", [(0, 1, 2, None), (3, 4, 5, -1)], (6, 7), set()),
+    "QLinearSoftmax": ("Softmax", [(0, 1, 2, None)], (3, 4), {"opset"}),
 }
 QOPERATOR_OPS = frozenset({*_SIMPLE, "QLinearConv", "QLinearConcat", "QGemm", "QLinearSoftmax"})
 INTEGER_OPS = frozenset({"MatMulInteger", "ConvInteger"})
@@ -108,9 +111,24 @@ def _requantize(
     return [y, q], q.outputs[0]
 
 
+def _softmax_differs(graph: ir.Graph, node: ir.Node) -> bool:
+    """True when QLinearSoftmax's ``opset`` semantics (< 13: coerce to 2-D at ``axis``) differ
+    from the model's own Softmax and the axis is not the last one (where both agree)."""
+    own = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 13))
+    theirs = node.attributes.get_int("opset", own)
+    if (own < 13) == (theirs < 13):
+        return False
+    axis = node.attributes.get_int("axis", 1 if theirs < 13 else -1)
+    x = node.inputs[0] if node.inputs else None
+    rank = len(x.shape) if x is not None and x.shape is not None else None
+    return not (axis == -1 or (rank is not None and axis == rank - 1))
+
+
 def _convert_simple(graph: ir.Graph, node: ir.Node) -> bool:
     float_op, ins, (ys, yzp), drop = _SIMPLE[node.op_type]
     if "channels_last" in drop and _channels_last(node):
+        return False
+    if node.op_type == "QLinearSoftmax" and _softmax_differs(graph, node):
         return False
     dqs = []
     for xi, si, zi, axis in ins:

@@ -166,6 +166,13 @@ def _dispatch_text(result: InspectResult) -> str:
     return f"{n} dispatches x {each} = {fmt_time(total)} ({share:.0f}%)"
 
 
+_ENGINE_TEXT = {
+    "onnx": "ONNX shape inference",
+    "ort-symbolic": "onnxruntime symbolic shape inference (ONNX's left some open)",
+    "execution": "running the model once in onnxruntime (static inference left some open)",
+}
+
+
 def summary_rows(result: InspectResult) -> list[tuple[str, str]]:
     """(label, value) rows of the summary, shared by the panel and Markdown."""
     io_in = ", ".join(f"{t.name} {_shape_text(t.shape)} {t.dtype}" for t in result.inputs)
@@ -189,6 +196,7 @@ def summary_rows(result: InspectResult) -> list[tuple[str, str]]:
         ("target", f"{result.target.name}: {result.target.description}"),
         ("inputs", io_in + (f"; batch {result.batch}" if result.batch != 1 else "")),
         ("outputs", io_out),
+        ("shapes resolved by", _ENGINE_TEXT.get(result.shape_engine or "", "-")),
         ("parameters", f"{fmt_count(result.params)} ({fmt_bytes(result.weight_bytes)} weights)"),
         ("file size", size),
         ("ops", ops),

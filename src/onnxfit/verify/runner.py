@@ -39,6 +39,7 @@ __all__ = [
     "ModelArg",
     "feeds_of",
     "first_samples",
+    "merge_feeds",
     "input_names",
     "iter_outputs",
     "run_all",
@@ -80,25 +81,62 @@ def first_samples(feeds: Sequence[Mapping[str, np.ndarray]], samples: int) -> Fe
     for f in feeds:
         if n >= samples:
             break
-        k = min(samples - n, next(iter(f.values())).shape[0])
-        out.append({name: v[:k] for name, v in f.items()})
+        total = next(iter(f.values())).shape[0]
+        k = min(samples - n, total)
+        out.append({name: _rows(v, 0, k, total) for name, v in f.items()})
         n += k
     return out
 
 
-def split_feed(feed: Mapping[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Split a feed along axis 0 into pieces of ``size`` samples (the last may be smaller)."""
+def merge_feeds(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One feed from several, concatenated along axis 0; when some input is not batched along
+    axis 0 (a scalar, a recurrent state ``[layers, batch, hidden]``), the first feed alone."""
+    if not feeds:
+        return {}
+    counts = [next(iter(f.values())).shape[0] for f in feeds]
+    batched = all(
+        np.ndim(v) and v.shape[0] == n for f, n in zip(feeds, counts, strict=True) for v in f.values()
+    )
+    if not batched or len(feeds) == 1:
+        return dict(feeds[0])
+    return {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+
+
+def _rows(v: np.ndarray, start: int, stop: int, total: int) -> np.ndarray:
+    """Rows ``start:stop`` of a batched array; a scalar or an array whose leading dim is not
+    the feed's sample count (a recurrent state, a sample rate) is passed whole."""
+    return v[start:stop] if v.ndim and v.shape[0] == total else v
+
+
+def split_feed(
+    feed: Mapping[str, np.ndarray], size: int, whole: frozenset[str] = frozenset()
+) -> Iterator[dict[str, np.ndarray]]:
+    """Split a feed along axis 0 into pieces of ``size`` samples (the last may be smaller).
+
+    The first input sets the sample count; inputs named in ``whole``, scalars, and arrays of
+    another leading size go whole into every piece."""
     n = next(iter(feed.values())).shape[0]
     for i in range(0, n, size):
-        yield {k: v[i : i + size] for k, v in feed.items()}
+        yield {k: v if k in whole else _rows(v, i, i + size, n) for k, v in feed.items()}
 
 
-def _pad(piece: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+def _pad(piece: dict[str, np.ndarray], size: int, whole: frozenset[str]) -> dict[str, np.ndarray]:
     out = {}
     for k, v in piece.items():
-        extra = size - v.shape[0]
+        extra = 0 if k in whole or not v.ndim else size - v.shape[0]
         out[k] = np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) if extra else v
     return out
+
+
+def _unbatched(inputs: Sequence[Any], size: int) -> frozenset[str]:
+    """Session inputs without a batch axis 0: scalars, and a fixed leading dim other than
+    the first input's (a recurrent state of ``[layers, batch, hidden]``, a cache)."""
+    out = set()
+    for spec in inputs[1:]:
+        shape = tuple(spec.shape or ())
+        if not shape or (isinstance(shape[0], int) and shape[0] > 0 and shape[0] != size):
+            out.add(spec.name)
+    return frozenset(out)
 
 
 @contextlib.contextmanager
@@ -128,10 +166,11 @@ def iter_outputs(
         first = sess.inputs[0].shape[0] if sess.inputs and sess.inputs[0].shape else None
         fixed = first if isinstance(first, int) and first > 0 else None
         size = fixed or batch
+        whole = _unbatched(sess.inputs, size) if fixed else _unbatched(sess.inputs, -1)
         for feed in feeds:
-            for piece in split_feed(feed, size):
+            for piece in split_feed(feed, size, whole):
                 n = next(iter(piece.values())).shape[0]
-                out = sess.run(_pad(piece, size) if fixed and n < fixed else piece)
+                out = sess.run(_pad(piece, size, whole) if fixed and n < fixed else piece)
                 yield {
                     k: np.asarray(v)[:n] if np.ndim(v) else np.asarray(v) for k, v in out.items()
                 }
