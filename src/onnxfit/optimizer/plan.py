@@ -261,11 +261,17 @@ def prune_step(name: str, options: OptimizeOptions) -> PlanStep:
     if name == "prune-channels":
         ratio, auto = options.prune_channels, options.prune_channels_auto
         what = "remove the lowest-scoring Conv output channels"
-        opts: dict[str, Any] = {"ratio": ratio}
+        opts: dict[str, Any] = {"ratio": ratio, "multiple_of": options.channel_multiple}
     else:
         ratio, auto = options.prune, options.prune_auto
-        what = f"zero the smallest weights ({options.prune_scope})"
-        opts = {"sparsity": ratio, "scope": options.prune_scope}
+        what = {
+            "magnitude": f"zero the smallest weights ({options.prune_scope})",
+            "reconstruct": f"zero weights with layer-wise OBS reconstruction on the calibration "
+            f"images ({options.prune_scope})",
+            "auto": f"zero weights ({options.prune_scope}; layer-wise reconstruction with real "
+            "calibration images, else the smallest)",
+        }[options.prune_method]
+        opts = {"sparsity": ratio, "scope": options.prune_scope, "method": options.prune_method}
     if ratio is None:
         flag = "--prune-channels" if name == "prune-channels" else "--prune"
         raise InputError(
