@@ -55,7 +55,7 @@ def _layer_data(rng, rows=24, cols=96, n=3000):
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.8])
 def test_obs_beats_magnitude_at_equal_sparsity_and_is_exact(rng, sparsity):
     w, h = _layer_data(rng)
-    k = int(round(sparsity * w.size))
+    k = round(sparsity * w.size)
     pruned, mask = obs.obs_prune(w, h, k, block=32)
     assert int(mask.sum()) == k and int(np.count_nonzero(pruned == 0)) == k
     assert np.all(pruned[mask] == 0) and not np.signbit(pruned[mask]).any()
@@ -128,7 +128,10 @@ def test_reconstruct_needs_feeds_and_a_sparsity(rng):
         ReconstructPrunePass(sparsity=0.5, method="reconstruct")(m)
     with pytest.raises(InputError, match="threshold"):
         ReconstructPrunePass(
-            sparsity=None, threshold=0.1, method="reconstruct", feeds=[{"x": np.ones((1, 3, 10, 10), np.float32)}]
+            sparsity=None,
+            threshold=0.1,
+            method="reconstruct",
+            feeds=[{"x": np.ones((1, 3, 10, 10), np.float32)}],
         )(m)
     with pytest.raises(InputError, match="method"):
         ReconstructPrunePass(method="bogus")  # type: ignore[arg-type]

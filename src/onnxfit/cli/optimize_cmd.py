@@ -104,9 +104,9 @@ from onnxfit.cli._common import (
 @click.option(
     "--prune",
     metavar="S|auto[:MAX]",
-    help="Unstructured pruning to exactly sparsity S (0-1), one-shot (see --prune-method), or refused "
-    "with its accuracy cost; auto: the budget picks per-layer ratios (up to 0.9, or MAX). "
-    "Stored compactly at >= 0.7.",
+    help="Unstructured pruning to exactly sparsity S (0-1), one-shot (see --prune-method), "
+    "or refused with its accuracy cost; auto: the budget picks per-layer ratios (up to 0.9, "
+    "or MAX). Stored compactly at >= 0.7.",
 )
 @click.option(
     "--prune-scope",

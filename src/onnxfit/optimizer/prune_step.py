@@ -71,18 +71,23 @@ def _ratio_key(step: PlanStep) -> str:
 
 
 def _pass_options(step: PlanStep, feeds: Feeds) -> dict[str, Any]:
+    """The pass options of ``step``: the method resolved (``auto``: reconstruct with real
+    calibration feeds, else magnitude) and the feeds the method uses."""
     opts = {k: v for k, v in step.options.items() if k != "auto"}
-    if step.name == "prune-channels" and feeds:
-        opts.setdefault("feeds", first_samples(feeds, CALIB_FEEDS))
-    if step.name == "prune" and opts.get("method", "magnitude") != "magnitude":
-        if opts["method"] == "reconstruct" and not feeds:
-            raise InputError(
-                "--prune-method reconstruct needs real calibration images",
-                hint="give --calibrate DIR or --eval DIR, or use --prune-method magnitude",
-            )
+    method = opts.get("method", "magnitude")
+    if method == "reconstruct" and not feeds:
+        flag = "--prune-channels-method" if step.name == "prune-channels" else "--prune-method"
+        raise InputError(
+            f"{flag} reconstruct needs real calibration images",
+            hint=f"give --calibrate DIR or --eval DIR, or use {flag} magnitude",
+        )
+    if method == "auto":
         opts["method"] = "reconstruct" if feeds else "magnitude"
-        if feeds:
-            opts.setdefault("feeds", first_samples(feeds, RECONSTRUCT_SAMPLES))
+    reconstruct = opts.get("method") == "reconstruct"
+    if feeds and (reconstruct or step.name == "prune-channels"):
+        opts.setdefault(
+            "feeds", first_samples(feeds, RECONSTRUCT_SAMPLES if reconstruct else CALIB_FEEDS)
+        )
     return opts
 
 
@@ -192,8 +197,10 @@ def _auto(
     maximum = float(step.options.get(key) or 0.0)
     say(f"{step.name}: scanning per-layer sensitivity (auto, max {maximum:g})")
     # the scan prunes by magnitude; the chosen ratios are then applied with the step's method
-    scan_only = (key, "scope", "method") + (("feeds",) if step.name == "prune" else ())
+    scan_only = (key, "scope", "method", "feeds")
     opts = {k: v for k, v in _pass_options(step, calib).items() if k not in scan_only}
+    if step.name == "prune-channels" and calib:
+        opts["feeds"] = first_samples(calib, CALIB_FEEDS)
     result = pruning.fit_budget(
         model,
         pruning.Metric(judge.measure, scan_judge.score),

@@ -17,8 +17,8 @@ from onnxfit.passes.fp16 import Fp16Pass
 from onnxfit.passes.fuse import FusePass
 from onnxfit.passes.int8 import Int8DynamicPass, Int8StaticPass
 from onnxfit.pruning.channel_ls import ReconstructChannelsPass
-from onnxfit.pruning.sparse import SparseStoragePass
 from onnxfit.pruning.reconstruct import ReconstructPrunePass
+from onnxfit.pruning.sparse import SparseStoragePass
 
 #: Registry name -> pass class. Names are the ones the CLI and reports show.
 PASSES: dict[str, type[OnnxfitPass]] = {

@@ -133,7 +133,9 @@ class Layer:
         return np.ascontiguousarray(rows.transpose(1, 0, 2))
 
 
-def accumulate(h: np.ndarray | None, patches: np.ndarray, *, max_rows: int | None = None) -> np.ndarray:
+def accumulate(
+    h: np.ndarray | None, patches: np.ndarray, *, max_rows: int | None = None
+) -> np.ndarray:
     """``h + P^T P`` per group (float64 ``[G, C, C]``); ``max_rows`` keeps an evenly spaced
     subset of the rows (the same for every group) to bound the cost on large feature maps."""
     p = patches
@@ -153,7 +155,11 @@ def probe_model(model: ir.Model, values: Sequence[str]) -> ir.Model:
 
 
 def input_batches(
-    model: ir.Model, values: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]], *, batch: int = 8
+    model: ir.Model,
+    values: Sequence[str],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    batch: int = 8,
 ) -> Iterator[dict[str, np.ndarray]]:
     """``values`` of ``model`` on ``feeds``, one dict per batch of at most ``batch`` samples."""
     yield from iter_outputs(probe_model(model, values), feeds, batch=batch)

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 import onnx_ir as ir
 
 from onnxfit import io
 from onnxfit.errors import InputError
-from onnxfit.pruning.activations import Layer, input_batches
 from onnxfit.pruning import scores as sc
+from onnxfit.pruning.activations import Layer, input_batches
 from onnxfit.pruning.channels import PruneChannelsPass, Scope
 from onnxfit.pruning.reconstruct import METHODS, Method
 from onnxfit.pruning.unstructured import weight_input

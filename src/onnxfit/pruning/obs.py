@@ -82,9 +82,9 @@ def obs_prune(
         u1 = u[:, s:e, s:e]
         d = np.einsum("gii->gi", u1)  # [G, B]
         score = np.square(w1) / np.square(d)[:, None, :]
-        m1 = np.zeros(w1.size, bool)
-        m1[smallest(score, k)] = True
-        m1 = m1.reshape(w1.shape)
+        flat = np.zeros(w1.size, bool)
+        flat[smallest(score, k)] = True
+        m1 = flat.reshape(w1.shape)
         err = np.zeros_like(w1)
         for j in range(e - s):
             q = np.where(m1[:, :, j], 0.0, w1[:, :, j])

@@ -52,6 +52,7 @@ Method = Literal["magnitude", "reconstruct"]
 METHODS = ("magnitude", "reconstruct")
 #: rows (output positions) per image kept for a Hessian; more only add cost on large maps
 ROWS_PER_SAMPLE = 2048
+ALLOC = "row"
 
 
 def _samples(feeds: Sequence[Mapping[str, np.ndarray]]) -> int:
@@ -132,7 +133,11 @@ def allocate(
             scores.append(sc.normalized(np.square(r.array().astype(np.float64))).reshape(-1))
             continue
         s = np.square(layer.matrix()) * energy[r.name][:, None, :]
-        scores.append(sc.normalized(s).reshape(-1))
+        if ALLOC == "row":
+            s = s / np.maximum(s.sum(axis=2, keepdims=True), 1e-30)
+        else:
+            s = sc.normalized(s)
+        scores.append(s.reshape(-1))
     counts = sc.prune_counts(scores, sc.exact_count(sparsity, sum(sizes)), caps)
     return {r.name: k for r, k in zip(refs, counts, strict=True)}
 

@@ -108,7 +108,11 @@ def achieved_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
                     f"{100 * float(a['achieved']):.1f} %",
                     "; ".join(
                         str(x)
-                        for x in (a["mode"], a.get("method"), a.get("saves") and f"saves {a['saves']}")
+                        for x in (
+                            a["mode"],
+                            a.get("method"),
+                            a.get("saves") and f"saves {a['saves']}",
+                        )
                         if x
                     ),
                 )
