@@ -189,3 +189,20 @@ def test_channel_counts_round_to_the_multiple(rng, multiple, kept):
         ratio=0.25, multiple_of=multiple, method="reconstruct", feeds=[{"x": x}], exclude=["conv2"]
     )(m)
     assert m.graph.initializers["w1"].const_value.shape[0] == kept
+
+
+def test_sensitivity_allocation_is_exact_and_moves_weights_between_layers(rng):
+    m = _net(rng, groups=1)
+    x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
+    n = 16 * 8 * 9 + 16 * 16 * 9
+    per = {}
+    for allocation in ("output", "sensitivity"):
+        p = ReconstructPrunePass(
+            sparsity=0.5, method="reconstruct", feeds=[{"x": x}], allocation=allocation
+        )
+        p(copy(m))
+        assert p.stats["weights_pruned"] == round(0.5 * n)
+        per[allocation] = {t.name: t.pruned for t in p.tensors}
+    assert sum(per["sensitivity"].values()) == sum(per["output"].values())
+    with pytest.raises(InputError, match="allocation"):
+        ReconstructPrunePass(allocation="bogus")  # type: ignore[arg-type]

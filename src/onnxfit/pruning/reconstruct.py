@@ -32,6 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfit.errors import InputError
+from onnxfit.pruning import allocation as al
 from onnxfit.pruning import obs
 from onnxfit.pruning import scores as sc
 from onnxfit.pruning.activations import Layer, accumulate, input_batches
@@ -40,11 +41,10 @@ from onnxfit.pruning.unstructured import (
     Scope,
     TensorSparsity,
     WeightRef,
-    _caps,
-    _ratio_for,
     find_weights,
     weight_input,
 )
+from onnxfit.verify.runner import first_samples
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ Method = Literal["magnitude", "reconstruct"]
 METHODS = ("magnitude", "reconstruct")
 #: rows (output positions) per image kept for a Hessian; more only add cost on large maps
 ROWS_PER_SAMPLE = 2048
-ALLOC = "row"
+Allocation = Literal["output", "sensitivity"]
+#: calibration samples the sensitivity scan (``allocation="sensitivity"``) runs the model on
+SCAN_SAMPLES = 16
 
 
 def _samples(feeds: Sequence[Mapping[str, np.ndarray]]) -> int:
@@ -72,74 +74,6 @@ def layers_of(refs: Sequence[WeightRef]) -> dict[str, Layer]:
                 except InputError as exc:
                     logger.debug("prune: %s falls back to magnitude (%s)", ref.name, exc)
     return out
-
-
-def input_energy(
-    model: ir.Model, layers: Sequence[Layer], feeds: Sequence[Mapping[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """Tensor name -> ``E[x_j^2]`` per input column ``[G, C]`` of the *unpruned* model, one
-    pass over ``feeds`` (a Conv's column gets its channel's mean square)."""
-    values = sorted({str(layer.input.name) for layer in layers})
-    sums: dict[str, np.ndarray] = {}
-    n = 0
-    for out in input_batches(model, values, feeds):
-        n += next(iter(out.values())).shape[0]
-        for name, x in out.items():
-            x = np.asarray(x, np.float64)
-            axes = (0, *range(2, x.ndim)) if x.ndim > 2 else (0,)
-            ms = np.square(x).mean(axis=axes) * x.shape[0]
-            sums[name] = sums[name] + ms if name in sums else ms
-    out_e = {}
-    for layer in layers:
-        ms = sums[str(layer.input.name)] / max(n, 1)
-        g, _, c = layer.matrix().shape
-        if layer.node.op_type == "Conv":
-            k = c // (ms.size // g)
-            out_e[layer.name] = np.repeat(ms.reshape(g, -1), k, axis=1)
-        else:
-            out_e[layer.name] = ms.reshape(1, c)
-    return out_e
-
-
-def allocate(
-    refs: Sequence[WeightRef],
-    layers: Mapping[str, Layer],
-    energy: Mapping[str, np.ndarray],
-    *,
-    sparsity: float | None,
-    scope: Scope,
-    max_sparsity: float,
-    ratios: Mapping[str, float] | None,
-) -> dict[str, int]:
-    """Tensor name -> weights to prune (module docstring, step 1); counts are exact."""
-    sizes = [r.size for r in refs]
-    caps = _caps(sizes, max_sparsity)
-    if ratios is not None:
-        return {
-            r.name: min(sc.exact_count(_ratio_for(r, ratios) or 0.0, n), cap)
-            for r, n, cap in zip(refs, sizes, caps, strict=True)
-        }
-    if sparsity is None or not 0.0 <= sparsity <= 1.0:
-        raise InputError(f"sparsity must be in [0, 1], got {sparsity}", hint="e.g. sparsity=0.5")
-    if scope == "layer":
-        return {
-            r.name: min(sc.exact_count(sparsity, n), cap)
-            for r, n, cap in zip(refs, sizes, caps, strict=True)
-        }
-    scores = []
-    for r in refs:
-        layer = layers.get(r.name)
-        if layer is None:
-            scores.append(sc.normalized(np.square(r.array().astype(np.float64))).reshape(-1))
-            continue
-        s = np.square(layer.matrix()) * energy[r.name][:, None, :]
-        if ALLOC == "row":
-            s = s / np.maximum(s.sum(axis=2, keepdims=True), 1e-30)
-        else:
-            s = sc.normalized(s)
-        scores.append(s.reshape(-1))
-    counts = sc.prune_counts(scores, sc.exact_count(sparsity, sum(sizes)), caps)
-    return {r.name: k for r, k in zip(refs, counts, strict=True)}
 
 
 def _bias(node: ir.Node) -> ir.Value | None:
@@ -201,6 +135,7 @@ class ReconstructPrunePass(PrunePass):
         method: Method = "magnitude",
         feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
         bias_correction: bool = False,
+        allocation: Allocation = "output",
         block: int = 128,
         damp: float = 0.01,
     ) -> None:
@@ -214,6 +149,9 @@ class ReconstructPrunePass(PrunePass):
         self.method = method
         self._feeds = list(feeds) if feeds is not None else None  # not shown in repr
         self.bias_correction = bias_correction
+        if allocation not in ("output", "sensitivity"):
+            raise InputError(f"unknown allocation {allocation!r}", hint="output or sensitivity")
+        self.allocation = allocation
         self.block = block
         self.damp = damp
 
@@ -234,15 +172,19 @@ class ReconstructPrunePass(PrunePass):
             exclude=self.exclude,
         )  # fmt: skip
         layers = layers_of(refs)
-        energy = (
-            input_energy(model, list(layers.values()), self._feeds)
-            if self.scope == "global" and self.ratios is None
-            else {}
-        )
-        counts = allocate(
-            refs, layers, energy, sparsity=self.sparsity, scope=self.scope,
-            max_sparsity=self.max_sparsity, ratios=self.ratios,
-        )  # fmt: skip
+        scores = None
+        if self.scope == "global" and self.ratios is None:
+            energy = al.input_energy(model, list(layers.values()), self._feeds)
+            scores = al.row_share(refs, layers, energy)
+        opts = {"sparsity": self.sparsity, "scope": self.scope,
+                "max_sparsity": self.max_sparsity, "ratios": self.ratios}  # fmt: skip
+        counts = al.counts(refs, scores, **opts)  # type: ignore[arg-type]
+        if scores is not None and self.allocation == "sensitivity":
+            lam = al.propagation(
+                model, refs, layers, scores, counts, first_samples(self._feeds, SCAN_SAMPLES)
+            )
+            scores = [s * lam.get(r.name, 1.0) for r, s in zip(refs, scores, strict=True)]
+            counts = al.counts(refs, scores, **opts)  # type: ignore[arg-type]
         self.tensors, errors = self._prune(model, refs, layers, counts)
         pruned = sum(t.pruned for t in self.tensors)
         size = sum(t.size for t in self.tensors)
