@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from onnxfit import io, zoo
+from onnxfit.atomic import write_text
 from onnxfit.passes.cleanup import CleanupPass
 from onnxfit.passes.dequantize import DequantizePass
 from onnxfit.passes.fold_batchnorm import FoldBatchNormPass
@@ -366,8 +367,11 @@ def main() -> None:
             else:
                 results[stage] = stage_channels(Path(tmp), args.quick, args.runs, args.threads)
             results[stage]["stage_seconds"] = time.perf_counter() - t
-            JSON.write_text(json.dumps(results, indent=1))
-    (RESULTS / "prune_recon.md").write_text(render(results))
+            # merge with what other runs (--only) wrote meanwhile
+            saved = json.loads(JSON.read_text()) if JSON.is_file() else {}
+            results = {**saved, stage: results[stage]}
+            write_text(JSON, json.dumps(results, indent=1))
+    write_text(RESULTS / "prune_recon.md", render(results))
     plot(results, RESULTS / "prune_recon.png")
     say(f"wrote {RESULTS / 'prune_recon.md'}")
 

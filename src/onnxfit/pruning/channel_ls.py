@@ -115,12 +115,11 @@ def refit_layer(
     ):
         pd, pp = ld.patches(xd[value])[0], lp.patches(xp[value])[0]
         idx = _rows(pd.shape[0], ROWS_PER_SAMPLE * xd[value].shape[0])
-        pd, pp = pd[idx].astype(np.float64), pp[idx].astype(np.float64)
-        y = pd @ wd.T + bd  # [N, R]
-        a = np.concatenate([pp, np.ones((pp.shape[0], 1))], axis=1)
-        gram = gram + a.T @ a
-        cross = cross + y.T @ a
-        ty += float(np.sum(y * y))
+        y = pd[idx] @ wd.T.astype(np.float32) + bd.astype(np.float32)  # [N, R] float32
+        a = np.concatenate([pp[idx], np.ones((y.shape[0], 1), np.float32)], axis=1)
+        gram = gram + (a.T @ a).astype(np.float64)
+        cross = cross + (y.T @ a).astype(np.float64)
+        ty += float(np.sum(np.square(y, dtype=np.float64)))
     assert isinstance(gram, np.ndarray) and isinstance(cross, np.ndarray)
     sol = least_squares(gram, cross, damp=damp)
     w2, b2 = sol[:, :-1], sol[:, -1]

@@ -14,7 +14,6 @@ little (Frantar & Alistarh 2022, "Optimal Brain Compression", and 2023, "SparseG
   each column's pruning error is pushed into the columns to its right (``w -= e U_j,j:``),
   inside the block column by column and onto the rest of the matrix once per block.
 
-:func:`saliency` is the OBS saliency of every weight without updates, for allocation;
 :func:`output_error` measures ``||(W - W') X||^2`` from ``H``.
 """
 
@@ -43,14 +42,6 @@ def inverse_cholesky(h: np.ndarray) -> np.ndarray:
     flipped = np.linalg.cholesky(h[:, ::-1, ::-1])
     a = np.ascontiguousarray(flipped[:, ::-1, ::-1])
     return np.triu(np.linalg.inv(a))
-
-
-def saliency(w: np.ndarray, h: np.ndarray, *, damp: float = 0.01) -> np.ndarray:
-    """OBS saliency ``w^2 / [H^-1]_jj`` of every weight of ``w`` ``[G, R, C]``: the output error
-    that pruning it alone (with the optimal update of its row) adds."""
-    hd = damped(h, damp)
-    inv_diag = np.einsum("gii->gi", np.linalg.inv(hd))
-    return np.square(w) / inv_diag[:, None, :]
 
 
 def block_counts(count: int, sizes: list[int]) -> list[int]:

@@ -5,15 +5,17 @@ is :class:`~onnxfit.pruning.unstructured.PrunePass` unchanged (zero the smallest
 ``method="reconstruct"`` and calibration ``feeds`` (inputs of the model, a few dozen images):
 
 1. **Allocation** — how many weights each tensor loses, exactly ``round(sparsity x N)`` in all
-   (``scope="global"``): the globally smallest of the *output-normalised* scores
-   ``w_ij^2 E[x_j^2] / mean_layer(w^2 E[x^2])`` (each weight's contribution to its layer's output
-   energy on the calibration inputs, relative to the layer's average), so that per-channel
-   scales folded in from BatchNorm do not decide which layer is pruned; capped per tensor
-   (``max_sparsity``). ``scope="layer"``: the same share in every tensor; ``ratios``: given.
+   (``scope="global"``): the globally smallest *row shares* ``w_ij^2 E[x_j^2] / sum_j (...)``
+   measured on the calibration inputs (:mod:`~onnxfit.pruning.allocation`), so that scales
+   folded in from BatchNorm do not decide which layer is pruned; capped per tensor
+   (``max_sparsity``). ``allocation="sensitivity"`` rescales them by a measured propagation
+   factor per layer (one model run per layer; on YOLOv3-tiny at 70 % it scored worse: 25.1 vs
+   29.5 mAP@0.5). ``scope="layer"``: the same share in every tensor; ``ratios``: given.
 2. **Reconstruction** — layer by layer in graph order, *sequentially*: each layer's input is
    computed by the model with the layers before it already pruned, unfolded
    (:mod:`~onnxfit.pruning.activations`), streamed into ``H = X^T X`` batch by batch, and
-   the layer is pruned to its count with OBS weight updates (:mod:`~onnxfit.pruning.obs`).
+   the layer is pruned to its count with OBS weight updates (:mod:`~onnxfit.pruning.obs`,
+   damping :data:`DAMP`).
 3. **Bias correction** (``bias_correction=True``, off by default): a layer with a bias also gets
    ``(W - W') E[x]`` added, the mean output shift on the calibration inputs.
 
@@ -52,6 +54,10 @@ Method = Literal["magnitude", "reconstruct"]
 METHODS = ("magnitude", "reconstruct")
 #: rows (output positions) per image kept for a Hessian; more only add cost on large maps
 ROWS_PER_SAMPLE = 2048
+#: OBS damping (share of the mean Hessian diagonal). 0.1 rather than SparseGPT's 0.01: with 32
+#: calibration images the wide layers (4,608 columns from 169 positions per image) overfit;
+#: YOLOv3-tiny at 70 %, held-out mAP@0.5 27.8 (0.01) -> 29.5 (0.1) / 29.5 (0.3), dense 30.9
+DAMP = 0.1
 Allocation = Literal["output", "sensitivity"]
 #: calibration samples the sensitivity scan (``allocation="sensitivity"``) runs the model on
 SCAN_SAMPLES = 16
@@ -89,7 +95,7 @@ def reconstruct_layer(
     feeds: Sequence[Mapping[str, np.ndarray]],
     *,
     block: int = 128,
-    damp: float = 0.01,
+    damp: float = DAMP,
     bias_correction: bool = False,
 ) -> float:
     """Prune ``layer`` of ``model`` (in place) to ``count`` zeros with OBS updates on its inputs
@@ -137,7 +143,7 @@ class ReconstructPrunePass(PrunePass):
         bias_correction: bool = False,
         allocation: Allocation = "output",
         block: int = 128,
-        damp: float = 0.01,
+        damp: float = DAMP,
     ) -> None:
         super().__init__(
             sparsity=sparsity, threshold=threshold, scope=scope, max_sparsity=max_sparsity,
