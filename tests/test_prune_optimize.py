@@ -127,3 +127,24 @@ def test_cli_flags_reach_the_plan(rng, tmp_path):
     assert bad.exit_code == 2 and "--prune" in bad.output
     bad = CliRunner().invoke(main, [*args[:8], "--prune", "most", "--force"])
     assert bad.exit_code == 2 and "auto:MAX" in bad.output
+
+
+def test_prune_method_reconstruct_with_calibration_arrays(rng, tmp_path):
+    p = _save(prune_net(rng), tmp_path / "m.onnx")
+    data = tmp_path / "arrays"
+    data.mkdir()
+    np.save(data / "a.npy", rng.standard_normal((12, 3, 8, 8)).astype(np.float32))
+    common = {"target": "cpu", "precision": "fp32", "max_accuracy_drop": 100, "measure_runs": 0}
+    res = optimize(p, tmp_path / "o.onnx", prune=0.5, calibrate=data, **common)
+    step = next(r for r in res.passes if r.name == "prune")
+    assert step.stats["method"] == "reconstruct"  # auto: real calibration inputs
+    assert step.stats["calibration_samples"] == 12
+    assert step.stats["achieved"] == pytest.approx(0.5, abs=1e-3)
+    assert "file size only" in str(step.stats["saves"])
+    # without data: auto falls back to magnitude, an explicit reconstruct is refused
+    res = optimize(p, tmp_path / "o2.onnx", prune=0.5, **common)
+    assert next(r for r in res.passes if r.name == "prune").stats["method"] == "magnitude"
+    with pytest.raises(InputError, match="--prune-method reconstruct needs real calibration"):
+        optimize(p, tmp_path / "o3.onnx", prune=0.5, prune_method="reconstruct", **common)
+    with pytest.raises(InputError, match="--channel-multiple"):
+        optimize(p, tmp_path / "o4.onnx", prune_channels=0.3, channel_multiple=0, **common)

@@ -108,9 +108,9 @@ from onnxfit.cli._common import (
 @click.option(
     "--prune",
     metavar="S|auto[:MAX]",
-    help="Unstructured magnitude pruning to exactly sparsity S (0-1), one-shot, or refused "
-    "with its accuracy cost; auto: the budget picks per-layer ratios (up to 0.9, or MAX). "
-    "Stored compactly at >= 0.7.",
+    help="Unstructured pruning to exactly sparsity S (0-1), one-shot (see --prune-method), "
+    "or refused with its accuracy cost; auto: the budget picks per-layer ratios (up to 0.9, "
+    "or MAX). Stored compactly at >= 0.7.",
 )
 @click.option(
     "--prune-scope",
@@ -124,6 +124,32 @@ from onnxfit.cli._common import (
     metavar="R|auto[:MAX]",
     help="Remove exactly ratio R of the prunable Conv output channels (smaller dense model), "
     "one-shot, or refuse; auto: the budget picks per-layer ratios (up to 0.5, or MAX).",
+)
+@click.option(
+    "--prune-method",
+    type=click.Choice(["auto", "reconstruct", "magnitude"]),
+    default="auto",
+    show_default=True,
+    help="--prune: reconstruct = layer-wise OBS weight updates on the calibration images "
+    "(at most 128), magnitude = zero the smallest weights; auto = reconstruct when real "
+    "images are given (--calibrate / --eval), else magnitude.",
+)
+@click.option(
+    "--prune-channels-method",
+    type=click.Choice(["auto", "reconstruct", "magnitude"]),
+    default="auto",
+    show_default=True,
+    help="--prune-channels: reconstruct = choose channels by their effect on the next layer "
+    "and refit it by least squares; magnitude = filter norms (with mean compensation when "
+    "images are given); auto = reconstruct with real images, else magnitude.",
+)
+@click.option(
+    "--channel-multiple",
+    type=int,
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="--prune-channels: kept channel counts are rounded to multiples of N (1: exact).",
 )
 @click.option(
     "--no-search",
@@ -161,6 +187,9 @@ def optimize(
     prune: str | None,
     prune_scope: str,
     prune_channels: str | None,
+    prune_method: str,
+    prune_channels_method: str,
+    channel_multiple: int,
     no_search: bool,
     input_shape: tuple[str, ...],
     budget: str | None,
@@ -201,6 +230,7 @@ def optimize(
       onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
       onnxfit optimize r18.onnx -o r18-small.onnx --prune-channels 0.3 --eval imagenet-sample/
       onnxfit optimize yolo.onnx -o yolo-tiny.onnx --precision fp16 --prune auto:0.7
+      onnxfit optimize yolo.onnx -o y50.onnx --precision fp16 --prune 0.5 --eval coco-sample/
       onnxfit optimize net.onnx -o net-xbox.onnx --target xbox-series-s --budget 256MB
       onnxfit optimize ocr-det.onnx -o det-fp16.onnx --precision fp16 --input-shape x=1x3x640x640
     """
@@ -231,6 +261,9 @@ def optimize(
         "prune": prune,
         "prune_scope": prune_scope,
         "prune_channels": prune_channels,
+        "prune_method": prune_method,
+        "prune_channels_method": prune_channels_method,
+        "channel_multiple": channel_multiple,
         "search": not no_search,
         "input_shapes": parse_shapes(input_shape) or None,
     }

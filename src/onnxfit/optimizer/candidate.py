@@ -290,7 +290,8 @@ def _achieved(
     for r in reports:
         if r.name in PRUNE_STEPS and "achieved" in r.stats:
             key = "channels" if r.name == "prune-channels" else "sparsity"
-            out[key] = {k: r.stats[k] for k in ("requested", "achieved", "of", "mode")}
+            wanted = ("requested", "achieved", "of", "mode", "method", "saves")
+            out[key] = {k: r.stats[k] for k in wanted if k in r.stats}
     return out
 
 

@@ -23,6 +23,9 @@ DEFAULT_MAX_ROUNDS = 8
 #: ``--prune auto`` / ``--prune-channels auto``: the largest ratio the budget mode tries.
 AUTO_MAX_SPARSITY = 0.9
 AUTO_MAX_CHANNELS = 0.5
+#: ``--prune-method`` / ``--prune-channels-method`` values.
+PRUNE_METHODS = ("auto", "reconstruct", "magnitude")
+PruneMethodArg = Literal["auto", "reconstruct", "magnitude"]
 #: The back-off keeps at most this share of the lossy step's compute nodes in higher precision.
 DEFAULT_MAX_KEPT_SHARE = 0.25
 
@@ -60,6 +63,11 @@ class OptimizeOptions:
       honoured exactly or refused with the accuracy it costs; ``"auto"`` (``prune_auto`` /
       ``prune_channels_auto``; ``"auto:0.7"`` sets the maximum) lets the accuracy budget choose
       per-layer ratios up to the maximum (:mod:`onnxfit.optimizer.prune_step`).
+      ``prune_method`` / ``prune_channels_method``: ``reconstruct`` (layer-wise reconstruction
+      on the calibration images: OBS weight updates / least-squares refit of the next layer),
+      ``magnitude`` (weights / filter norms alone), or ``auto`` (reconstruct with real
+      calibration images, magnitude without). ``channel_multiple``: kept channel counts are
+      rounded to multiples of it (1: exact).
     """
 
     precision: PrecisionArg = "auto"
@@ -84,6 +92,9 @@ class OptimizeOptions:
     prune_channels: float | None = None
     prune_auto: bool = False
     prune_channels_auto: bool = False
+    prune_method: PruneMethodArg = "auto"
+    prune_channels_method: PruneMethodArg = "auto"
+    channel_multiple: int = 8
     layer_top: int = 10
     search: bool = True
     input_shapes: dict[str, tuple[int, ...]] | None = None
@@ -170,6 +181,15 @@ class OptimizeOptions:
         for flag, ratio in (("--prune", self.prune), ("--prune-channels", self.prune_channels)):
             if ratio is not None and not 0.0 < ratio < 1.0:
                 raise InputError(f"{flag} must lie in (0, 1), got {ratio}", hint=f"{flag} 0.5")
+        for flag, m in (("--prune-method", self.prune_method),
+                        ("--prune-channels-method", self.prune_channels_method)):  # fmt: skip
+            if m not in PRUNE_METHODS:
+                raise InputError(f"unknown {flag} {m!r}", hint=", ".join(PRUNE_METHODS))
+        if not isinstance(self.channel_multiple, int) or self.channel_multiple < 1:
+            raise InputError(
+                f"--channel-multiple must be an integer >= 1, got {self.channel_multiple!r}",
+                hint="8 (the default), or 1 for exact channel counts",
+            )
         if self.prune_scope not in ("global", "layer"):
             raise InputError(f"unknown --prune-scope {self.prune_scope!r}", hint="global or layer")
         if self.fuse not in ("none", "fusedconv"):

@@ -260,12 +260,28 @@ def prune_step(name: str, options: OptimizeOptions) -> PlanStep:
     """The ``prune`` / ``prune-channels`` step the options ask for: exact, or auto (budget)."""
     if name == "prune-channels":
         ratio, auto = options.prune_channels, options.prune_channels_auto
-        what = "remove the lowest-scoring Conv output channels"
-        opts: dict[str, Any] = {"ratio": ratio}
+        what = {
+            "magnitude": "remove the lowest-scoring Conv output channels",
+            "reconstruct": "remove Conv output channels and refit the next layers by least "
+            "squares on the calibration images",
+            "auto": "remove Conv output channels (least-squares refit of the next layers with "
+            "real calibration images)",
+        }[options.prune_channels_method]
+        opts: dict[str, Any] = {
+            "ratio": ratio,
+            "multiple_of": options.channel_multiple,
+            "method": options.prune_channels_method,
+        }
     else:
         ratio, auto = options.prune, options.prune_auto
-        what = f"zero the smallest weights ({options.prune_scope})"
-        opts = {"sparsity": ratio, "scope": options.prune_scope}
+        what = {
+            "magnitude": f"zero the smallest weights ({options.prune_scope})",
+            "reconstruct": f"zero weights with layer-wise OBS reconstruction on the calibration "
+            f"images ({options.prune_scope})",
+            "auto": f"zero weights ({options.prune_scope}; layer-wise reconstruction with real "
+            "calibration images, else the smallest)",
+        }[options.prune_method]
+        opts = {"sparsity": ratio, "scope": options.prune_scope, "method": options.prune_method}
     if ratio is None:
         flag = "--prune-channels" if name == "prune-channels" else "--prune"
         raise InputError(

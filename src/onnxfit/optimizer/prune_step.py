@@ -33,10 +33,11 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfit import io
-from onnxfit.errors import VerificationError
+from onnxfit.errors import InputError, VerificationError
 from onnxfit.optimizer.gate import Judge
 from onnxfit.passes.base import PassReport
 from onnxfit.pruning import budget as pruning
+from onnxfit.verify.runner import first_samples
 
 if TYPE_CHECKING:
     from onnxfit.optimizer.data import RunData
@@ -48,9 +49,17 @@ logger = logging.getLogger(__name__)
 PRUNE_STEPS = frozenset({"prune-channels", "prune"})
 SCAN_SAMPLES = 128
 CALIB_FEEDS = 16
+#: calibration samples layer-wise reconstruction uses (at most)
+RECONSTRUCT_SAMPLES = 128
 #: share of --max-accuracy-drop pruning may use in auto mode when a lossy precision step follows
 SHARE_BEFORE_PRECISION = 0.5
 Feeds = list[dict[str, np.ndarray]]
+#: what each kind of pruning saves, written next to every result
+SAVES = {
+    "prune": "file size only (with sparse storage): ONNX Runtime and DirectML densify the "
+    "zeros, so memory and time stay those of the dense model",
+    "prune-channels": "memory and time: the layers are smaller dense layers",
+}
 
 
 def _kind(step: PlanStep) -> pruning.Kind:
@@ -62,9 +71,23 @@ def _ratio_key(step: PlanStep) -> str:
 
 
 def _pass_options(step: PlanStep, feeds: Feeds) -> dict[str, Any]:
+    """The pass options of ``step``: the method resolved (``auto``: reconstruct with real
+    calibration feeds, else magnitude) and the feeds the method uses."""
     opts = {k: v for k, v in step.options.items() if k != "auto"}
-    if step.name == "prune-channels" and feeds:
-        opts.setdefault("feeds", feeds)
+    method = opts.get("method", "magnitude")
+    if method == "reconstruct" and not feeds:
+        flag = "--prune-channels-method" if step.name == "prune-channels" else "--prune-method"
+        raise InputError(
+            f"{flag} reconstruct needs real calibration images",
+            hint=f"give --calibrate DIR or --eval DIR, or use {flag} magnitude",
+        )
+    if method == "auto":
+        opts["method"] = "reconstruct" if feeds else "magnitude"
+    reconstruct = opts.get("method") == "reconstruct"
+    if feeds and (reconstruct or step.name == "prune-channels"):
+        opts.setdefault(
+            "feeds", first_samples(feeds, RECONSTRUCT_SAMPLES if reconstruct else CALIB_FEEDS)
+        )
     return opts
 
 
@@ -104,6 +127,7 @@ def _record(report: PassReport, step: PlanStep, **extra: Any) -> None:
         requested=requested_text(step),
         achieved=round(achieved, 4),
         of="eligible weights" if step.name == "prune" else "Conv output channels",
+        saves=SAVES[step.name],
         **extra,
     )
 
@@ -121,7 +145,6 @@ def run_budgeted(
     reports. Raises :class:`VerificationError` when an exact request breaks the budget."""
     # real calibration images drive the channel choice and compensation; noise would mislead
     calib = [] if data.calibration.synthetic else [dict(f) for f in data.calibration.feeds]
-    calib = calib[:CALIB_FEEDS]
     judge = Judge(
         model, data, budget=options.max_accuracy_drop, cosine_floor=options.cosine_floor,
         reference_name="model before pruning",
@@ -173,7 +196,11 @@ def _auto(
     kind, key = _kind(step), _ratio_key(step)
     maximum = float(step.options.get(key) or 0.0)
     say(f"{step.name}: scanning per-layer sensitivity (auto, max {maximum:g})")
-    opts = {k: v for k, v in _pass_options(step, calib).items() if k not in (key, "scope")}
+    # the scan prunes by magnitude; the chosen ratios are then applied with the step's method
+    scan_only = (key, "scope", "method", "feeds")
+    opts = {k: v for k, v in _pass_options(step, calib).items() if k not in scan_only}
+    if step.name == "prune-channels" and calib:
+        opts["feeds"] = first_samples(calib, CALIB_FEEDS)
     result = pruning.fit_budget(
         model,
         pruning.Metric(judge.measure, scan_judge.score),

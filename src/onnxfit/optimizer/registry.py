@@ -16,9 +16,9 @@ from onnxfit.passes.fold_batchnorm import FoldBatchNormPass
 from onnxfit.passes.fp16 import Fp16Pass
 from onnxfit.passes.fuse import FusePass
 from onnxfit.passes.int8 import Int8DynamicPass, Int8StaticPass
-from onnxfit.pruning.channels import PruneChannelsPass
+from onnxfit.pruning.channel_ls import ReconstructChannelsPass
+from onnxfit.pruning.reconstruct import ReconstructPrunePass
 from onnxfit.pruning.sparse import SparseStoragePass
-from onnxfit.pruning.unstructured import PrunePass
 
 #: Registry name -> pass class. Names are the ones the CLI and reports show.
 PASSES: dict[str, type[OnnxfitPass]] = {
@@ -29,8 +29,8 @@ PASSES: dict[str, type[OnnxfitPass]] = {
     "fp16": Fp16Pass,
     "int8": Int8StaticPass,
     "int8-dynamic": Int8DynamicPass,
-    "prune": PrunePass,
-    "prune-channels": PruneChannelsPass,
+    "prune": ReconstructPrunePass,
+    "prune-channels": ReconstructChannelsPass,
     "sparse-storage": SparseStoragePass,
 }
 

@@ -106,7 +106,15 @@ def achieved_rows(result: OptimizeResult) -> list[tuple[str, str, str, str]]:
                     f"{label} ({a['of']})",
                     f"requested {a['requested']}",
                     f"{100 * float(a['achieved']):.1f} %",
-                    str(a["mode"]),
+                    "; ".join(
+                        str(x)
+                        for x in (
+                            a["mode"],
+                            a.get("method"),
+                            a.get("saves") and f"saves {a['saves']}",
+                        )
+                        if x
+                    ),
                 )
             )
     return rows
