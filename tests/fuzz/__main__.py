@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from fuzz import cases as corpus
+from fuzz import runner
 from fuzz.report import failures, log_line, render
 from fuzz.runner import PASS, CaseResult, run_cases
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--mode", choices=["fork", "spawn"], default="fork")
+    ap.add_argument("--timeout-scale", type=float, default=1.0, help="multiply the timeouts")
     ap.add_argument("--no-real", action="store_true", help="no seeds from ../shared/data")
     ap.add_argument("--only", action="append", help="run only this case id (repeatable)")
     ap.add_argument("--workdir", type=Path, help="corpus folder (default: a temp folder)")
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
 
+    runner.TIMEOUT_SCALE = args.timeout_scale
     results = run_cases(built, jobs=args.jobs, mode=args.mode, on_done=on_done)
     wall = time.monotonic() - t0
     results.sort(key=lambda cr: cr.case.id)

@@ -21,6 +21,8 @@ from onnxfit.verify.runner import Inputs, ModelArg, feeds_of, input_names, iter_
 
 #: Ops a QDQ quantizer folds into the QuantizeLinear before them (their output takes the name).
 _FOLDED = {"Relu", "Clip"}
+#: Elements converted to float64 at a time when summing layer errors (8 MiB of float64).
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -158,13 +160,15 @@ def per_node_sensitivity(
     )
     for ref_out, cand_out in runs:
         for name in list(sums):
-            r = ref_out[name].astype(np.float64).ravel()
-            c = cand_out[pairs[name]].astype(np.float64).ravel()
+            r, c = ref_out[name].ravel(), cand_out[pairs[name]].ravel()
             if r.shape != c.shape:
                 del sums[name]
                 continue
-            with np.errstate(all="ignore"):  # inf/nan (an fp16 overflow) -> infinite error
-                sums[name] += (np.dot(r - c, r - c), np.dot(r, r), np.dot(c, c), np.dot(r, c))
+            for i in range(0, r.size, _CHUNK):  # float64 a chunk at a time: memory stays flat
+                a = r[i : i + _CHUNK].astype(np.float64)
+                b = c[i : i + _CHUNK].astype(np.float64)
+                with np.errstate(all="ignore"):  # inf/nan (an fp16 overflow) -> infinite error
+                    sums[name] += (np.dot(a - b, a - b), np.dot(a, a), np.dot(b, b), np.dot(a, b))
     rel = {n: _rel_error(d2, r2, c2) for n, (d2, r2, c2, _) in sums.items()}
     consumers: dict[str, list[str]] = {}
     for node in ref_proto.graph.node:
