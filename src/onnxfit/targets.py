@@ -242,15 +242,17 @@ def _query_nvidia_smi() -> tuple[str, int] | None:
     return name, int(float(mem)) * 1024 * 1024
 
 
-@functools.cache
-def detect_cuda() -> Target:
-    """The ``cuda`` target: this machine's NVIDIA GPU if nvidia-smi answers, else a generic one."""
-    found = _query_nvidia_smi()
-    name, memory = found if found else ("generic NVIDIA GPU", 16 * GIB)
+def cuda_target_for(device: str, *, memory: int | None = None) -> Target:
+    """The ``cuda`` target for the NVIDIA GPU named in ``device`` (nvidia-smi's name, or any
+    text holding it, e.g. a calibration run's host line): datasheet peaks for a known part
+    (``_CUDA_PARTS``), generic mid-range figures otherwise. A calibration fitted on one machine
+    is thus read against the peaks of the GPU it was measured on, wherever it is refit."""
     fp32, fp16, int8, bw = 30.0, 120.0, 240.0, 500.0  # a mid-range generic part
+    known = False
     for frag, figs in _CUDA_PARTS.items():
-        if frag in name:
+        if frag in device:
             fp32, fp16, int8, bw = figs
+            known = True
             break
     return Target(
         name="cuda",
@@ -260,13 +262,25 @@ def detect_cuda() -> Target:
         peak_fp16=fp16 * TERA,
         peak_int8=int8 * TERA,
         memory_bandwidth=bw * GB,
-        memory_budget=memory,
+        memory_budget=memory if memory is not None else 16 * GIB,
         cpu_cores=_usable_cores(),
         default_precision="fp16",
         dispatch_overhead_s=5e-6,  # CUDA kernel launch, ~5 us without CUDA graphs
-        description=f"{name} (CUDA)"
-        + ("" if found else " — nvidia-smi not found, generic figures"),
+        description=device if known or "generic" in device else f"{device}, generic figures",
     )
+
+
+@functools.cache
+def detect_cuda() -> Target:
+    """The ``cuda`` target: this machine's NVIDIA GPU if nvidia-smi answers, else a generic one
+    (:func:`cuda_target_for`)."""
+    found = _query_nvidia_smi()
+    if found is None:
+        return cuda_target_for(
+            "generic NVIDIA GPU (CUDA) — nvidia-smi not found, generic figures"
+        )
+    name, memory = found
+    return cuda_target_for(f"{name} (CUDA)", memory=memory)
 
 
 BUILTIN = ("xbox-series-s", "xbox-series-x", "cpu", "cuda")

@@ -10,16 +10,22 @@ by ``onnxfit calibrate`` (:mod:`onnxfit.profiling.calibrate`) carries, in its TO
 * ``overhead_s`` — a fixed time per kernel (launch, threading, small-tensor costs),
 
 and, for the whole model, ``per_kernel_s`` (the gap between kernels: the runtime's own work per
-node) and ``run_s`` (a fixed cost per ``run``). A node's time is then::
+node), ``run_s`` (a fixed cost per ``run``) and, on a device with memory of its own (a GPU fed
+host arrays), ``transfer_bandwidth`` (bytes/s over the host link: the graph's inputs go to the
+device and its outputs come back on every run) and ``weight_bandwidth`` (bytes/s at which a
+runtime that touches every weight on every run, e.g. to re-layout it, gets through them; 0 or
+absent: no such cost). A node's time is then::
 
     time = max(flops / (compute_efficiency x peak), bytes / (bandwidth_efficiency x bandwidth))
-           + overhead_s + per_kernel_s
+           + overhead_s + per_kernel_s + weight bytes / weight_bandwidth
 
-and the model's is the sum over its kernels plus ``run_s``. Nodes the device's runtime fuses
-into the kernel before them cost nothing of their own: ``fused`` lists the (op, producer op)
-pairs the calibration saw fused (e.g. a Relu after a Conv on ORT's CPU provider), and a node
-matches when its first input comes from such a producer and is read by it alone; a pair whose
-producer is ``<constant>`` (e.g. the DequantizeLinear of a weight) is folded at load.
+and the model's is the sum over its kernels plus ``run_s`` plus
+``graph_io_bytes / transfer_bandwidth`` (:func:`onnxfit.analysis.cost.graph_io_bytes`).
+Nodes the device's runtime fuses into the kernel before them cost nothing of their own:
+``fused`` lists the (op, producer op) pairs the calibration saw fused (e.g. a Relu after a
+Conv on ORT's CPU provider), and a node matches when its first input comes from such a
+producer and is read by it alone; a pair whose producer is ``<constant>`` (e.g. the
+DequantizeLinear of a weight) is folded at load.
 
 Op classes (:func:`op_class`): ``conv`` (spatial kernels), ``conv1x1`` (pointwise, stride 1),
 ``dwconv`` (depthwise), ``matmul`` (MatMul, Gemm, Einsum), ``pool``, ``norm`` (normalizations,
@@ -107,6 +113,16 @@ class CalibratedModel:
     run_s: float
     fused: frozenset[tuple[str, str]]
     source: str = ""
+    transfer_bandwidth: float = 0.0  # bytes/s host<->device; 0: no copies (a CPU)
+    weight_bandwidth: float = 0.0  # bytes/s through every weight per run; 0: no such cost
+
+    def transfer_s(self, nbytes: int) -> float:
+        """Seconds to copy ``nbytes`` of graph inputs and outputs between host and device."""
+        return nbytes / self.transfer_bandwidth if self.transfer_bandwidth > 0 else 0.0
+
+    def weight_s(self, nbytes: int) -> float:
+        """Seconds a kernel spends on ``nbytes`` of its weights beyond its roofline time."""
+        return nbytes / self.weight_bandwidth if self.weight_bandwidth > 0 else 0.0
 
     def figures(self, cls: str, precision: str) -> OpFigures | None:
         for key in ((cls, precision), (cls, "fp32"), ("default", precision), ("default", "fp32")):
@@ -134,6 +150,8 @@ def from_table(table: Mapping[str, Any]) -> CalibratedModel:
         run_s=float(table.get("run_s", 0.0)),
         fused=fused,
         source=str(table.get("source", "")),
+        transfer_bandwidth=float(table.get("transfer_bandwidth", 0.0)),
+        weight_bandwidth=float(table.get("weight_bandwidth", 0.0)),
     )
 
 

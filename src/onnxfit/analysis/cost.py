@@ -32,7 +32,9 @@ and ``bound`` says which of the two terms is larger. ``lanes`` is 1 unless the t
 This is the uncalibrated prior: "projected, uncalibrated: a floor". A target calibrated on a
 device (``onnxfit calibrate``) replaces it with the figures the device achieved per op class
 (:mod:`onnxfit.analysis.calibrated`): efficiencies of peak and bandwidth, a cost per kernel, no
-cost for nodes its runtime fuses away, and a fixed cost per run (``CostReport.run_s``).
+cost for nodes its runtime fuses away, a fixed cost per run (``CostReport.run_s``) and, on a GPU,
+the copies of the graph's inputs and outputs between host and device (``CostReport.transfer_s``:
+:func:`graph_io_bytes` over the calibrated link bandwidth).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class CostReport:
     nodes: tuple[NodeCost, ...]
     unknown_ops: tuple[str, ...] = field(default_factory=tuple)
     run_s: float = 0.0  # a calibrated target's fixed cost per run
+    transfer_s: float = 0.0  # a calibrated GPU's host<->device copies of the graph's IO
 
     @property
     def flops(self) -> int:
@@ -136,8 +139,8 @@ class CostReport:
     @property
     def time_s(self) -> float:
         """Projected latency: the sum of node times (nodes run one after another), plus a
-        calibrated target's cost per run."""
-        return sum(n.time_s for n in self.nodes) + self.run_s
+        calibrated target's cost per run and its host<->device copies."""
+        return sum(n.time_s for n in self.nodes) + self.run_s + self.transfer_s
 
     @property
     def unknown_nodes(self) -> int:
@@ -185,6 +188,7 @@ class CostReport:
             "weight_bytes": self.weight_bytes,
             "time_s": self.time_s,
             "run_s": self.run_s,
+            "transfer_s": self.transfer_s,
             "by_bound": self.by_bound(),
             "unknown_ops": list(self.unknown_ops),
             "unknown_nodes": self.unknown_nodes,
@@ -302,7 +306,7 @@ def node_cost(
             peak=target.peak(prec),
             bandwidth=target.memory_bandwidth,
         )
-        t += calibration.per_kernel_s
+        t += calibration.per_kernel_s + calibration.weight_s(weights)
     else:
         compute_t = flops / (target.peak(prec) * lanes)
         memory_t = (read + written) / target.memory_bandwidth
@@ -323,6 +327,14 @@ def node_cost(
         domain=node.domain,
         lane_util=lanes,
     )
+
+
+def graph_io_bytes(model: ir.Model) -> int:
+    """Bytes of the graph's inputs (initializers aside) and outputs at their dtypes: what a run
+    fed host arrays copies to a device and back. Unresolved shapes count 0."""
+    values = [v for v in model.graph.inputs if not v.is_initializer()]
+    values += [v for v in model.graph.outputs if v not in values]
+    return sum(_nbytes(v, None) or 0 for v in values)
 
 
 def _prepared(model: ir.Model) -> ir.Model:
@@ -362,7 +374,14 @@ def analyze_cost(
             if opcount.kind_of(n) == "unknown"
         }
     )
-    report = CostReport(tgt.name, precision, nodes, tuple(unknown), cal.run_s if cal else 0.0)
+    report = CostReport(
+        tgt.name,
+        precision,
+        nodes,
+        tuple(unknown),
+        cal.run_s if cal else 0.0,
+        cal.transfer_s(graph_io_bytes(model)) if cal else 0.0,
+    )
     if unknown:
         logger.warning("ops without a cost formula (counted as memory-bound): %s", unknown)
     logger.info(

@@ -35,7 +35,15 @@ from onnxfit.cli._common import (
 @click.option("--name", help="Target name (default: the file's stem).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads.")
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed runs per model.")
-@click.option("--quick", is_flag=True, help="Fewer widths and no batch-2 model.")
+@click.option(
+    "--rounds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Measure the whole suite this many times, graph after graph, and keep the medians "
+    "(a shared or thermally busy device: 3).",
+)
+@click.option("--quick", is_flag=True, help="Fewer widths and no batch-2 models.")
 @click.option(
     "--model",
     "extra",
@@ -65,6 +73,7 @@ def calibrate(
     name: str | None,
     threads: int,
     runs: int,
+    rounds: int,
     quick: bool,
     extra: tuple[Path, ...],
     save_measurements: Path | None,
@@ -108,6 +117,7 @@ def calibrate(
             name=name,
             threads=threads,
             runs=runs,
+            rounds=rounds,
             quick=quick,
             extra=extra,
             measurements=measurements,

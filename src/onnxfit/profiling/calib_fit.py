@@ -21,7 +21,10 @@
    the cost of a kernel). On a provider measured by wall time alone (GPU providers, see
    :mod:`onnxfit.profiling.calib_measure`) the ``null`` probe's wall time is the cost of a run:
    it is taken off every probe sample and becomes ``run_s``; the fused pairs are then
-   :data:`DML_FUSED` on DirectML (none elsewhere).
+   :data:`DML_FUSED` on DirectML (none elsewhere). With three measured models or more, a
+   wall-time-only provider is fit on whole graphs instead (:mod:`onnxfit.profiling.calib_wall`:
+   run, host<->device copies, launches, scaled roofline, weights); the probes above are the
+   fallback.
 
 :func:`leave_one_out` refits without each model in turn and predicts it: the validation of
 ``benchmarks/bench_latency_model.py``.
@@ -134,6 +137,20 @@ DML_FUSED = sorted(
 )
 
 
+def base_target(run: CalibrationRun, target: Target | str | None = None) -> Target:
+    """The target whose peaks ``run``'s figures are relative to: ``target`` when given, else
+    the run's base; for ``cuda`` the GPU named in the run's host line
+    (:func:`onnxfit.targets.cuda_target_for`), not this machine's, so a refit anywhere reads
+    the measurements against the peaks of the GPU they were taken on."""
+    if target is not None:
+        return get_target(target)
+    if run.base == "cuda":
+        from onnxfit.targets import cuda_target_for
+
+        return cuda_target_for(run.host)
+    return get_target(run.base)
+
+
 def _wall_correction(models: Sequence[ModelRun]) -> float:
     """The cost of a run on a wall-time-only provider: the ``null`` probe's wall time."""
     null = [m.wall_s for m in models if m.name == "null"]
@@ -169,11 +186,14 @@ def fit(
 
     ``models`` maps each measured model's name to its graph (for step 3).
     """
-    tgt = get_target(target or run.base)
+    tgt = base_target(run, target)
     train = [m for m in run.models if m.name not in set(exclude)]
     sync = run.provider in SYNC_PROFILE
     if not sync:
-        fitted = _fit_models(run, train, models, tgt)
+        from onnxfit.profiling.calib_wall import fit_wall
+
+        published = DML_FUSED if run.provider == "DmlExecutionProvider" else []
+        fitted = fit_wall(run, train, models, tgt, published)
         if fitted is not None:
             return fitted
     per_kernel, per_run = profiler_correction(train) if sync else (_wall_correction(train), 0.0)
@@ -195,61 +215,6 @@ def fit(
         "profiler_per_kernel_s": per_kernel,
     }
     return table
-
-
-def _table(eta: float, per_kernel: float, run_s: float, source: str, fused: list[str]) -> dict:
-    figures = {
-        "compute_efficiency": eta,
-        "bandwidth_efficiency": eta,
-        "overhead_s": 0.0,
-        "samples": 0,
-    }
-    return {
-        "source": source,
-        "ops": {"default": {p: dict(figures) for p in ("fp32", "fp16", "int8")}},
-        "fused": fused,
-        "per_kernel_s": per_kernel,
-        "run_s": run_s,
-        "profiler_per_kernel_s": 0.0,
-    }
-
-
-def _fit_models(
-    run: CalibrationRun, train: Sequence[ModelRun], models: Mapping[str, ir.Model], tgt: Target
-) -> dict[str, Any] | None:
-    """Wall-time-only providers (GPUs): fit the training *models* directly,
-    ``wall = run_s + per_kernel_s x kernels + roofline / eta`` by non-negative least squares.
-
-    Single-op probes are no use there: their wall time is dominated by the host<->device copies
-    of their own inputs and outputs (on the H200, a 1.6 MB Relu probe took 303 us against 26 us
-    for the null probe), which intermediate tensors inside a model never pay; the kernels of a
-    model are mostly launch-bound. None when fewer than three models were measured."""
-    fused = DML_FUSED if run.provider == "DmlExecutionProvider" else []
-    source = f"{run.provider}, {run.threads} thread(s), onnxruntime {run.ort_version} (model fit)"
-    rows = [(m, models[m.name]) for m in train if m.kind == "model" and m.name in models]
-    if len(rows) < 3:
-        return None
-    kernels = np.array([predict(g, tgt, _table(1e12, 1.0, 0.0, source, fused)) for _, g in rows])
-    roof = np.array([predict(g, tgt, _table(1.0, 0.0, 0.0, source, fused)) for _, g in rows])
-    wall = np.array([m.wall_s for m, _ in rows])
-    x = np.stack([np.ones_like(wall), kernels, roof], axis=1)
-    w = 1.0 / wall  # relative error
-    best: tuple[float, np.ndarray] | None = None
-    for keep in ((0, 1, 2), (0, 1), (0, 2), (1, 2), (1,), (2,)):  # non-negative least squares
-        cols = list(keep)
-        coef, *_ = np.linalg.lstsq(x[:, cols] * w[:, None], wall * w, rcond=None)
-        if (coef < 0).any():
-            continue
-        full = np.zeros(3)
-        full[cols] = coef
-        err = float(((((x @ full) - wall) * w) ** 2).sum())
-        if best is None or err < best[0]:
-            best = (err, full)
-    if best is None:
-        return None
-    run_s, per_kernel, scale = (float(v) for v in best[1])
-    eta = 1.0 / scale if scale > 0 else 1e12
-    return _table(eta, per_kernel, run_s, source, fused)
 
 
 def profiler_correction(models: Sequence[ModelRun]) -> tuple[float, float]:
@@ -289,7 +254,7 @@ def leave_one_out(
 ) -> list[dict[str, Any]]:
     """For each measured model of ``kinds``: measured, uncalibrated and held-out calibrated
     projections (seconds) and their relative errors."""
-    tgt = get_target(target or run.base)
+    tgt = base_target(run, target)
     out = []
     for m in run.models:
         if m.kind not in kinds or m.name not in models:

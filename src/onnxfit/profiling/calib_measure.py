@@ -1,26 +1,30 @@
 """Measurements for ``onnxfit calibrate``: wall times and per-kernel profiles on this device.
 
 :func:`measure_model` runs one model twice through ONNX Runtime with the provider asked for:
-a plain session timed with wall clocks (``warmup`` runs, then the median of ``runs``), and a
-session with ORT's profiler on, whose per-kernel times (:mod:`onnxfit.profiling.ortprofile`)
-are joined with the cost model (:func:`onnxfit.profiling.opcost.match_nodes`): each kernel
-becomes a :class:`KernelSample` (op class of the node it stands for, precision, FLOPs, bytes,
-mean seconds). Model nodes that have no kernel of their own are recorded with the op of their
-producer, so the fit learns which pairs the runtime fuses.
+a plain session timed with wall clocks (``warmup`` runs, then the median of ``runs``; each run's
+wait for a core taken off, :mod:`onnxfit.profiling.contention`), and a session with ORT's
+profiler on (kernel times scaled down by the share of its runs spent waiting for a core), whose
+per-kernel times (:mod:`onnxfit.profiling.ortprofile`) are joined with the cost model
+(:func:`onnxfit.profiling.opcost.match_nodes`): each kernel becomes a :class:`KernelSample` (op
+class of the node it stands for, precision, FLOPs, bytes, mean seconds). Model nodes without a
+kernel of their own are recorded with the op of their producer: the fit learns what is fused.
 
 :func:`run_suite` measures :func:`onnxfit.profiling.calib_suite.calibration_suite` (plus any
-extra models) into a :class:`CalibrationRun`, which keeps the raw measurements (JSON) so that a
-fit can be redone and validated without measuring again (``benchmarks/bench_latency_model.py``).
+extra models) into a :class:`CalibrationRun` (:func:`run_suites`: several thread counts or
+providers interleaved, over rounds merged by :func:`merge_rounds`), which keeps the raw
+measurements (JSON) so that a fit can be redone and validated without measuring again
+(``benchmarks/bench_latency_model.py``).
 Sessions run with ``intra_op_num_threads`` = ``threads`` and thread spinning off.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +35,7 @@ import onnx_ir as ir
 
 from onnxfit import atomic, io
 from onnxfit.errors import InputError
+from onnxfit.profiling.contention import timed_runs
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class ModelRun:
     samples: list[KernelSample]
     unmatched_s: float  # kernels ORT added (layout reorders ...) per run
     fusion: list[tuple[str, str, bool]]  # (op, producer op, had no kernel of its own)
+    queued_s: float = 0.0  # median wait for a core per run, taken off the wall times
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -231,20 +237,21 @@ def measure_model(
     sess = _session(payload, provider, threads, None)
     for _ in range(warmup):
         sess.run(None, feeds)
-    wall = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        wall.append(time.perf_counter() - t0)
+    raw, queued = timed_runs(functools.partial(sess.run, None, feeds), runs)
+    wall = [max(w - q, 0.05 * w) for w, q in zip(raw, queued, strict=True)]
     del sess
     if provider not in SYNC_PROFILE:
-        return _wall_only(name, model, kind=kind, batch=batch, wall=wall, target=tgt)
+        out = _wall_only(name, model, kind=kind, batch=batch, wall=wall, target=tgt)
+        return dataclasses.replace(out, queued_s=statistics.median(queued))
     with atomic.temp_dir("calib") as tmp:
         psess = _session(payload, provider, threads, str(Path(tmp) / "p"))
         prof_runs = max(3, runs // 2)
-        for _ in range(warmup + prof_runs):
+        for _ in range(warmup):
             psess.run(None, feeds)
+        raw_p, queued_p = timed_runs(functools.partial(psess.run, None, feeds), prof_runs)
         prof = parse_profile(psess.end_profiling(), skip_runs=warmup)
+    # kernels' share of the wait for a core: in proportion to their time
+    own_time = max(0.05, 1.0 - sum(queued_p) / sum(raw_p))
     groups = match_nodes({o.node: o.op_type for o in prof.ops}, model)
     samples = []
     unmatched = 0.0
@@ -253,7 +260,7 @@ def measure_model(
     for o in prof.ops:
         group = groups.get(o.node)
         if not group:
-            unmatched += o.total_s / per_run
+            unmatched += own_time * o.total_s / per_run
             continue
         own.add(group[0])
         costs = [node_cost(n, tgt) for n in group]
@@ -266,7 +273,7 @@ def measure_model(
                 prec,
                 sum(c.flops for c in costs),
                 nbytes,
-                o.total_s / per_run,
+                own_time * o.total_s / per_run,
             )
         )
     from onnxfit.analysis.calibrated import producer_key
@@ -286,7 +293,94 @@ def measure_model(
         samples=samples,
         unmatched_s=unmatched,
         fusion=fusion,
+        queued_s=statistics.median(queued),
     )
+
+
+def merge_rounds(rounds: Sequence[ModelRun]) -> ModelRun:
+    """One model's measurements over several rounds: the median of the rounds' median wall
+    times (every run kept in ``wall_runs``), each kernel's median time, the median of the
+    unmatched time; kernels and fusion as the first round saw them."""
+    first = rounds[0]
+    if len(rounds) == 1:
+        return first
+    by_kernel: dict[tuple[int, str], list[float]] = {}
+    for r in rounds:
+        for i, s in enumerate(r.samples):
+            by_kernel.setdefault((i, s.node), []).append(s.time_s)
+    samples = [
+        dataclasses.replace(s, time_s=statistics.median(by_kernel.get((i, s.node), [s.time_s])))
+        for i, s in enumerate(first.samples)
+    ]
+    return dataclasses.replace(
+        first,
+        wall_s=statistics.median(r.wall_s for r in rounds),
+        wall_runs=[t for r in rounds for t in r.wall_runs],
+        samples=samples,
+        unmatched_s=statistics.median(r.unmatched_s for r in rounds),
+    )
+
+
+def run_suites(
+    settings: Sequence[tuple[str, int]],
+    *,
+    base: str | None = None,
+    runs: int = 20,
+    rounds: int = 1,
+    quick: bool = False,
+    extra: Sequence[str | Path] = (),
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[CalibrationRun]:
+    """Measure the suite (and ``extra`` model files) once per (provider, threads) setting,
+    interleaved: each round takes every graph in turn under every setting, so that a change in
+    the host's load during the measurement falls on all settings alike; the rounds are merged
+    with :func:`merge_rounds`. One :class:`CalibrationRun` per setting, in order."""
+    import onnxruntime as ort
+
+    from onnxfit.analysis.shapes import infer_shapes
+    from onnxfit.profiling.calib_suite import SuiteModel, calibration_suite
+    from onnxfit.targets import get_target
+
+    suite = calibration_suite(quick=quick)
+    for p in extra:
+        suite.insert(0, SuiteModel(Path(p).name, infer_shapes(io.load(p), batch=1), "model"))
+    out = []
+    for provider, threads in settings:
+        base_name = base or BASE_TARGET.get(provider, "cpu")
+        out.append(
+            CalibrationRun(
+                provider=provider,
+                base=base_name,
+                threads=threads,
+                ort_version=ort.__version__,
+                host=f"{platform.node()} {get_target(base_name).description}",
+                note=f"{rounds} interleaved round(s) of {len(settings)} setting(s)",
+            )
+        )
+    measured: list[list[list[ModelRun]]] = [[[] for _ in suite] for _ in settings]
+    total = rounds * len(suite)
+    for k in range(rounds):
+        for i, item in enumerate(suite):
+            if progress is not None:
+                progress(item.name, k * len(suite) + i, total)
+            logger.info("calibrating on %s (round %d)", item.name, k + 1)
+            n = runs if item.kind == "model" else max(5, runs // 2)
+            for j, (run, (provider, threads)) in enumerate(zip(out, settings, strict=True)):
+                measured[j][i].append(
+                    measure_model(
+                        item.name,
+                        item.model,
+                        kind=item.kind,
+                        batch=item.batch,
+                        provider=provider,
+                        threads=threads,
+                        runs=n,
+                        target=run.base,
+                    )
+                )
+    for run, per_model in zip(out, measured, strict=True):
+        run.models = [merge_rounds(r) for r in per_model]
+    return out
 
 
 def run_suite(
@@ -295,44 +389,19 @@ def run_suite(
     base: str | None = None,
     threads: int = 1,
     runs: int = 20,
+    rounds: int = 1,
     quick: bool = False,
     extra: Sequence[str | Path] = (),
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CalibrationRun:
-    """Measure the suite (and ``extra`` model files) on ``provider`` (module docstring)."""
-    import onnxruntime as ort
-
-    from onnxfit.analysis.shapes import infer_shapes
-    from onnxfit.profiling.calib_suite import SuiteModel, calibration_suite
-    from onnxfit.targets import get_target
-
-    base_name = base or BASE_TARGET.get(provider, "cpu")
-    target = get_target(base_name)
-    suite = calibration_suite(quick=quick)
-    for p in extra:
-        suite.insert(0, SuiteModel(Path(p).name, infer_shapes(io.load(p), batch=1), "model"))
-    run = CalibrationRun(
-        provider=provider,
-        base=base_name,
-        threads=threads,
-        ort_version=ort.__version__,
-        host=f"{platform.node()} {target.description}",
+    """Measure the suite (and ``extra`` model files) on ``provider`` (:func:`run_suites`)."""
+    (run,) = run_suites(
+        [(provider, threads)],
+        base=base,
+        runs=runs,
+        rounds=rounds,
+        quick=quick,
+        extra=extra,
+        progress=progress,
     )
-    for i, item in enumerate(suite):
-        if progress is not None:
-            progress(item.name, i, len(suite))
-        logger.info("calibrating on %s", item.name)
-        n = runs if item.kind == "model" else max(5, runs // 2)
-        run.models.append(
-            measure_model(
-                item.name,
-                item.model,
-                kind=item.kind,
-                batch=item.batch,
-                provider=provider,
-                threads=threads,
-                runs=n,
-                target=target,
-            )
-        )
     return run

@@ -2,10 +2,12 @@
 
 :func:`calibration_suite` returns, in a stable order:
 
-* **models** — the zoo's ResNet-18 (batch 1 and 2) and YOLOv3-tiny (batch 1), and generated
-  networks at several widths, each stressing one kind of kernel: ``cnn`` (3x3 convolutions),
-  ``mobilenet`` (depthwise 3x3 + pointwise 1x1), ``bottleneck`` (1x1-heavy residual blocks)
-  and ``transformer`` (MatMul blocks: attention with Softmax, MLP, LayerNorm, residual Adds);
+* **models** — the zoo's ResNet-18 and YOLOv3-tiny, and generated networks at several widths,
+  each stressing one kind of kernel: ``cnn`` (3x3 convolutions), ``mobilenet`` (depthwise 3x3 +
+  pointwise 1x1), ``bottleneck`` (1x1-heavy residual blocks) and ``transformer`` (MatMul blocks:
+  attention with Softmax, MLP, LayerNorm, residual Adds); each at batch 1 and, in the full
+  suite, again at batch 2 (``<name>-b2``: the batch the runtime's auto-tuner settles on for these
+  models on a 2-core CPU, where throughput is flat beyond it);
 * **probes** — single-op graphs over a range of sizes (3x3 / 1x1 / depthwise Conv, MatMul,
   elementwise, pooling, Softmax, Transpose, Concat, Resize), which give the fit clean samples
   of one kernel each.
@@ -111,7 +113,7 @@ def _head(g: _G, x: str, channels: int) -> str:
     return g.op("Gemm", [x, g.w(10, channels), g.w(10)], transB=1)
 
 
-def cnn(width: int, *, hw: int = 112, seed: int = 0) -> ir.Model:
+def cnn(width: int, *, hw: int = 112, seed: int = 0, batch: int = 1) -> ir.Model:
     """3x3 convolutions: a stem at stride 2, then (3x3, 3x3 stride 2) doubling the width."""
     g = _G(f"cnn-w{width}", seed)
     x = g.op("Relu", [g.conv("x", 3, width, stride=2)])
@@ -120,10 +122,10 @@ def cnn(width: int, *, hw: int = 112, seed: int = 0) -> ir.Model:
         x = g.op("Relu", [g.conv(x, c, c)])
         x = g.op("Relu", [g.conv(x, c, 2 * c, stride=2)])
         c *= 2
-    return g.build("x", [1, 3, hw, hw], _head(g, x, c))
+    return g.build("x", [batch, 3, hw, hw], _head(g, x, c))
 
 
-def mobilenet(width: int, *, hw: int = 112, seed: int = 0) -> ir.Model:
+def mobilenet(width: int, *, hw: int = 112, seed: int = 0, batch: int = 1) -> ir.Model:
     """Depthwise-separable blocks (MobileNet v1 style): dw 3x3 + Relu, pw 1x1 + Relu."""
     g = _G(f"mobilenet-w{width}", seed)
     x = g.op("Relu", [g.conv("x", 3, width, stride=2)])
@@ -133,10 +135,10 @@ def mobilenet(width: int, *, hw: int = 112, seed: int = 0) -> ir.Model:
         out = 2 * c if stride == 2 else c
         x = g.op("Relu", [g.conv(x, c, out, k=1)])
         c = out
-    return g.build("x", [1, 3, hw, hw], _head(g, x, c))
+    return g.build("x", [batch, 3, hw, hw], _head(g, x, c))
 
 
-def bottleneck(width: int, *, hw: int = 56, seed: int = 0) -> ir.Model:
+def bottleneck(width: int, *, hw: int = 56, seed: int = 0, batch: int = 1) -> ir.Model:
     """1x1-heavy residual blocks (ResNet-50 style): 1x1 reduce, 3x3, 1x1 expand, Add, Relu."""
     g = _G(f"bottleneck-w{width}", seed)
     x = g.op("Relu", [g.conv("x", 3, 4 * width, k=1)])
@@ -145,10 +147,12 @@ def bottleneck(width: int, *, hw: int = 56, seed: int = 0) -> ir.Model:
         y = g.op("Relu", [g.conv(y, width, width)])
         y = g.conv(y, width, 4 * width, k=1)
         x = g.op("Relu", [g.op("Add", [y, x])])
-    return g.build("x", [1, 3, hw, hw], _head(g, x, 4 * width))
+    return g.build("x", [batch, 3, hw, hw], _head(g, x, 4 * width))
 
 
-def transformer(dim: int, *, tokens: int = 128, heads: int = 4, seed: int = 0) -> ir.Model:
+def transformer(
+    dim: int, *, tokens: int = 128, heads: int = 4, seed: int = 0, batch: int = 1
+) -> ir.Model:
     """Two pre-norm transformer blocks: attention (MatMul, Softmax) and an MLP, residual Adds."""
     g = _G(f"transformer-d{dim}", seed)
     x = "x"
@@ -158,19 +162,21 @@ def transformer(dim: int, *, tokens: int = 128, heads: int = 4, seed: int = 0) -
         q, k, v = (g.op("MatMul", [n, g.w(dim, dim)]) for _ in range(3))
 
         def split(t: str) -> str:
-            t = g.op("Reshape", [t, g.const([1, tokens, heads, hd])])
+            t = g.op("Reshape", [t, g.const([batch, tokens, heads, hd])])
             return g.op("Transpose", [t], perm=[0, 2, 1, 3])
 
         qh, kh, vh = split(q), split(k), split(v)
         kt = g.op("Transpose", [kh], perm=[0, 1, 3, 2])
         s = g.op("Mul", [g.op("MatMul", [qh, kt]), g.const([hd**-0.5], np.float32)])
         a = g.op("MatMul", [g.op("Softmax", [s], axis=-1), vh])
-        a = g.op("Reshape", [g.op("Transpose", [a], perm=[0, 2, 1, 3]), g.const([1, tokens, dim])])
+        a = g.op(
+            "Reshape", [g.op("Transpose", [a], perm=[0, 2, 1, 3]), g.const([batch, tokens, dim])]
+        )
         x = g.op("Add", [x, g.op("MatMul", [a, g.w(dim, dim)])])
         n = g.op("LayerNormalization", [x, g.w(dim, scale=1.0), g.w(dim)], axis=-1)
         hmid = g.op("Relu", [g.op("Add", [g.op("MatMul", [n, g.w(dim, 4 * dim)]), g.w(4 * dim)])])
         x = g.op("Add", [x, g.op("MatMul", [hmid, g.w(4 * dim, dim)])])
-    return g.build("x", [1, tokens, dim], x)
+    return g.build("x", [batch, tokens, dim], x)
 
 
 def _probe(name: str, shape: list[int], make: object, seed: int) -> ir.Model:
@@ -228,21 +234,28 @@ def probes(*, seed: int = 0) -> list[SuiteModel]:
 
 
 def calibration_suite(*, quick: bool = False, seed: int = 0) -> list[SuiteModel]:
-    """The models, then the probes (``quick``: fewer widths and no batch-2 model)."""
+    """The models, then the probes (``quick``: fewer widths and batch 1 only)."""
     from onnxfit.analysis.shapes import infer_shapes
     from onnxfit.zoo import build
 
-    models = [
-        SuiteModel("resnet18", infer_shapes(build("resnet18", seed=seed), batch=1), "model"),
-        SuiteModel("yolov3-tiny", infer_shapes(build("yolov3-tiny", seed=seed), batch=1), "model"),
-    ]
-    if not quick:
-        r2 = infer_shapes(build("resnet18", seed=seed), batch=2)
-        models.append(SuiteModel("resnet18-b2", r2, "model", batch=2))
     widths = (16, 32) if quick else (16, 32, 64)
-    models += [SuiteModel(f"cnn-w{w}", cnn(w, seed=seed), "model") for w in widths]
-    models += [SuiteModel(f"mobilenet-w{w}", mobilenet(w, seed=seed), "model") for w in widths]
-    models += [SuiteModel(f"bottleneck-w{w}", bottleneck(w, seed=seed), "model") for w in widths]
     dims = (128,) if quick else (128, 256)
-    models += [SuiteModel(f"transformer-d{d}", transformer(d, seed=seed), "model") for d in dims]
+    models: list[SuiteModel] = []
+    for batch in (1,) if quick else (1, 2):
+        tail = "" if batch == 1 else f"-b{batch}"
+
+        def item(name: str, model: ir.Model, batch: int = batch, tail: str = tail) -> SuiteModel:
+            return SuiteModel(name + tail, model, "model", batch=batch)
+
+        models += [
+            item(z, infer_shapes(build(z, seed=seed), batch=batch))
+            for z in ("resnet18", "yolov3-tiny")
+        ]
+        for make, sizes, stem in (
+            (cnn, widths, "cnn-w"),
+            (mobilenet, widths, "mobilenet-w"),
+            (bottleneck, widths, "bottleneck-w"),
+            (transformer, dims, "transformer-d"),
+        ):
+            models += [item(f"{stem}{w}", make(w, seed=seed, batch=batch)) for w in sizes]
     return models + probes(seed=seed)

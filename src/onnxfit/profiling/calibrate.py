@@ -20,18 +20,33 @@ from onnxfit.profiling.calib_measure import CalibrationRun, provider_name, run_s
 
 
 def calibration_toml(run: CalibrationRun, *, name: str, table: dict[str, Any]) -> str:
-    """The target TOML for ``run``'s fitted ``table`` (:func:`onnxfit.profiling.calib_fit.fit`)."""
+    """The target TOML for ``run``'s fitted ``table`` (:func:`onnxfit.profiling.calib_fit.fit`).
+
+    The peaks and bandwidth the figures are relative to are pinned in the file (the base
+    target's, for the device measured: :func:`onnxfit.profiling.calib_fit.base_target`), so
+    that the file projects the same on any machine, also one whose own ``cpu`` or ``cuda``
+    target differs."""
+    from onnxfit.profiling.calib_fit import base_target
+
+    tgt = base_target(run)
     lines = [
         f"# written by onnxfit calibrate: {run.provider}, {run.threads} thread(s),",
         f"# onnxruntime {run.ort_version}, {len(run.models)} graphs, on {run.host}",
         f'base = "{run.base}"',
         f'name = "{name}"',
         f'description = "{name}: calibrated with {run.provider}, {run.threads} thread(s)"',
+        f"# the figures below are relative to these ({tgt.description})",
+        f"peak_fp32 = {tgt.peak_fp32:.6g}",
+        f"peak_fp16 = {tgt.peak_fp16:.6g}",
+        f"peak_int8 = {tgt.peak_int8:.6g}",
+        f"memory_bandwidth = {tgt.memory_bandwidth:.6g}",
         "",
         "[calibration]",
         f'source = "{run.provider}, {run.threads} thread(s), onnxruntime {run.ort_version}"',
         f"per_kernel_s = {table['per_kernel_s']:.6g}",
         f"run_s = {table['run_s']:.6g}",
+        f"transfer_bandwidth = {table.get('transfer_bandwidth', 0.0):.6g}",
+        f"weight_bandwidth = {table.get('weight_bandwidth', 0.0):.6g}",
         "fused = [" + ", ".join(f'"{p}"' for p in table["fused"]) + "]",
     ]
     for cls, per_prec in sorted(table["ops"].items()):
@@ -88,6 +103,7 @@ def calibrate(
     name: str | None = None,
     threads: int = 1,
     runs: int = 20,
+    rounds: int = 1,
     quick: bool = False,
     extra: Sequence[str | Path] = (),
     measurements: CalibrationRun | None = None,
@@ -102,7 +118,7 @@ def calibrate(
     """
     from onnxfit import atomic
     from onnxfit.analysis.shapes import infer_shapes
-    from onnxfit.profiling.calib_fit import fit, leave_one_out, predict
+    from onnxfit.profiling.calib_fit import base_target, fit, leave_one_out, predict
     from onnxfit.profiling.calib_suite import calibration_suite
     from onnxfit.targets import get_target
 
@@ -111,13 +127,14 @@ def calibrate(
         raise InputError(f"{path}: a target file must end in .toml", hint="-o my-device.toml")
     if path.exists() and not force:
         raise InputError(f"{path}: file exists", hint="choose another -o path, or pass --force")
-    if threads < 1 or runs < 1:
-        raise InputError("--threads and --runs must be >= 1")
+    if threads < 1 or runs < 1 or rounds < 1:
+        raise InputError("--threads, --runs and --rounds must be >= 1")
     run = measurements or run_suite(
         provider=provider_name(provider),
         base=base,
         threads=threads,
         runs=runs,
+        rounds=rounds,
         quick=quick,
         extra=extra,
         progress=progress,
@@ -126,7 +143,7 @@ def calibrate(
     for p in extra:
         models[Path(p).name] = infer_shapes(io.load(p), batch=1)
     table = fit(run, models)
-    tgt = get_target(run.base)
+    tgt = base_target(run)
     fitted = []
     for m in run.models:
         if m.kind == "model" and m.name in models:
@@ -135,7 +152,7 @@ def calibrate(
                 {"model": m.name, "measured_s": m.wall_s, "projected_s": pred,
                  "error": pred / m.wall_s - 1}
             )  # fmt: skip
-    validation = leave_one_out(run, models, target=tgt) if validate else None
+    validation = leave_one_out(run, models) if validate else None
     label = name or path.stem
     atomic.write_text(path, calibration_toml(run, name=label, table=table))
     loaded = get_target(str(path))

@@ -55,6 +55,19 @@ def summary_lines(result: CalibrateResult) -> list[str]:
         f"relative to target {result.run.base}",
         f"cost per run {t['run_s'] * 1e6:.1f} µs; profiler cost taken off each kernel "
         f"{t.get('profiler_per_kernel_s', 0.0) * 1e6:.2f} µs; fused pairs: {len(t['fused'])}",
+        *(
+            [
+                f"host<->device copies of the graph's inputs and outputs at "
+                f"{t['transfer_bandwidth'] / 1e9:.2f} GB/s; weights read per run at "
+                + (
+                    f"{t['weight_bandwidth'] / 1e9:.1f} GB/s"
+                    if t.get("weight_bandwidth")
+                    else "no extra cost"
+                )
+            ]
+            if t.get("transfer_bandwidth")
+            else []
+        ),
         f"in-sample (fit on every graph): median |error| {100 * fe['median_abs']:.1f} %, "
         f"{100 * fe['within_20']:.0f} % within ±20 %",
     ]
