@@ -160,3 +160,19 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     pts = [(1.0, 5.0), (2.0, 1.0), (1.5, 6.0), (3.0, 0.5), (2.5, 1.0)]
     assert pareto_front(pts) == [0, 1, 3]
     assert pareto_front([]) == []
+
+
+def test_candidate_search_tries_the_channel_levels_asked_for(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    args = [str(src), "-o", str(out), "--target", "cpu", "--json", *FAST]
+    code, stdout, stderr = _run(*args, "--search-channels", "0.25", "--max-accuracy-drop", "100")
+    assert code == 0, stderr
+    cands = json.loads(stdout)["candidates"]
+    assert [c["label"].split(" (")[0] for c in cands][:2] == ["int8", "fp32"]
+    pruned = cands[2]
+    assert pruned["label"].endswith("+ 25% channels"), pruned
+    # 8 channels per layer, kept counts rounded to 8: nothing can go, and it says so
+    assert pruned["status"] == "refused" and "only 0.0% could be removed" in pruned["gate"]
+    code, _, stderr = _run(*args, "--search-channels", "1.5")
+    assert code == 2 and "--search-channels" in stderr

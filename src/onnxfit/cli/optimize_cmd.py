@@ -15,8 +15,8 @@ from onnxfit.cli._common import (
     guarded,
     input_shape_option,
     json_option,
-    parse_shapes,
     markdown_option,
+    parse_shapes,
     plot_option,
     print_result,
     progress,
@@ -152,6 +152,12 @@ from onnxfit.cli._common import (
     help="--prune-channels: kept channel counts are rounded to multiples of N (1: exact).",
 )
 @click.option(
+    "--search-channels",
+    metavar="R1,R2",
+    help="The candidate search also tries these channel-pruning ratios (e.g. 0.125,0.25) with "
+    "the target's preferred precision; each costs a full build and verification.",
+)
+@click.option(
     "--no-search",
     is_flag=True,
     help="With --precision auto, take the target's preferred precision instead of trying "
@@ -190,6 +196,7 @@ def optimize(
     prune_method: str,
     prune_channels_method: str,
     channel_multiple: int,
+    search_channels: str | None,
     no_search: bool,
     input_shape: tuple[str, ...],
     budget: str | None,
@@ -225,6 +232,7 @@ def optimize(
       onnxfit optimize resnet18.onnx -o resnet18-xbox.onnx --target xbox-series-s
       onnxfit optimize resnet18.onnx -o r18-int8.onnx --target cpu --calibrate images/
       onnxfit optimize yolo.onnx -o yolo-cpu.onnx --target cpu --eval coco/ --plot cands.png
+      onnxfit optimize yolo.onnx -o y.onnx --target cpu --eval coco/ --search-channels 0.125,0.25
       onnxfit optimize net.onnx -o net-fp16.onnx --precision fp16 --eval imagenet-sample/
       onnxfit optimize int8.onnx -o fp16.onnx --target xbox-series-s   (dequantize -> fp16)
       onnxfit optimize net.onnx -o net-clean.onnx --passes cleanup,fold-batchnorm --json
@@ -265,6 +273,7 @@ def optimize(
         "prune_channels_method": prune_channels_method,
         "channel_multiple": channel_multiple,
         "search": not no_search,
+        "search_channels": search_channels,
         "input_shapes": parse_shapes(input_shape) or None,
     }
     opts = OptimizeOptions.build(**values)

@@ -68,6 +68,8 @@ class OptimizeOptions:
       ``magnitude`` (weights / filter norms alone), or ``auto`` (reconstruct with real
       calibration images, magnitude without). ``channel_multiple``: kept channel counts are
       rounded to multiples of it (1: exact).
+    * ``search_channels``: channel-pruning ratios the candidate search also tries (each with the
+      target's preferred precision; :mod:`onnxfit.optimizer.search`).
     """
 
     precision: PrecisionArg = "auto"
@@ -97,6 +99,7 @@ class OptimizeOptions:
     channel_multiple: int = 8
     layer_top: int = 10
     search: bool = True
+    search_channels: tuple[float, ...] = ()
     input_shapes: dict[str, tuple[int, ...]] | None = None
 
     @classmethod
@@ -114,6 +117,13 @@ class OptimizeOptions:
             values["passes"] = parse_pass_list(passes)
         elif passes is not None:
             values["passes"] = tuple(passes)
+        levels = values.get("search_channels")
+        if isinstance(levels, str):
+            values["search_channels"] = _ratios(levels, "--search-channels")
+        elif levels is None:
+            values.pop("search_channels", None)
+        else:
+            values["search_channels"] = tuple(float(r) for r in levels)
         if values.get("input_shapes"):
             shapes = values["input_shapes"]
             values["input_shapes"] = {str(k): tuple(int(d) for d in v) for k, v in shapes.items()}
@@ -181,6 +191,12 @@ class OptimizeOptions:
         for flag, ratio in (("--prune", self.prune), ("--prune-channels", self.prune_channels)):
             if ratio is not None and not 0.0 < ratio < 1.0:
                 raise InputError(f"{flag} must lie in (0, 1), got {ratio}", hint=f"{flag} 0.5")
+        for ratio in self.search_channels:
+            if not 0.0 < ratio < 1.0:
+                raise InputError(
+                    f"--search-channels ratios must lie in (0, 1), got {ratio}",
+                    hint="--search-channels 0.125,0.25",
+                )
         for flag, m in (("--prune-method", self.prune_method),
                         ("--prune-channels-method", self.prune_channels_method)):  # fmt: skip
             if m not in PRUNE_METHODS:
@@ -229,3 +245,11 @@ def parse_pass_list(text: str) -> tuple[str, ...]:
     if not names:
         raise InputError("--passes is empty", hint="e.g. --passes cleanup,fold-batchnorm,fp16")
     return names
+
+
+def _ratios(text: str, flag: str) -> tuple[float, ...]:
+    """``"0.125,0.25"`` -> (0.125, 0.25); InputError for anything else."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: give ratios like 0.125,0.25") from None

@@ -161,6 +161,7 @@ def run_budgeted(
             [report] = _run_steps(candidate, [step], calib)
             loss = judge.reference_score - judge.score(candidate)
             _record(report, step, mode="exact", measure=judge.measure, loss_pts=round(loss, 3))
+            _check_delivered(step, report)
             if loss > judge.loss_budget + 1e-9:
                 raise _refused(step, report, loss, judge)
             current = candidate
@@ -223,6 +224,30 @@ def _auto(
         scan=scan_lines(result),
     )
     return pruned, report
+
+
+#: An exact request is delivered when the achieved share is within this of the requested one
+#: (channel counts move in steps of --channel-multiple per layer, coupled layers together).
+DELIVERY_TOLERANCE = 0.05
+
+
+def _check_delivered(step: PlanStep, report: PassReport) -> None:
+    """Refuse (VerificationError) an exact request the pass could not deliver (e.g. layers too
+    small for the channel rounding), rather than write a model that is not what was asked."""
+    wanted = float(step.options.get(_ratio_key(step)) or 0.0)
+    achieved = float(report.stats.get("achieved", 0.0))  # type: ignore[arg-type]
+    if abs(achieved - wanted) <= DELIVERY_TOLERANCE:
+        return
+    flag = "--prune-channels" if step.name == "prune-channels" else "--prune"
+    multiple = step.options.get("multiple_of")
+    why = f" (kept counts rounded to multiples of {multiple})" if multiple else ""
+    raise VerificationError(
+        f"{flag} {wanted:g}: only {achieved:.1%} could be removed{why}, not {wanted:.0%}; "
+        "refused, nothing written",
+        hint="--channel-multiple 1 for exact channel counts, or another ratio"
+        if multiple
+        else "another ratio",
+    )
 
 
 def _refused(step: PlanStep, report: PassReport, loss: float, judge: Judge) -> VerificationError:

@@ -14,6 +14,13 @@ Candidates (:func:`candidate_precisions`):
 * an FP16 model: FP16 only (onnxfit does not widen it); an INT8 model: its candidates after
   dequantizing.
 
+Pruning levels (``--search-channels 0.125,0.25``, :attr:`OptimizeOptions.search_channels`): each
+ratio adds a candidate "preferred precision + that share of the Conv output channels removed"
+(least-squares refit of the next layers on the calibration images), honoured exactly or listed
+as failing the budget. Channel pruning is the kind that saves time and memory; unstructured
+sparsity only shrinks the file (runtimes densify it), so it is not a speed candidate. Each
+level costs a full build and verification, so the levels are asked for, not implied.
+
 "Fastest" is the median latency measured on this host when the target is this host's CPU
 (``cpu``) and ``measure_runs`` > 0, else the roofline projection on the target. A candidate
 that fails the budget or does not fit stays in the table with the reason; the report keeps the
@@ -67,12 +74,34 @@ def speed_key(result: OptimizeResult) -> tuple[float, str]:
 
 
 def label(result: OptimizeResult) -> str:
-    """``fp16``, ``fp16+fp32 (mixed, 3 nodes float32)``, ``int8+float (5 nodes float)``."""
+    """``fp16``, ``fp16+fp32 (mixed, 3 nodes float32)``, ``int8+float (5 nodes float)``, with
+    `` + 25% channels`` when channels were removed."""
     kept = len(result.kept_higher)
-    if not kept:
-        return result.precision
-    higher = "fp32" if result.precision == "fp16" else "float"
-    return f"{result.precision}+{higher} (mixed, {kept} node(s) {higher})"
+    text = result.precision
+    if kept:
+        higher = "fp32" if result.precision == "fp16" else "float"
+        text = f"{result.precision}+{higher} (mixed, {kept} node(s) {higher})"
+    channels = result.achieved.get("channels", {}).get("requested")
+    return text + (f" + {float(channels):.0%} channels" if channels else "")
+
+
+def candidate_options(
+    target: Target, model_prec: str, options: OptimizeOptions
+) -> list[tuple[str, str, OptimizeOptions]]:
+    """(label, why, options) of every candidate: the precisions (:func:`candidate_precisions`)
+    and, for each ``options.search_channels`` ratio, the preferred precision with that share
+    of channels removed (module docstring)."""
+    precisions = candidate_precisions(target, model_prec)
+    out: list[tuple[str, str, OptimizeOptions]] = [
+        (p, why, dataclasses.replace(options, precision=p)) for p, why in precisions
+    ]
+    best = precisions[0][0]
+    for ratio in options.search_channels:
+        opts = dataclasses.replace(
+            options, precision=best, prune_channels=ratio, prune_channels_auto=False
+        )
+        out.append((f"{best} + {ratio:.0%} channels", "pruning level (--search-channels)", opts))
+    return out
 
 
 def row(result: OptimizeResult, status: str) -> dict[str, Any]:
@@ -112,24 +141,25 @@ def search(
     rows: list[dict[str, Any]] = []
     built: list[tuple[ir.Model, OptimizeResult, dict[str, Any]]] = []
     failures = []
-    for prec, why in candidate_precisions(target, model_precision(original)):
-        plan = build_plan(original, target, dataclasses.replace(options, precision=prec))
+    for name, why, opts in candidate_options(target, model_precision(original), options):
+        plan = build_plan(original, target, opts)
         plan = dataclasses.replace(plan, reason=f"candidate search: {why}; {plan.reason}")
-        say(f"candidate {prec}")
+        say(f"candidate {name}")
         try:
-            model, result = build(plan, prec)
+            model, result = build(plan, name)
         except VerificationError as exc:
-            rows.append({"precision": prec, "label": prec, "status": "fails the budget",
+            rows.append({"precision": opts.precision, "label": name, "status": "refused",
                          "gate": exc.message, "chosen": False})  # fmt: skip
-            failures.append(f"{prec}: {exc.message}")
+            failures.append(f"{name}: {exc.message}")
             continue
         status = "ok" if result.after.fits else "does not fit"
         built.append((model, result, row(result, status)))
         rows.append(built[-1][2])
     if not built:
         raise VerificationError(
-            "no candidate meets the accuracy budget: " + "; ".join(failures),
-            hint="raise --max-accuracy-drop, or give --eval DIR (labelled images)",
+            "no candidate was accepted: " + "; ".join(failures),
+            hint="each reason is above: raise --max-accuracy-drop, give --eval DIR (labelled "
+            "images), or change the request",
         )
     fitting = [b for b in built if b[1].after.fits]
     if fitting:
