@@ -51,7 +51,9 @@ DATA = Path(os.environ.get("ONNXFIT_SHARED_DATA", ROOT.parent / "shared" / "data
 RESULTS = ROOT / "benchmarks" / "results"
 JSON = RESULTS / "prune_recon.json"
 MIB = 1024 * 1024
-SPARSITIES = (0.1, 0.3, 0.5, 0.6, 0.7, 0.8)
+SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.8)
+SHUFFLENET_LEVELS = (0.1, 0.3, 0.5)
+SHUFFLENET_CALIB = 64
 CHANNELS = (0.1, 0.25, 0.4)
 METHODS = ("magnitude", "reconstruct")
 
@@ -88,8 +90,13 @@ def yolo_model(tmp: Path) -> Path:
 Fold = tuple[list[dict[str, np.ndarray]], Any, str]  # calibration feeds, held-out set, text
 
 
+#: folds run (``--folds``): 1 = calibrate on the first half, score on the second
+FOLDS = [2]
+
+
 def folds(m: Any, folder: Path, preset: str, calib: int) -> list[Fold]:
-    """Two folds: calibrate on (at most ``calib`` images of) one half, score on the other."""
+    """Up to two folds: calibrate on (at most ``calib`` images of) one half, score on the
+    other; ``FOLDS[0]`` of them."""
     data = load_labelled(folder, preset)
     first, second = data.split(len(data) // 2)
     name = str(m.graph.inputs[0].name)
@@ -97,7 +104,7 @@ def folds(m: Any, folder: Path, preset: str, calib: int) -> list[Fold]:
     for cal, held in ((first, second), (second, first)):
         n = min(calib, len(cal))
         out.append(([{name: cal.x[:n]}], held, f"{n} of {len(cal)} images"))
-    return out
+    return out[: FOLDS[0]]
 
 
 def fold_scorer(m: Any, fold: Fold, preset: str, metric: str) -> Callable[[Any], float]:
@@ -153,8 +160,8 @@ def stage_yolo(tmp: Path, quick: bool) -> dict[str, Any]:
 
 def stage_shufflenet(tmp: Path, quick: bool) -> dict[str, Any]:
     m = _float_model(DATA / "models" / "shufflenet-v2-12-qdq.onnx", dequantize=True)
-    data = folds(m, DATA / "imagenet-sample", "imagenet", 128)
-    levels = (0.3, 0.5) if quick else SPARSITIES
+    data = folds(m, DATA / "imagenet-sample", "imagenet", SHUFFLENET_CALIB)
+    levels = (0.3, 0.5) if quick else SHUFFLENET_LEVELS
     return unstructured(m, "imagenet", "top1", data, levels, tmp)
 
 
@@ -184,7 +191,7 @@ def _timings(paths: dict[str, Path], runs: int, threads: int) -> dict[str, dict[
     }
 
 
-def stage_channels(tmp: Path, quick: bool, runs: int, threads: int) -> dict[str, Any]:
+def stage_channels(tmp: Path, quick: bool) -> dict[str, Any]:
     from onnxfit.profiling.bench import static_figures
     from onnxfit.pruning.channels import count_elements
 
@@ -192,12 +199,9 @@ def stage_channels(tmp: Path, quick: bool, runs: int, threads: int) -> dict[str,
     data = folds(m, DATA / "coco-sample", "yolov3-tiny", 128)
     scorers = [fold_scorer(m, f, "yolov3-tiny", "map50") for f in data]
     rows: list[dict[str, Any]] = []
-    paths: dict[str, Path] = {}
 
     def add(label: str, models: list[Any], ratio: float, method: str, **stats: Any) -> None:
         st, _ = static_figures(models[0], batch=1, target="cpu")
-        paths[label] = tmp / f"ch{len(paths)}.onnx"
-        io.save(models[0], paths[label], force=True)
         scores = [score(x) for x, score in zip(models, scorers, strict=True)]
         rows.append({
             "label": label, "ratio": ratio, "method": method, "score": float(np.mean(scores)),
@@ -206,7 +210,7 @@ def stage_channels(tmp: Path, quick: bool, runs: int, threads: int) -> dict[str,
         })  # fmt: skip
         say(f"{label}: mAP@0.5 {np.mean(scores):.2f} {scores}")
 
-    add("dense", [m, m], 0.0, "-")
+    add("dense", [m] * len(data), 0.0, "-")
     for ratio in (0.25,) if quick else CHANNELS:
         for method in METHODS:
             models, seconds = [], 0.0
@@ -219,17 +223,44 @@ def stage_channels(tmp: Path, quick: bool, runs: int, threads: int) -> dict[str,
                 seconds += time.perf_counter() - t
                 models.append(c)
             removed = 1 - p.stats["channels_after"] / p.stats["channels_before"]
-            add(f"{ratio:g} {method}", models, ratio, method, seconds=seconds / 2, removed=removed)
-    base_load = os.getloadavg()[0]
-    timing = _timings(paths, runs, threads)
-    dense_ms = timing["dense"]["median_ms"]
-    for row in rows:
-        row.update(timing[row["label"]], speedup=dense_ms / timing[row["label"]]["median_ms"])
+            add(
+                f"{ratio:g} {method}",
+                models,
+                ratio,
+                method,
+                seconds=seconds / len(data),
+                removed=removed,
+            )
     return {
-        "rows": rows, "runs": runs, "threads": threads, "dense_score": rows[0]["score"],
-        "load": [base_load, os.getloadavg()[0]], "folds": [f[2] for f in data],
+        "rows": rows, "dense_score": rows[0]["score"], "folds": [f[2] for f in data],
         "evaluation": [f[1].describe() for f in data],
     }  # fmt: skip
+
+
+def stage_timing(tmp: Path, quick: bool, runs: int, threads: int) -> dict[str, Any]:
+    """CPU latency of the channel-pruned shapes, interleaved. The shapes (kept channels per
+    layer) depend on the ratio and the rounding only, not on the method or the weights, so
+    the models timed are pruned by filter norms (no data, seconds)."""
+    m = _float_model(yolo_model(tmp))
+    paths = {"dense": tmp / "t_dense.onnx"}
+    io.save(m, paths["dense"], force=True)
+    for ratio in (0.25,) if quick else CHANNELS:
+        c = io.clone(m)
+        ReconstructChannelsPass(ratio=ratio, method="magnitude")(c)
+        paths[f"{ratio:g}"] = tmp / f"t_{ratio:g}.onnx"
+        io.save(c, paths[f"{ratio:g}"], force=True)
+    load = os.getloadavg()[0]
+    timing = _timings(paths, runs, threads)
+    dense_ms = timing["dense"]["median_ms"]
+    for row in timing.values():
+        row["speedup"] = dense_ms / row["median_ms"]
+    say("timing: " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timing.items()))
+    return {"rows": timing, "runs": runs, "threads": threads, "load": [load, os.getloadavg()[0]]}
+
+
+def _folds_text(r: dict[str, Any]) -> str:
+    n = len(r["folds"])
+    return "One split" if n == 1 else f"{n} folds (scores: their mean)"
 
 
 def _md_unstructured(title: str, r: dict[str, Any]) -> list[str]:
@@ -237,8 +268,8 @@ def _md_unstructured(title: str, r: dict[str, Any]) -> list[str]:
     lines = [
         f"### {title} — {m} (%), FP16 after pruning",
         "",
-        f"Two folds, each calibrated on one half ({' / '.join(r['folds'])}) and scored on the "
-        f"other ({' / '.join(r['evaluation'])}); scores are the mean of the folds.",
+        f"{_folds_text(r)}: calibrated on one half ({' / '.join(r['folds'])}) and scored on the "
+        f"other ({' / '.join(r['evaluation'])}).",
         f"Dense: FP32 {r['dense_fp32']:.2f}, FP16 {r['dense_fp16']:.2f}.",
         "",
         f"| sparsity (requested = achieved) | method | {m} | drop vs FP16 (pts) | "
@@ -260,15 +291,20 @@ def _md_unstructured(title: str, r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _md_channels(r: dict[str, Any]) -> list[str]:
+def _md_channels(r: dict[str, Any], t: dict[str, Any] | None) -> list[str]:
+    timing = (t or {}).get("rows", {})
     lines = [
         "### YOLOv3-tiny — Conv output channels removed (multiples of 8)",
         "",
-        f"Two folds as above (reconstruct: {' / '.join(r['folds'])}; magnitude: 16 of them "
-        "for its ranking and mean compensation), mAP the mean of the folds. Latency: batch 1, "
-        "416 x 416, CPU EP, "
-        f"{r['threads']} intra-op threads, {r['runs']} interleaved rounds (load average "
-        f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}).",
+        f"{_folds_text(r)} as above (reconstruct: {' / '.join(r['folds'])}; magnitude: 16 of "
+        "them for its ranking and mean compensation). "
+        + (
+            f"Latency on this CPU: batch 1, 416 x 416, CPU EP, {t['threads']} intra-op threads, "
+            f"{t['runs']} interleaved rounds of the dense and every pruned shape (load average "
+            f"{t['load'][0]:.2f} -> {t['load'][1]:.2f}); the shape depends on the ratio only."
+            if t
+            else "Latency not measured."
+        ),
         "",
         "| variant | channels removed | mAP@0.5 | drop (pts) | params | GFLOPs | planned arena MiB "
         "| median ms (min) | speed-up |",
@@ -277,10 +313,13 @@ def _md_channels(r: dict[str, Any]) -> list[str]:
     base = r["dense_score"]
     for row in r["rows"]:
         removed = f"{100 * row['removed']:.1f} %" if "removed" in row else "-"
+        tm = timing.get("dense" if row["method"] == "-" else f"{row['ratio']:g}")
+        lat = (
+            f"{tm['median_ms']:.1f} ({tm['min_ms']:.1f}) | {tm['speedup']:.2f}x" if tm else "- | -"
+        )
         lines.append(
             f"| {row['label']} | {removed} | {row['score']:.2f} | {base - row['score']:.2f} | "
-            f"{row['params']:,} | {row['gflops']:.2f} | {row['arena_bytes'] / MIB:.1f} | "
-            f"{row['median_ms']:.1f} ({row['min_ms']:.1f}) | {row['speedup']:.2f}x |"
+            f"{row['params']:,} | {row['gflops']:.2f} | {row['arena_bytes'] / MIB:.1f} | {lat} |"
         )
     lines += [
         "",
@@ -307,11 +346,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.set_xlabel("channels removed (ratio, %)")
             ax.set_ylabel("mAP@0.5 (%)")
             ax.set_title("YOLOv3-tiny channels")
-            ax2 = ax.twinx()
-            rows = [x for x in r["rows"] if x["method"] == "reconstruct"]
-            ax2.plot([100 * x["ratio"] for x in rows], [x["speedup"] for x in rows], "^:",
-                     color="tab:green", label="speed-up")  # fmt: skip
-            ax2.set_ylabel("CPU speed-up (x)")
+            timing = results.get("timing", {}).get("rows", {})
+            if timing:
+                ax2 = ax.twinx()
+                xs = sorted(float(k) for k in timing if k != "dense")
+                ax2.plot([100 * x for x in xs], [timing[f"{x:g}"]["speedup"] for x in xs], "^:",
+                         color="tab:green", label="CPU speed-up")  # fmt: skip
+                ax2.set_ylabel("CPU speed-up (x)")
+                ax2.legend(fontsize=7, loc="lower right")
         else:
             for method, style in (("magnitude", "o--"), ("reconstruct", "s-")):
                 rows = [x for x in r["rows"] if x["method"] == method]
@@ -342,20 +384,22 @@ def render(results: dict[str, Any]) -> str:
     if "shufflenet" in results:
         lines += _md_unstructured("ShuffleNetV2 (QDQ dequantized)", results["shufflenet"])
     if "channels" in results:
-        lines += _md_channels(results["channels"])
+        lines += _md_channels(results["channels"], results.get("timing"))
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["yolo", "shufflenet", "channels"], action="append")
+    ap.add_argument("--only", choices=["yolo", "shufflenet", "channels", "timing"], action="append")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--folds", type=int, choices=[1, 2], default=2)
     ap.add_argument("--render", action="store_true", help="only re-render from the JSON")
     args = ap.parse_args()
+    FOLDS[0] = args.folds
     results: dict[str, Any] = json.loads(JSON.read_text()) if JSON.is_file() else {}
-    stages = [] if args.render else (args.only or ["yolo", "shufflenet", "channels"])
+    stages = [] if args.render else (args.only or ["yolo", "shufflenet", "channels", "timing"])
     with tempfile.TemporaryDirectory() as tmp:
         for stage in stages:
             t = time.perf_counter()
@@ -364,8 +408,10 @@ def main() -> None:
                 results[stage] = stage_yolo(Path(tmp), args.quick)
             elif stage == "shufflenet":
                 results[stage] = stage_shufflenet(Path(tmp), args.quick)
+            elif stage == "channels":
+                results[stage] = stage_channels(Path(tmp), args.quick)
             else:
-                results[stage] = stage_channels(Path(tmp), args.quick, args.runs, args.threads)
+                results[stage] = stage_timing(Path(tmp), args.quick, args.runs, args.threads)
             results[stage]["stage_seconds"] = time.perf_counter() - t
             # merge with what other runs (--only) wrote meanwhile
             saved = json.loads(JSON.read_text()) if JSON.is_file() else {}

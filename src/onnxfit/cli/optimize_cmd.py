@@ -149,7 +149,8 @@ from onnxfit.cli._common import (
     default=8,
     show_default=True,
     metavar="N",
-    help="--prune-channels: kept channel counts are rounded to multiples of N (1: exact).",
+    help="--prune-channels: kept channel counts are rounded to multiples of N (1: exact; "
+    "the target's wave size, e.g. 32 on the Xbox Series, where it decides).",
 )
 @click.option(
     "--search-channels",
