@@ -144,7 +144,9 @@ def bench_one(
     return row
 
 
-def _md(rows: list[dict[str, Any]], total_s: float, planned: int) -> str:
+def _md(
+    rows: list[dict[str, Any]], total_s: float, planned: int, label: str = "min on this host"
+) -> str:
     n = len(rows)
     ort_ok = [r for r in rows if r["ort"] == "ok"]
 
@@ -158,7 +160,7 @@ def _md(rows: list[dict[str, Any]], total_s: float, planned: int) -> str:
         f"`PYTHONPATH=src .venv/bin/python benchmarks/bench_corpus.py` over {n} models of "
         "`benchmarks/corpus.json` (files in `$ONNXFIT_CORPUS`, rebuilt by "
         "`benchmarks/corpus_build.py`); each step a subprocess with a timeout, cwd a scratch "
-        f"folder; {total_s / 60:.1f} min on this host"
+        f"folder; {total_s / 60:.1f} {label}"
         + (f" (PARTIAL: {n} of {planned} models done)." if n < planned else "."),
         "",
         "| | count |",
@@ -204,11 +206,31 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=300, help="seconds per step")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--jobs", type=int, default=1, help="models benchmarked at once")
+    ap.add_argument("--out", type=Path, help="write OUT.md / OUT.json (default: results/corpus)")
+    ap.add_argument("--reverse", action="store_true", help="last models first")
+    ap.add_argument(
+        "--merge", nargs="+", type=Path, help="only rebuild the report from these row JSON files"
+    )
     ap.add_argument(
         "--steps", default="fp16,int8", help="optimize steps to run (ORT and inspect always run)"
     )
     args = ap.parse_args()
     entries = json.loads(MANIFEST.read_text())["models"]
+    out_md, out_json = (
+        (args.out.with_suffix(".md"), args.out.with_suffix(".json"))
+        if args.out
+        else (OUT_MD, OUT_JSON)
+    )
+    if args.merge:  # several partial runs (e.g. two halves run side by side) -> one report
+        done = {r["name"]: r for p in args.merge for r in json.loads(p.read_text())}
+        merged = [done[e["name"]] for e in entries if e["name"] in done]
+        secs = sum(float(r.get("fp16_s") or 0) + float(r.get("int8_s") or 0) for r in merged)
+        label = f"min of optimize steps, from {len(args.merge)} runs side by side"
+        out_md.write_text(_md(merged, secs, len(entries), label))
+        out_json.write_text(json.dumps(merged, indent=1) + "\n")
+        return 0
+    if args.reverse:
+        entries = entries[::-1]
     if args.only:
         entries = [e for e in entries if e["name"] in args.only]
     missing = [e["name"] for e in entries if not model_path(e).exists()]
@@ -218,7 +240,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     order = {e["name"]: i for i, e in enumerate(entries)}
     t0 = time.perf_counter()
-    write = not args.no_write and not args.only and args.steps == "fp16,int8"
+    write = not args.no_write and (args.out or not args.only) and args.steps == "fp16,int8"
     steps = tuple(args.steps.split(","))
     with (
         tempfile.TemporaryDirectory(prefix="onnxfit-corpus-") as tmp,
@@ -237,8 +259,8 @@ def main() -> int:
             )
             if write:  # after every model: a stopped run leaves what it measured
                 md = _md(rows, time.perf_counter() - t0, len(entries))
-                OUT_MD.write_text(md)
-                OUT_JSON.write_text(json.dumps(rows, indent=1) + "\n")
+                out_md.write_text(md)
+                out_json.write_text(json.dumps(rows, indent=1) + "\n")
     print(_md(rows, time.perf_counter() - t0, len(entries)))
     return 0
 
