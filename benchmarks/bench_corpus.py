@@ -168,6 +168,9 @@ def _md(
         f"| models tried | {n} |",
         f"| plain ORT runs them (pinned dims where dynamic) | {len(ort_ok)} |",
         f"| inspect resolves shapes (of those ORT runs) | {count('inspect', 'ok', ort_ok)} |",
+        f"| fp16 / int8 steps run (of those ORT runs) | "
+        f"{sum(r.get('fp16') != '-' for r in ort_ok)} / "
+        f"{sum(r.get('int8') != '-' for r in ort_ok)} |",
         f"| fp16 written and verified (of those ORT runs) | {count('fp16', 'ok', ort_ok)} |",
         f"| fp16 refused with one line (of those ORT runs) | {count('fp16', 'refused', ort_ok)} |",
         f"| int8 written (of those ORT runs) | {count('int8', 'ok', ort_ok)} |",
@@ -240,7 +243,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     order = {e["name"]: i for i, e in enumerate(entries)}
     t0 = time.perf_counter()
-    write = not args.no_write and (args.out or not args.only) and args.steps == "fp16,int8"
+    full = not args.only and args.steps == "fp16,int8"
+    write = not args.no_write and (args.out is not None or full)
     steps = tuple(args.steps.split(","))
     with (
         tempfile.TemporaryDirectory(prefix="onnxfit-corpus-") as tmp,
