@@ -20,6 +20,7 @@ Run:  PYTHONPATH=src .venv/bin/python benchmarks/bench_corpus.py [--only NAME ..
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
 import os
 import subprocess
@@ -65,7 +66,9 @@ def _run(cmd: list[str], timeout: int, cwd: Path) -> dict[str, Any]:
     err = p.stderr.strip()
     tb = "Traceback (most recent call last)" in err
     last = [ln for ln in err.splitlines() if ln.strip()]
-    line = next((ln for ln in last if ln.startswith(("error:", "Error:"))), last[-1] if last else "")
+    line = next(
+        (ln for ln in last if ln.startswith(("error:", "Error:"))), last[-1] if last else ""
+    )
     return {
         "rc": p.returncode,
         "traceback": tb,
@@ -141,7 +144,9 @@ def bench_one(
     return row
 
 
-def _md(rows: list[dict[str, Any]], total_s: float) -> str:
+def _md(
+    rows: list[dict[str, Any]], total_s: float, planned: int, label: str = "min on this host"
+) -> str:
     n = len(rows)
     ort_ok = [r for r in rows if r["ort"] == "ok"]
 
@@ -155,13 +160,17 @@ def _md(rows: list[dict[str, Any]], total_s: float) -> str:
         f"`PYTHONPATH=src .venv/bin/python benchmarks/bench_corpus.py` over {n} models of "
         "`benchmarks/corpus.json` (files in `$ONNXFIT_CORPUS`, rebuilt by "
         "`benchmarks/corpus_build.py`); each step a subprocess with a timeout, cwd a scratch "
-        f"folder; {total_s / 60:.1f} min on this host.",
+        f"folder; {total_s / 60:.1f} {label}"
+        + (f" (PARTIAL: {n} of {planned} models done)." if n < planned else "."),
         "",
         "| | count |",
         "|---|---|",
         f"| models tried | {n} |",
         f"| plain ORT runs them (pinned dims where dynamic) | {len(ort_ok)} |",
         f"| inspect resolves shapes (of those ORT runs) | {count('inspect', 'ok', ort_ok)} |",
+        f"| fp16 / int8 steps run (of those ORT runs) | "
+        f"{sum(r.get('fp16') != '-' for r in ort_ok)} / "
+        f"{sum(r.get('int8') != '-' for r in ort_ok)} |",
         f"| fp16 written and verified (of those ORT runs) | {count('fp16', 'ok', ort_ok)} |",
         f"| fp16 refused with one line (of those ORT runs) | {count('fp16', 'refused', ort_ok)} |",
         f"| int8 written (of those ORT runs) | {count('int8', 'ok', ort_ok)} |",
@@ -199,33 +208,64 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="model names (default: every one)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per step")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--jobs", type=int, default=1, help="models benchmarked at once")
+    ap.add_argument("--out", type=Path, help="write OUT.md / OUT.json (default: results/corpus)")
+    ap.add_argument("--reverse", action="store_true", help="last models first")
+    ap.add_argument(
+        "--merge", nargs="+", type=Path, help="only rebuild the report from these row JSON files"
+    )
     ap.add_argument(
         "--steps", default="fp16,int8", help="optimize steps to run (ORT and inspect always run)"
     )
     args = ap.parse_args()
     entries = json.loads(MANIFEST.read_text())["models"]
+    out_md, out_json = (
+        (args.out.with_suffix(".md"), args.out.with_suffix(".json"))
+        if args.out
+        else (OUT_MD, OUT_JSON)
+    )
+    if args.merge:  # several partial runs (e.g. two halves run side by side) -> one report
+        done = {r["name"]: r for p in args.merge for r in json.loads(p.read_text())}
+        merged = [done[e["name"]] for e in entries if e["name"] in done]
+        secs = sum(float(r.get("fp16_s") or 0) + float(r.get("int8_s") or 0) for r in merged)
+        label = f"min of optimize steps, from {len(args.merge)} runs side by side"
+        out_md.write_text(_md(merged, secs, len(entries), label))
+        out_json.write_text(json.dumps(merged, indent=1) + "\n")
+        return 0
+    if args.reverse:
+        entries = entries[::-1]
     if args.only:
         entries = [e for e in entries if e["name"] in args.only]
     missing = [e["name"] for e in entries if not model_path(e).exists()]
     if missing:
         print(f"not in {CORPUS}: {', '.join(missing)} (run corpus_build.py)", file=sys.stderr)
         entries = [e for e in entries if e["name"] not in missing]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    order = {e["name"]: i for i, e in enumerate(entries)}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="onnxfit-corpus-") as tmp:
-        for entry in entries:
-            row = bench_one(entry, args.timeout, Path(tmp), tuple(args.steps.split(",")))
+    full = not args.only and args.steps == "fp16,int8"
+    write = not args.no_write and (args.out is not None or full)
+    steps = tuple(args.steps.split(","))
+    with (
+        tempfile.TemporaryDirectory(prefix="onnxfit-corpus-") as tmp,
+        cf.ThreadPoolExecutor(max(1, args.jobs)) as pool,
+    ):
+        futures = [pool.submit(bench_one, e, args.timeout, Path(tmp), steps) for e in entries]
+        for fut in cf.as_completed(futures):
+            row = fut.result()
             rows.append(row)
+            rows.sort(key=lambda r: order[r["name"]])
             print(
                 f"{row['name']:28s} ort={row['ort']:7s} inspect={row['inspect']:9s} "
-                f"engine={row.get('engine', '-'):13s} fp16={row['fp16']:9s} int8={row['int8']}",
+                f"engine={row.get('engine', '-'):13s} fp16={row['fp16']:9s} "
+                f"int8={row['int8']}",
                 flush=True,
             )
-    md = _md(rows, time.perf_counter() - t0)
-    if not args.no_write and not args.only and args.steps == "fp16,int8":
-        OUT_MD.write_text(md)
-        OUT_JSON.write_text(json.dumps(rows, indent=1) + "\n")
-    print(md)
+            if write:  # after every model: a stopped run leaves what it measured
+                md = _md(rows, time.perf_counter() - t0, len(entries))
+                out_md.write_text(md)
+                out_json.write_text(json.dumps(rows, indent=1) + "\n")
+    print(_md(rows, time.perf_counter() - t0, len(entries)))
     return 0
 
 

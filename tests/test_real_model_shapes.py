@@ -118,3 +118,28 @@ def test_cleanup_keeps_identities_that_return_an_outer_value() -> None:
     got = run_all(model, [{"x": x, "c": np.array(True)}])["y"]
     assert np.array_equal(got, np.maximum(x, 0))
     assert isinstance(model, ir.Model)
+
+
+def test_quantizer_failure_in_a_bias_names_the_bias_consumer() -> None:
+    """ORT's bias quantizer fails knowing only ``bias_name``; an outer frame still holds the
+    last node of an earlier loop in ``node``: the consumer of the bias is the one to exclude."""
+    from types import SimpleNamespace
+
+    from onnxfit.passes.quantizer_guard import failing_node
+
+    NodeProto = type("NodeProto", (), {})  # duck-typed like onnx's
+    stale = NodeProto()
+    stale.name = "last_node_of_the_loop"  # type: ignore[attr-defined]
+    conv = SimpleNamespace(name="conv_7", input=["x", "w7", "b7"])
+    other = SimpleNamespace(name="conv_1", input=["x", "w1", "b1"])
+    quantizer = SimpleNamespace(model=SimpleNamespace(nodes=lambda: [other, conv]))
+
+    def quantize_bias(self: object, bias_name: str) -> None:
+        raise ValueError("operands could not be broadcast together with shapes (16,) (8,)")
+
+    def quantize_model(node: object) -> None:
+        quantize_bias(quantizer, "b7")
+
+    with pytest.raises(ValueError) as err:
+        quantize_model(stale)
+    assert failing_node(err.value) == "conv_7"

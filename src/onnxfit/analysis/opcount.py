@@ -192,7 +192,8 @@ _MATMUL_A = frozenset(
 )
 _RNN_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _SPECIAL = frozenset(
-    {"ConvTranspose", "Gemm", "FusedGemm", "QGemm", "Einsum", "Resize", "Upsample", "LRN", *_RNN_GATES}
+    {"ConvTranspose", "Gemm", "FusedGemm", "QGemm", "Einsum", "Resize", "Upsample", "LRN"}
+    | set(_RNN_GATES)
 )
 _KNOWN_MS = frozenset(
     {*INT8_OPS, "FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv", "Gelu", "FastGelu"}

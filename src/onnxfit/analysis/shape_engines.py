@@ -108,7 +108,7 @@ def execution_infer(
     for value in inputs:
         if value.dtype is None or value.shape is None or not value.shape.is_static():
             return None
-        dims = [int(d) for d in value.shape.dims]  # type: ignore[call-overload]
+        dims = [d if isinstance(d, int) else 0 for d in value.shape.dims]  # static: all ints
         try:
             dtype = value.dtype.numpy()
         except TypeError:

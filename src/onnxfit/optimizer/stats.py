@@ -67,9 +67,7 @@ def model_stats(
 
     # sparse-stored weights are decoded (constant-folded) at load: analyse the dense form
     shapes = {k: list(v) for k, v in input_shapes.items()} if input_shapes else None
-    result = inspect(
-        densified(model), target=target, batch=1, budget=budget, input_shapes=shapes
-    )
+    result = inspect(densified(model), target=target, batch=1, budget=budget, input_shapes=shapes)
     return ModelStats(
         precision=precision,
         file_bytes=int(file_bytes),

@@ -22,15 +22,35 @@ logger = logging.getLogger(__name__)
 MAX_QUANTIZER_RETRIES = 8
 
 
+def _bias_consumer(local: dict[str, Any]) -> str | None:
+    """The node reading ``bias_name`` in the quantizer's (``self``) model: its bias quantizer
+    knows only the bias, and the ``node`` left in an outer frame is a stale loop variable."""
+    bias, quantizer = local.get("bias_name"), local.get("self")
+    nodes = getattr(getattr(quantizer, "model", None), "nodes", None)
+    if not isinstance(bias, str) or not callable(nodes):
+        return None
+    try:
+        for node in nodes():
+            if bias in list(getattr(node, "input", ())):
+                return str(getattr(node, "name", "") or "") or None
+    except Exception:  # a third-party object: no answer rather than a second failure
+        return None
+    return None
+
+
 def failing_node(exc: BaseException) -> str | None:
-    """The name of the node ORT's quantizer was working on when ``exc`` was raised (its frames
-    keep it in a local called ``node``), innermost first; None when no frame has one."""
+    """The name of the node ORT's quantizer was working on when ``exc`` was raised, innermost
+    frame first: the consumer of the ``bias_name`` it was quantizing, else the node in a local
+    called ``node``; None when no frame has either."""
     frames = []
     tb = exc.__traceback__
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
+        consumer = _bias_consumer(frame.f_locals)
+        if consumer:
+            return consumer
         node: Any = frame.f_locals.get("node")
         # a NodeProto of ORT's quantizer (duck-typed: this module stays off protobuf)
         name = str(getattr(node, "name", "") or "") if type(node).__name__ == "NodeProto" else ""

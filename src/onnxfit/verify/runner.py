@@ -39,9 +39,9 @@ __all__ = [
     "ModelArg",
     "feeds_of",
     "first_samples",
-    "merge_feeds",
     "input_names",
     "iter_outputs",
+    "merge_feeds",
     "run_all",
     "sample_count",
     "split_feed",
@@ -95,7 +95,9 @@ def merge_feeds(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
         return {}
     counts = [next(iter(f.values())).shape[0] for f in feeds]
     batched = all(
-        np.ndim(v) and v.shape[0] == n for f, n in zip(feeds, counts, strict=True) for v in f.values()
+        np.ndim(v) and v.shape[0] == n
+        for f, n in zip(feeds, counts, strict=True)
+        for v in f.values()
     )
     if not batched or len(feeds) == 1:
         return dict(feeds[0])
