@@ -33,7 +33,7 @@ from pathlib import Path
 
 from onnxfit import io
 from onnxfit.analysis.shapes import infer_shapes
-from onnxfit.profiling.calib_fit import error_summary, leave_one_out
+from onnxfit.profiling.calib_fit import base_target, error_summary, fit, leave_one_out, predict
 from onnxfit.profiling.calib_measure import CalibrationRun, run_suites
 from onnxfit.profiling.calib_suite import calibration_suite
 
@@ -98,6 +98,25 @@ def report(run: CalibrationRun, models: dict, *, how: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def across_sessions(train: CalibrationRun, check: CalibrationRun, models: dict) -> str:
+    """One calibration fit on every graph of ``train``, checked on ``check``'s models (another
+    measurement session of the same device): the error a user sees next time."""
+    table = fit(train, models)
+    tgt = base_target(train)
+    errors = [
+        predict(models[m.name], tgt, table) / m.wall_s - 1
+        for m in check.models
+        if m.kind == "model" and m.name in models
+    ]
+    s = error_summary(errors)
+    return (
+        f"\nFit on all of this session's graphs, checked on the models of another session "
+        f"({check.note or 'saved earlier'}): {s['n']} models, median |error| "
+        f"{100 * s['median_abs']:.1f} %, within 10 % {100 * s['within_10']:.0f} %, within 20 % "
+        f"{100 * s['within_20']:.0f} %.\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="thread counts, interleaved (1,2)")
@@ -105,6 +124,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--from", dest="from_files", type=Path, action="append", default=[],
                     help="refit saved measurements (repeatable)")  # fmt: skip
+    ap.add_argument("--against", type=Path,
+                    help="with one --from: check its full fit on another session")  # fmt: skip
     args = ap.parse_args()
     extra = [DATA / "models" / f for f in SHARED if (DATA / "models" / f).exists()]
     load_before = _load()
@@ -135,7 +156,11 @@ def main() -> None:
             if src
             else f"--threads {args.threads} --rounds {args.rounds}"
         )
+        if args.against:
+            command += f" --against {args.against}"
         text = report(run, models, how=run.note + "; " + how if run.note else how, command=command)
+        if args.against:
+            text += across_sessions(run, CalibrationRun.load(args.against), models)
         (RESULTS / f"latency_model-{stem}.md").write_text(text)
         print(text)
 

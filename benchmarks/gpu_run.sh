@@ -40,7 +40,7 @@ if [ "$lane" = cuda ]; then
   done
   onnxfit calibrate --provider cuda --base cuda -o "$out/h200-cuda.toml" --validate --force \
     --save-measurements "$out/calib-cuda.json" \
-    --runs 20 --markdown > "$out/calibrate-cuda.md"
+    --rounds 3 --runs 30 --markdown > "$out/calibrate-cuda.md"
 else
   onnxfit bench "$work/yolov3-tiny-fp16.onnx" --target cuda --provider webgpu --batch 1 \
     --iterations 100 --json > "$out/bench-webgpu-yolo-fp16.json"
@@ -63,6 +63,6 @@ for name in ("yolov3-tiny", "yolov3-tiny-fp16"):
 EOF
   onnxfit calibrate --provider webgpu --base cuda -o "$out/h200-webgpu.toml" --validate --force \
     --save-measurements "$out/calib-webgpu.json" \
-    --runs 20 --markdown > "$out/calibrate-webgpu.md"
+    --rounds 3 --runs 30 --markdown > "$out/calibrate-webgpu.md"
 fi
 echo "done: $out"

@@ -95,3 +95,24 @@ def test_wait_for_a_core_is_measured_per_thread() -> None:
     walls, queued = timed_runs(lambda: sum(range(1000)), 5)
     assert len(walls) == len(queued) == 5
     assert all(w > 0 for w in walls) and all(q >= 0 for q in queued)
+
+
+#: the CPU runs of benchmarks/bench_latency_model.py (1 and 2 threads, interleaved, each run's
+#: wait for a core taken off): leave-one-model-out bounds on the suite's models. Measured when
+#: written (with the two real models too): 1 thread 3.7 % / 89 %, 2 threads 10.8 % / 75 % (the
+#: 2-thread goal of 10 % / 80 % is not met: see benchmarks/results/latency_model-t2.md)
+CPU_BOUNDS = {1: (0.10, 0.85), 2: (0.14, 0.70)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
+def test_leave_one_out_on_saved_cpu_measurements(threads: int, suite: dict) -> None:
+    run = CalibrationRun.load(
+        SAVED.parent / f"latency_model-t{threads}.json"
+    )  # fmt: skip
+    rows = leave_one_out(run, suite)
+    after = error_summary([r["error_after"] for r in rows])
+    median, within_20 = CPU_BOUNDS[threads]
+    assert len(rows) >= 26 and {r["batch"] for r in rows} == {1, 2}
+    assert after["median_abs"] <= median, after
+    assert after["within_20"] >= within_20, after

@@ -318,6 +318,7 @@ def merge_rounds(rounds: Sequence[ModelRun]) -> ModelRun:
         wall_runs=[t for r in rounds for t in r.wall_runs],
         samples=samples,
         unmatched_s=statistics.median(r.unmatched_s for r in rounds),
+        queued_s=statistics.median(r.queued_s for r in rounds),
     )
 
 
