@@ -276,9 +276,7 @@ def detect_cuda() -> Target:
     (:func:`cuda_target_for`)."""
     found = _query_nvidia_smi()
     if found is None:
-        return cuda_target_for(
-            "generic NVIDIA GPU (CUDA) — nvidia-smi not found, generic figures"
-        )
+        return cuda_target_for("generic NVIDIA GPU (CUDA) — nvidia-smi not found, generic figures")
     name, memory = found
     return cuda_target_for(f"{name} (CUDA)", memory=memory)
 
