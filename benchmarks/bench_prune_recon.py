@@ -54,6 +54,8 @@ MIB = 1024 * 1024
 SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.8)
 SHUFFLENET_LEVELS = (0.1, 0.3, 0.5)
 SHUFFLENET_CALIB = 64
+#: ``--levels``: sparsities to run instead of the defaults
+LEVELS: list[tuple[float, ...] | None] = [None]
 CHANNELS = (0.1, 0.25, 0.4)
 METHODS = ("magnitude", "reconstruct")
 
@@ -113,9 +115,16 @@ def fold_scorer(m: Any, fold: Fold, preset: str, metric: str) -> Callable[[Any],
     return lambda x: 100 * ev.accuracy(x).metrics[metric]
 
 
+def save_stage(stage: str, result: dict[str, Any]) -> None:
+    """Merge one stage's (possibly partial) result into the JSON file."""
+    saved = json.loads(JSON.read_text()) if JSON.is_file() else {}
+    write_text(JSON, json.dumps({**saved, stage: result}, indent=1))
+
+
 def unstructured(
-    m: Any, preset: str, metric: str, data: list[Fold], levels: tuple[float, ...], tmp: Path
-) -> dict[str, Any]:
+    m: Any, preset: str, metric: str, data: list[Fold], levels: tuple[float, ...], tmp: Path,
+    stage: str,
+) -> dict[str, Any]:  # fmt: skip
     """Dense FP32 / FP16, then every level x method pruned, FP16, scored (mean of the folds)."""
     scorers = [fold_scorer(m, f, preset, metric) for f in data]
     fp32_bytes = io.save(m, tmp / "dense32.onnx", force=True).bytes
@@ -123,7 +132,10 @@ def unstructured(
     dense32 = float(np.mean([s(m) for s in scorers]))
     dense16 = float(np.mean([s(m16) for s in scorers]))
     say(f"dense {metric}: FP32 {dense32:.2f}, FP16 {dense16:.2f}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    out = {"metric": metric, "dense_fp32": dense32, "dense_fp16": dense16,
+           "fp32_bytes": fp32_bytes, "folds": [f[2] for f in data],
+           "evaluation": [f[1].describe() for f in data], "rows": rows}  # fmt: skip
     for level in levels:
         for method in METHODS:
             scores, seconds, size, achieved = [], 0.0, 0, 0.0
@@ -146,23 +158,22 @@ def unstructured(
             })  # fmt: skip
             say(f"{method} {level:g}: {metric} {s16:.2f} {scores} (drop {dense16 - s16:.2f}), "
                 f"file {100 * size / fp32_bytes:.1f} % of FP32, {seconds:.0f} s")  # fmt: skip
-    return {"metric": metric, "dense_fp32": dense32, "dense_fp16": dense16,
-            "fp32_bytes": fp32_bytes, "folds": [f[2] for f in data],
-            "evaluation": [f[1].describe() for f in data], "rows": rows}  # fmt: skip
+            save_stage(stage, {**out, "partial": True})
+    return out
 
 
 def stage_yolo(tmp: Path, quick: bool) -> dict[str, Any]:
     m = _float_model(yolo_model(tmp))
     data = folds(m, DATA / "coco-sample", "yolov3-tiny", 128)
-    levels = (0.5, 0.7) if quick else SPARSITIES
-    return unstructured(m, "yolov3-tiny", "map50", data, levels, tmp)
+    levels = (0.5, 0.7) if quick else LEVELS[0] or SPARSITIES
+    return unstructured(m, "yolov3-tiny", "map50", data, levels, tmp, "yolo")
 
 
 def stage_shufflenet(tmp: Path, quick: bool) -> dict[str, Any]:
     m = _float_model(DATA / "models" / "shufflenet-v2-12-qdq.onnx", dequantize=True)
     data = folds(m, DATA / "imagenet-sample", "imagenet", SHUFFLENET_CALIB)
-    levels = (0.3, 0.5) if quick else SHUFFLENET_LEVELS
-    return unstructured(m, "imagenet", "top1", data, levels, tmp)
+    levels = (0.3, 0.5) if quick else LEVELS[0] or SHUFFLENET_LEVELS
+    return unstructured(m, "imagenet", "top1", data, levels, tmp, "shufflenet")
 
 
 def _timings(paths: dict[str, Path], runs: int, threads: int) -> dict[str, dict[str, float]]:
@@ -395,9 +406,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, choices=[1, 2], default=2)
+    ap.add_argument("--levels", help="comma-separated sparsities (yolo / shufflenet stages)")
     ap.add_argument("--render", action="store_true", help="only re-render from the JSON")
     args = ap.parse_args()
     FOLDS[0] = args.folds
+    if args.levels:
+        LEVELS[0] = tuple(float(x) for x in args.levels.split(","))
     results: dict[str, Any] = json.loads(JSON.read_text()) if JSON.is_file() else {}
     stages = [] if args.render else (args.only or ["yolo", "shufflenet", "channels", "timing"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -413,10 +427,8 @@ def main() -> None:
             else:
                 results[stage] = stage_timing(Path(tmp), args.quick, args.runs, args.threads)
             results[stage]["stage_seconds"] = time.perf_counter() - t
-            # merge with what other runs (--only) wrote meanwhile
-            saved = json.loads(JSON.read_text()) if JSON.is_file() else {}
-            results = {**saved, stage: results[stage]}
-            write_text(JSON, json.dumps(results, indent=1))
+            save_stage(stage, results[stage])  # merged with what other runs (--only) wrote
+            results = json.loads(JSON.read_text())
     write_text(RESULTS / "prune_recon.md", render(results))
     plot(results, RESULTS / "prune_recon.png")
     say(f"wrote {RESULTS / 'prune_recon.md'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 from onnx import helper as oh
 
@@ -207,3 +208,27 @@ def test_sensitivity_allocation_is_exact(rng):
     assert sum(per["sensitivity"].values()) == sum(per["output"].values())
     with pytest.raises(InputError, match="allocation"):
         ReconstructPrunePass(allocation="bogus")  # type: ignore[arg-type]
+
+
+def test_existing_zeros_are_pruned_first_and_counts_stay_exact(rng):
+    m = _net(rng, groups=1)
+    for name in ("w1", "w2"):  # a quantized model has many exact zeros
+        v = m.graph.initializers[name]
+        w = v.const_value.numpy().copy()
+        w[rng.random(w.shape) < 0.3] = 0
+        v.const_value = ir.tensor(w, name=name)
+    x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
+    for sparsity in (0.4, 0.6):  # above the 30 % zeros already there
+        c = copy(m)
+        p = ReconstructPrunePass(sparsity=sparsity, method="reconstruct", feeds=[{"x": x}])
+        p(c)
+        n = 16 * 8 * 9 + 16 * 16 * 9
+        assert p.stats["weights_pruned"] == round(sparsity * n)
+        zeros = sum(int(np.count_nonzero(c.graph.initializers[k].const_value.numpy() == 0))
+                    for k in ("w1", "w2"))  # fmt: skip
+        assert zeros == round(sparsity * n)
+
+
+def test_block_counts_give_zeros_first():
+    assert obs.block_counts(10, [10, 10], [6, 0]) == [7, 3]  # 6 zeros + 4 over 4 / 10 left
+    assert obs.block_counts(4, [10, 10], [6, 2]) == [3, 1]

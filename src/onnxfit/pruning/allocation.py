@@ -9,7 +9,8 @@ trained detector. The scores here are scale-free and measured on calibration inp
 * :func:`row_share` — ``w_ij^2 E[x_j^2] / sum_j w_ij^2 E[x_j^2]``: the share of output row
   ``i``'s energy that weight ``ij`` carries (diagonal approximation). A global threshold over
   it equalises the relative output error each layer's rows take per weight removed; like a
-  threshold over pre-BatchNorm weights it prunes wide layers (large fan-in) harder;
+  threshold over pre-BatchNorm weights it prunes wide layers (large fan-in) harder. Weights
+  that are zero already rank first (a quantized model has many), so the counts stay exact;
 * :func:`propagation` — sensitivity: how much a layer's relative output error shows in the
   network's outputs. Each layer alone is pruned (its smallest row shares, at its first-pass
   count, no updates) and ``lambda = (relative output change of the model) / (relative error
@@ -71,11 +72,15 @@ def row_share(
     for r in refs:
         layer = layers.get(r.name)
         if layer is None or r.name not in energy:
-            w = np.square(r.array().astype(np.float64))
-            s = w.reshape(1, w.shape[0], -1) if w.ndim > 1 else w.reshape(1, 1, -1)
+            w = r.array().astype(np.float64)
+            w = w.reshape(1, w.shape[0], -1) if w.ndim > 1 else w.reshape(1, 1, -1)
+            s = np.square(w)
         else:
-            s = np.square(layer.matrix()) * energy[r.name][:, None, :]
-        out.append(s / np.maximum(s.sum(axis=2, keepdims=True), 1e-30))
+            w = layer.matrix()
+            s = np.square(w) * energy[r.name][:, None, :]
+        share = s / np.maximum(s.sum(axis=2, keepdims=True), 1e-30)
+        share[w == 0] = -1.0  # weights already zero go first: the counts stay exact
+        out.append(share)
     return out
 
 

@@ -44,8 +44,16 @@ def inverse_cholesky(h: np.ndarray) -> np.ndarray:
     return np.triu(np.linalg.inv(a))
 
 
-def block_counts(count: int, sizes: list[int]) -> list[int]:
-    """``count`` spread over blocks of ``sizes`` weights in proportion, summing exactly."""
+def block_counts(count: int, sizes: list[int], zeros: list[int] | None = None) -> list[int]:
+    """``count`` spread over blocks of ``sizes`` weights in proportion, summing exactly. With
+    ``zeros`` (weights already zero per block) every block first gets its zeros (as far as
+    ``count`` goes) and the rest is spread over the non-zero weights, so that a zero weight is
+    never left unmasked while a non-zero one is pruned (the zeros of the result stay exact)."""
+    if zeros is not None:
+        if count <= sum(zeros):
+            return block_counts(count, list(zeros))
+        rest = block_counts(count - sum(zeros), [n - z for n, z in zip(sizes, zeros, strict=True)])
+        return [z + r for z, r in zip(zeros, rest, strict=True)]
     total = sum(sizes)
     if total == 0:
         return [0] * len(sizes)
@@ -66,7 +74,11 @@ def obs_prune(
     hd = damped(h, damp)
     u = inverse_cholesky(hd)
     starts = list(range(0, c, block))
-    counts = block_counts(count, [g * r * (min(s + block, c) - s) for s in starts])
+    counts = block_counts(
+        count,
+        [g * r * (min(s + block, c) - s) for s in starts],
+        [int(np.count_nonzero(w[:, :, s : s + block] == 0)) for s in starts],
+    )
     for s, k in zip(starts, counts, strict=True):
         e = min(s + block, c)
         w1 = w[:, :, s:e].copy()
