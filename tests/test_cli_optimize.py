@@ -176,3 +176,15 @@ def test_candidate_search_tries_the_channel_levels_asked_for(tmp_path: Path) -> 
     assert pruned["status"] == "refused" and "only 0.0% could be removed" in pruned["gate"]
     code, _, stderr = _run(*args, "--search-channels", "1.5")
     assert code == 2 and "--search-channels" in stderr
+
+
+def test_channel_multiple_wave_is_the_targets_wave_size(tmp_path: Path) -> None:
+    from onnxfit.cli.optimize_cmd import _channel_multiple
+
+    assert _channel_multiple("wave", "xbox-series-s") == 32
+    assert _channel_multiple("16", "cpu") == 16
+    src = tiny_classifier(tmp_path / "m.onnx")
+    code, _, stderr = _run(str(src), "-o", str(tmp_path / "o.onnx"), "--target", "cpu",
+                           "--prune-channels", "0.25", "--channel-multiple", "wave")  # fmt: skip
+    assert code == 2 and "names no GPU wave size" in stderr
+    assert not (tmp_path / "o.onnx").exists()

@@ -145,12 +145,11 @@ from onnxfit.cli._common import (
 )
 @click.option(
     "--channel-multiple",
-    type=int,
-    default=8,
+    default="8",
     show_default=True,
-    metavar="N",
+    metavar="N|wave",
     help="--prune-channels: kept channel counts are rounded to multiples of N (1: exact; "
-    "the target's wave size, e.g. 32 on the Xbox Series, where it decides).",
+    "wave: the target's GPU wave size, 32 on the Xbox Series).",
 )
 @click.option(
     "--search-channels",
@@ -196,7 +195,7 @@ def optimize(
     prune_channels: str | None,
     prune_method: str,
     prune_channels_method: str,
-    channel_multiple: int,
+    channel_multiple: str,
     search_channels: str | None,
     no_search: bool,
     input_shape: tuple[str, ...],
@@ -272,7 +271,7 @@ def optimize(
         "prune_channels": prune_channels,
         "prune_method": prune_method,
         "prune_channels_method": prune_channels_method,
-        "channel_multiple": channel_multiple,
+        "channel_multiple": _channel_multiple(channel_multiple, target),
         "search": not no_search,
         "search_channels": search_channels,
         "input_shapes": parse_shapes(input_shape) or None,
@@ -347,3 +346,24 @@ def _show(result: Any, *, as_json: bool, markdown: bool) -> None:
         to_markdown=lambda: to_markdown(result),
         render=lambda: render_optimize(result),
     )
+
+
+def _channel_multiple(text: str, target: str) -> int:
+    """``--channel-multiple``: an integer, or ``wave`` (the target's wave size)."""
+    from onnxfit.errors import InputError
+    from onnxfit.targets import get_target
+
+    if text.strip().lower() == "wave":
+        wave = get_target(target).wave_size
+        if wave <= 0:
+            raise InputError(
+                f"--channel-multiple wave: target {target!r} names no GPU wave size",
+                hint="give a number (8 is the default), or a GPU target such as xbox-series-s",
+            )
+        return wave
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(
+            f"--channel-multiple {text!r}: give an integer >= 1 or 'wave'", hint="8"
+        ) from None
