@@ -61,7 +61,7 @@ def candidate_figure(
     ax.set_ylabel(f"{measure} (lower is better)")
     caption = title
     if refused:
-        caption += "\nrefused: " + "; ".join(f"{r['label']} ({r['status']})" for r in refused)
+        caption += "\nrefused: " + "; ".join(str(r["label"]) for r in refused)
     ax.set_title(caption, fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
