@@ -36,7 +36,7 @@ from onnxfit.errors import InputError
 from onnxfit.pruning import scores as sc
 from onnxfit.pruning.activations import Layer, input_batches
 from onnxfit.pruning.channels import PruneChannelsPass, Scope
-from onnxfit.pruning.reconstruct import METHODS, Method
+from onnxfit.pruning.reconstruct import Method, check_method
 from onnxfit.pruning.unstructured import weight_input
 
 logger = logging.getLogger(__name__)
@@ -170,8 +170,7 @@ class ReconstructChannelsPass(PruneChannelsPass):
         method: Method = "magnitude",
         damp: float = 0.01,
     ) -> None:
-        if method not in METHODS:
-            raise InputError(f"unknown prune method {method!r}", hint="magnitude or reconstruct")
+        check_method(method, [{}], what="prune-channels")
         super().__init__(
             ratio=ratio, scope=scope, ratios=ratios, norm=norm, max_ratio=max_ratio,
             min_channels=min_channels, multiple_of=multiple_of, exclude=exclude,
@@ -182,15 +181,11 @@ class ReconstructChannelsPass(PruneChannelsPass):
         self.damp = damp
 
     def run(self, model: ir.Model) -> bool:
-        if self.method == "magnitude":
+        if not check_method(self.method, self._feeds, what="prune-channels"):
             changed = super().run(model)
             self.stats["method"] = "magnitude"
             return changed
-        if not self._feeds:
-            raise InputError(
-                "prune-channels method 'reconstruct' needs calibration inputs",
-                hint="give calibration images (--calibrate DIR or --eval DIR)",
-            )
+        assert self._feeds is not None  # check_method refuses none
         dense = io.clone(model)
         changed = super().run(model)
         names = _shrunk_consumers(dense, model) if changed else []

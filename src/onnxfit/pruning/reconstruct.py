@@ -123,6 +123,23 @@ def reconstruct_layer(
     return obs.output_error(w, w2, h) / dense if dense > 0 else 0.0
 
 
+def check_method(
+    method: str, feeds: Sequence[Mapping[str, np.ndarray]] | None, *, what: str
+) -> bool:
+    """Whether a ``what`` pass with ``method`` reconstructs; InputError for an unknown method or
+    for ``reconstruct`` without calibration inputs (it needs the layers' activations)."""
+    if method not in METHODS:
+        raise InputError(f"unknown prune method {method!r}", hint="magnitude or reconstruct")
+    if method == "magnitude":
+        return False
+    if not feeds:
+        raise InputError(
+            f"{what} method 'reconstruct' needs calibration inputs",
+            hint="give calibration images (--calibrate DIR or --eval DIR)",
+        )
+    return True
+
+
 class ReconstructPrunePass(PrunePass):
     """The ``prune`` pass: magnitude (the base class) or layer-wise reconstruction (module
     docstring)."""
@@ -150,8 +167,7 @@ class ReconstructPrunePass(PrunePass):
             ratios=ratios, exclude_first=exclude_first, exclude_last=exclude_last,
             exclude=exclude,
         )  # fmt: skip
-        if method not in METHODS:
-            raise InputError(f"unknown prune method {method!r}", hint="magnitude or reconstruct")
+        check_method(method, [{}], what="prune")
         self.method = method
         self._feeds = list(feeds) if feeds is not None else None  # not shown in repr
         self.bias_correction = bias_correction
@@ -162,15 +178,11 @@ class ReconstructPrunePass(PrunePass):
         self.damp = damp
 
     def run(self, model: ir.Model) -> bool:
-        if self.method == "magnitude":
+        if not check_method(self.method, self._feeds, what="prune"):
             changed = super().run(model)
             self.stats["method"] = "magnitude"
             return changed
-        if not self._feeds:
-            raise InputError(
-                "prune method 'reconstruct' needs calibration inputs",
-                hint="give calibration images (--calibrate DIR or --eval DIR)",
-            )
+        assert self._feeds is not None  # check_method refuses none
         if self.threshold is not None:
             raise InputError("prune method 'reconstruct' takes a sparsity, not a threshold")
         refs, excluded = find_weights(
