@@ -70,6 +70,8 @@ def build_candidate(
     outcome, prefix_reports, warnings = _run_pipeline(
         original, the_plan, prefix, data, opts, stages
     )
+    sample = one_sample(data.verify_feeds(original, limit=1)[0], original)
+    _probe(outcome.model, sample, the_plan)
     stages("comparing the written model with the original")
     verification = compare_models(
         original,
@@ -97,7 +99,6 @@ def build_candidate(
         budget=budget,
         input_shapes=opts.input_shapes,
     )
-    sample = one_sample(data.verify_feeds(original, limit=1)[0], original)
     before.measured_latency_s = measure_latency(original, sample, runs=opts.measure_runs)
     after.measured_latency_s = measure_latency(final, sample, runs=opts.measure_runs)
     free, left = _free_dims(final)
@@ -277,6 +278,22 @@ def layer_errors(
         candidate = emulate_fp16(candidate)
     feeds = data.verify_feeds(reference, limit=16)
     return table(reference, candidate, feeds, top=top, origins=outcome.model)
+
+
+def _probe(model: ir.Model, sample: Mapping[str, Any], the_plan: OptimizePlan) -> None:
+    """Refuse (VerificationError) a result that crashes onnxruntime itself: its session is
+    opened in a child first (:func:`onnxfit.runtime.probe.crash_probe`), since a crash here
+    would take the whole command down without a word."""
+    from onnxfit.errors import VerificationError
+    from onnxfit.runtime.probe import crash_probe
+
+    crash = crash_probe(io.to_bytes(model), sample)
+    if crash is not None:
+        raise VerificationError(
+            f"onnxruntime itself crashed ({crash}) opening the {the_plan.precision} model on the "
+            "CPU provider; refused, nothing written",
+            hint="try another precision (--precision fp32), or another onnxruntime version",
+        )
 
 
 def _achieved(
