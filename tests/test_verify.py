@@ -59,6 +59,20 @@ def test_cosine_per_sample_hand_made() -> None:
     np.testing.assert_allclose(got, [0.0, 1.0, -1.0, 1.0, 0.0], atol=1e-12)
 
 
+def test_cosine_per_sample_data_dependent_first_axis() -> None:
+    """Detections after an in-graph NMS ([N, 7], N data-dependent): empty vs empty is a match,
+    a different count is not, and nothing raises (yolox_nano_handsign raised in the gate)."""
+    empty = np.zeros((0, 7), np.float32)
+    assert verify.cosine_per_sample(empty, empty.copy()).tolist() == [1.0]
+    assert verify.cosine_per_sample(empty, np.ones((2, 7), np.float32)).tolist() == [0.0]
+    a = np.arange(14, dtype=np.float32).reshape(2, 7)
+    assert verify.cosine_per_sample(a, a[:1]).tolist() == [0.0]
+    assert verify.cosine_per_sample(np.float32(2.0), np.float32(2.0)).tolist() == [1.0]
+    np.testing.assert_allclose(verify.cosine_per_sample(a, a), [1.0, 1.0])
+    assert verify.top1_agreement(empty, empty) != verify.top1_agreement(empty, empty)  # NaN
+    assert verify.top1_agreement(a, a[:1]) == 0.0 and verify.top1_agreement(a, a) == 1.0
+
+
 def test_output_diff_hand_made() -> None:
     ref = np.array([[2.0, -4.0], [1.0, 0.0]], np.float32)
     cand = np.array([[2.0, -3.0], [1.5, 0.0]], np.float32)

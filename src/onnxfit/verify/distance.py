@@ -46,9 +46,16 @@ def cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Cosine similarity of each sample (axis 0) of two equal-shape arrays, in float64.
 
     Two all-zero samples count as identical (1.0); one all-zero sample as orthogonal (0.0).
+    An output whose first axis is data-dependent (detections after an in-graph NMS, ``[N, 7]``)
+    gives one value: 1.0 when both are empty, 0.0 when their shapes differ.
     """
-    r = ref.reshape(ref.shape[0], -1).astype(np.float64)
-    c = cand.reshape(cand.shape[0], -1).astype(np.float64)
+    if ref.shape != cand.shape:
+        return np.zeros(1)
+    if ref.ndim == 0 or ref.shape[0] == 0:
+        return np.ones(1) if ref.size == 0 else cosine_per_sample(ref.reshape(1), cand.reshape(1))
+    width = int(np.prod(ref.shape[1:], dtype=np.int64))
+    r = ref.reshape(ref.shape[0], width).astype(np.float64)
+    c = cand.reshape(cand.shape[0], width).astype(np.float64)
     nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
     dot = np.einsum("ij,ij->i", r, c)
     out = np.where((nr > 0) & (nc > 0), dot / np.maximum(nr * nc, 1e-300), 0.0)
@@ -56,13 +63,20 @@ def cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
 
 
 def top1_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
-    """Fraction of samples whose argmax class is the same in both [N, C] score arrays."""
+    """Fraction of samples whose argmax class is the same in both [N, C] score arrays; 0.0 when
+    their shapes differ (a data-dependent first axis), NaN when there are no samples."""
     r, c = _rows(ref), _rows(cand)
+    if r.shape != c.shape:
+        return 0.0 if len(r) or len(c) else math.nan
     return float(np.mean(r.argmax(axis=1) == c.argmax(axis=1))) if len(r) else math.nan
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x).reshape(np.shape(x)[0], -1)
+    """``x`` as [N, rest]; ``[0, ...]`` arrays too (numpy cannot infer -1 from size 0)."""
+    a = np.asarray(x)
+    if a.ndim == 0:
+        return a.reshape(1, 1)
+    return a.reshape(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)))
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:
