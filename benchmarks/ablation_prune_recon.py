@@ -2,8 +2,9 @@
 
 Calibrates on the first 32 COCO-sample images, scores mAP@0.5 on the other 32, and prints one
 line per variant given on the command line, ``METHOD:SPARSITY[:key=value...]`` with keys
-``scope`` (global / layer), ``damp``, ``bias_correction`` (0 / 1), ``allocation`` (output /
-sensitivity) and ``alloc=prebn`` (per-layer ratios from one global magnitude threshold over
+``scope`` (global / layer), ``damp``, ``bias_correction`` (0 / 1), ``correct`` (0 / 1: refit
+to the dense model's outputs), ``allocation`` (output / sensitivity / measured) and
+``alloc=prebn`` (per-layer ratios from one global magnitude threshold over
 the weights *before* BatchNorm folding, the issue's prototype allocation).
 
 Run:  .venv/bin/python benchmarks/ablation_prune_recon.py /tmp/y.onnx reconstruct:0.7:damp=0.1 ...
@@ -51,8 +52,9 @@ def main() -> None:
         for key in ("damp",):
             if key in kw:
                 kw[key] = float(kw[key])
-        if "bias_correction" in kw:
-            kw["bias_correction"] = kw["bias_correction"] == "1"
+        for key in ("bias_correction", "correct"):
+            if key in kw:
+                kw[key] = kw[key] == "1"
         c = io.clone(m)
         t = time.perf_counter()
         p = ReconstructPrunePass(

@@ -53,7 +53,7 @@ JSON = RESULTS / "prune_recon.json"
 MIB = 1024 * 1024
 SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.8)
 SHUFFLENET_LEVELS = (0.1, 0.3, 0.5)
-SHUFFLENET_CALIB = 64
+SHUFFLENET_CALIB = 128
 #: ``--levels``: sparsities to run instead of the defaults
 LEVELS: list[tuple[float, ...] | None] = [None]
 CHANNELS = (0.1, 0.25, 0.4)

@@ -232,3 +232,34 @@ def test_existing_zeros_are_pruned_first_and_counts_stay_exact(rng):
 def test_block_counts_give_zeros_first():
     assert obs.block_counts(10, [10, 10], [6, 0]) == [7, 3]  # 6 zeros + 4 over 4 / 10 left
     assert obs.block_counts(4, [10, 10], [6, 2]) == [3, 1]
+
+
+def test_refit_is_the_identity_without_upstream_change_and_the_lstsq_fix_with_it(rng):
+    from onnxfit.pruning.reconstruct import refit
+
+    w, h = _layer_data(rng, rows=6, cols=10, n=400)
+    np.testing.assert_allclose(refit(w, h, h, 0.1), w, rtol=1e-9, atol=1e-9)
+    # upstream drift: the layer now sees x_now = x + noise; the undamped refit is the
+    # least-squares map from x_now to the dense output w x
+    x = rng.standard_normal((400, 10))
+    now = x + 0.3 * rng.standard_normal((400, 10))
+    got = refit(w, (x.T @ now)[None], (now.T @ now)[None], 0.0)
+    want = np.linalg.lstsq(now, x @ w[0].T, rcond=None)[0].T
+    np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-8)
+
+
+def test_correction_brings_the_pruned_model_closer_to_the_dense_one(rng):
+    """Sequential reconstruction fitted to the dense model's outputs (``correct=True``, the
+    default) beats fitting each layer to its own drifted inputs, on held-out inputs."""
+    m = _net(rng, groups=1)
+    x = rng.standard_normal((32, 3, 10, 10)).astype(np.float32)
+    held = rng.standard_normal((16, 3, 10, 10)).astype(np.float32)
+    dense = run_all(m, held)["y"]
+    err = {}
+    for correct in (False, True):
+        c = copy(m)
+        ReconstructPrunePass(
+            sparsity=0.6, method="reconstruct", feeds=[{"x": x}], correct=correct
+        )(c)
+        err[correct] = float(np.mean((run_all(c, held)["y"] - dense) ** 2))
+    assert err[True] < err[False]

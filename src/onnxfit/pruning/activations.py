@@ -138,12 +138,37 @@ def accumulate(
 ) -> np.ndarray:
     """``h + P^T P`` per group (float64 ``[G, C, C]``); ``max_rows`` keeps an evenly spaced
     subset of the rows (the same for every group) to bound the cost on large feature maps."""
-    p = patches
-    if max_rows is not None and p.shape[1] > max_rows:
-        idx = np.linspace(0, p.shape[1] - 1, max_rows).astype(np.int64)
-        p = p[:, idx]
-    add = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
-    return add if h is None else h + add
+    return accumulate_cross(h, patches, patches, max_rows=max_rows)
+
+
+def accumulate_cross(
+    c: np.ndarray | None, left: np.ndarray, right: np.ndarray, *, max_rows: int | None = None
+) -> np.ndarray:
+    """``c + L^T R`` per group (float64 ``[G, C, C]``) for two unfoldings of the same samples
+    (the dense and the pruned model's input of one layer); ``max_rows`` as
+    :func:`accumulate`, the same rows of both."""
+    if max_rows is not None and left.shape[1] > max_rows:
+        idx = np.linspace(0, left.shape[1] - 1, max_rows).astype(np.int64)
+        left, right = left[:, idx], right[:, idx]
+    add = np.matmul(left.transpose(0, 2, 1), right).astype(np.float64)
+    return add if c is None else c + add
+
+
+def layer_hessian(
+    model: ir.Model,
+    layer: Layer,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    max_rows_per_sample: int,
+) -> np.ndarray:
+    """``H = X^T X`` (``[G, C, C]`` float64) of ``layer``'s unfolded input as ``model``
+    computes it now on ``feeds``, at most ``max_rows_per_sample`` rows per sample."""
+    h: np.ndarray | None = None
+    for out in input_batches(model, [str(layer.input.name)], feeds):
+        x = next(iter(out.values()))
+        h = accumulate(h, layer.patches(x), max_rows=max_rows_per_sample * x.shape[0])
+    assert h is not None
+    return h
 
 
 def probe_model(model: ir.Model, values: Sequence[str]) -> ir.Model:

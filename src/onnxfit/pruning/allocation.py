@@ -13,8 +13,9 @@ trained detector. The scores here are scale-free and measured on calibration inp
   that are zero already rank first (a quantized model has many), so the counts stay exact;
 * :func:`propagation` — sensitivity: how much a layer's relative output error shows in the
   network's outputs. Each layer alone is pruned (its smallest row shares, at its first-pass
-  count, no updates) and ``lambda = (relative output change of the model) / (relative error
-  of the layer)``; the scores are multiplied by it and the threshold is drawn again
+  count but at least :data:`PROBE_SHARE` of its non-zero weights, no updates) and
+  ``lambda = (relative output change of the model) / (relative error of the layer)``; the
+  scores are multiplied by it and the threshold is drawn again
   (``allocation="sensitivity"``, one model run per layer);
 * :func:`counts` — exact counts from scores: ``round(sparsity x N)`` in all, the globally
   smallest, with a per-tensor cap (:func:`onnxfit.pruning.scores.prune_counts`).
@@ -37,6 +38,9 @@ from onnxfit.verify.runner import run_all
 logger = logging.getLogger(__name__)
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
+#: share of a layer's non-zero weights :func:`propagation` prunes at least, so that a layer
+#: whose first-pass count covers only weights already zero still shows its sensitivity
+PROBE_SHARE = 0.05
 
 
 def input_energy(model: ir.Model, layers: Sequence[Layer], feeds: Feeds) -> dict[str, np.ndarray]:
@@ -135,8 +139,11 @@ def propagation(
         layer, k = layers.get(ref.name), chosen.get(ref.name, 0)
         if layer is None or k <= 0:
             continue
-        idx = sc.smallest(s, k)
-        own = float(s.reshape(-1)[idx].sum()) / (s.shape[0] * s.shape[1])
+        zeros = int(np.count_nonzero(s < 0))
+        probe = max(k, zeros + max(1, int(np.ceil(PROBE_SHARE * (s.size - zeros)))))
+        idx = sc.smallest(s, min(probe, s.size))
+        # weights already zero (score -1) change nothing: the probe goes past them
+        own = float(np.clip(s.reshape(-1)[idx], 0.0, None).sum()) / (s.shape[0] * s.shape[1])
         w = layer.matrix().copy()
         w.reshape(-1)[idx] = 0.0
         saved = layer.weight.const_value

@@ -15,7 +15,14 @@ is :class:`~onnxfit.pruning.unstructured.PrunePass` unchanged (zero the smallest
    computed by the model with the layers before it already pruned, unfolded
    (:mod:`~onnxfit.pruning.activations`), streamed into ``H = X^T X`` batch by batch, and
    the layer is pruned to its count with OBS weight updates (:mod:`~onnxfit.pruning.obs`,
-   damping :data:`DAMP`).
+   damping :data:`DAMP`). With ``correct=True`` (default) the layer is first refitted to the
+   *dense* model's output on the inputs it now gets (:func:`refit`, a ridge least-squares fit
+   from the dense x pruned input cross-product), so each layer repairs the error the layers
+   before it left instead of preserving it (ShuffleNetV2 at 30 %, held-out top-1: 74.4 ->
+   75.2 %, 64 images; YOLOv3-tiny: :data:`CORRECT_ROWS_PER_COLUMN`).
+   ``allocation="measured"`` draws the counts from measured per-layer curves of the model's
+   output error (:mod:`~onnxfit.pruning.measured`; ShuffleNetV2 at 30 %: 73.2 vs 74.4 % with
+   row shares, so not the default).
 3. **Bias correction** (``bias_correction=True``, off by default): a layer with a bias also gets
    ``(W - W') E[x]`` added, the mean output shift on the calibration inputs.
 
@@ -33,16 +40,18 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnxfit import io
 from onnxfit.errors import InputError
 from onnxfit.pruning import allocation as al
-from onnxfit.pruning import obs
+from onnxfit.pruning import measured, obs
 from onnxfit.pruning import scores as sc
-from onnxfit.pruning.activations import Layer, accumulate, input_batches
+from onnxfit.pruning.activations import Layer, accumulate, accumulate_cross, input_batches
 from onnxfit.pruning.unstructured import (
     PrunePass,
     Scope,
     TensorSparsity,
     WeightRef,
+    _caps,
     find_weights,
     weight_input,
 )
@@ -58,7 +67,13 @@ ROWS_PER_SAMPLE = 2048
 #: calibration images the wide layers (4,608 columns from 169 positions per image) overfit;
 #: YOLOv3-tiny at 70 %, held-out mAP@0.5 27.8 (0.01) -> 29.5 (0.1) / 29.5 (0.3), dense 30.9
 DAMP = 0.1
-Allocation = Literal["output", "sensitivity"]
+#: the dense-output refit (``correct``) runs only on layers with at least this many calibration
+#: rows per input column (else it fits noise: on YOLOv3-tiny with 32 images the 3x3x512 layer
+#: has 5,408 rows for 4,608 columns). Held-out mAP@0.5 at 70 %, calibrated on the first half:
+#: 29.51 without the refit, 27.67 refitting every layer, 31.12 with this rule
+CORRECT_ROWS_PER_COLUMN = 10
+Allocation = Literal["output", "sensitivity", "measured"]
+ALLOCATIONS = ("output", "sensitivity", "measured")
 #: calibration samples the sensitivity scan (``allocation="sensitivity"``) runs the model on
 SCAN_SAMPLES = 16
 
@@ -97,30 +112,65 @@ def reconstruct_layer(
     block: int = 128,
     damp: float = DAMP,
     bias_correction: bool = False,
+    dense: ir.Model | None = None,
 ) -> float:
     """Prune ``layer`` of ``model`` (in place) to ``count`` zeros with OBS updates on its inputs
-    as ``model`` computes them now; returns the relative output error on those inputs."""
+    as ``model`` computes them now; returns the relative output error on those inputs.
+
+    With ``dense`` (the model before any pruning), the layer is first refit to the dense
+    model's output on the inputs it now gets: ``W* = (W C + l W)(H + l I)^-1`` with ``C`` the
+    dense x pruned input cross-product, ``H`` the pruned inputs' Hessian and ``l`` the damping
+    (``W* = W`` when nothing upstream changed), and ``W*`` is what OBS prunes; the error the
+    earlier layers left is corrected instead of carried on. Only on layers with at least
+    :data:`CORRECT_ROWS_PER_COLUMN` input rows per column."""
     h: np.ndarray | None = None
-    total = np.zeros(0)
-    rows = 0
-    for out in input_batches(model, [str(layer.input.name)], feeds):
+    cross: np.ndarray | None = None
+    total = total_d = np.zeros(0)
+    rows = seen = 0
+    name = [str(layer.input.name)]
+    refs = input_batches(dense, name, feeds) if dense is not None else None
+    for out in input_batches(model, name, feeds):
         x = next(iter(out.values()))
         p = layer.patches(x)
-        h = accumulate(h, p, max_rows=ROWS_PER_SAMPLE * x.shape[0])
+        limit = ROWS_PER_SAMPLE * x.shape[0]
+        h = accumulate(h, p, max_rows=limit)
+        seen += min(p.shape[1], limit)
+        pd = p
+        if refs is not None:
+            pd = layer.patches(next(iter(next(refs).values())))
+            cross = accumulate_cross(cross, pd, p, max_rows=limit)
         if bias_correction:
             total = p.sum(axis=1, dtype=np.float64) + (total if total.size else 0.0)
+            total_d = pd.sum(axis=1, dtype=np.float64) + (total_d if total_d.size else 0.0)
             rows += p.shape[1]
     assert h is not None
     w = layer.matrix()
-    w2, _ = obs.obs_prune(w, h, count, block=block, damp=damp)
+    # a refit moves every weight: only where the rows pin them down (else it fits noise)
+    enough = seen >= CORRECT_ROWS_PER_COLUMN * w.shape[2]
+    target = refit(w, cross, h, damp) if cross is not None and enough else w
+    w2, _ = obs.obs_prune(target, h, count, block=block, damp=damp)
     layer.weight.const_value = ir.tensor(layer.from_matrix(w2), name=layer.name)
     bias = _bias(layer.node)
     if bias_correction and bias is not None and rows:
-        shift = np.einsum("grc,gc->gr", w - w2, total / rows).reshape(-1)
+        # the dense output's mean minus the pruned one's: W E[x_dense] - W' E[x_now]
+        shift = (
+            np.einsum("grc,gc->gr", w, total_d / rows) - np.einsum("grc,gc->gr", w2, total / rows)
+        ).reshape(-1)
         b = np.asarray(bias.const_value.numpy())  # type: ignore[union-attr]
         bias.const_value = ir.tensor((b + shift).astype(b.dtype), name=str(bias.name))
-    dense = obs.energy(w, h)
-    return obs.output_error(w, w2, h) / dense if dense > 0 else 0.0
+    dense_energy = obs.energy(w, h)
+    return obs.output_error(w, w2, h) / dense_energy if dense_energy > 0 else 0.0
+
+
+def refit(w: np.ndarray, cross: np.ndarray, h: np.ndarray, damp: float) -> np.ndarray:
+    """``(W C + l W)(H + l I)^-1`` per group (:func:`reconstruct_layer`), ``l`` = ``damp`` x
+    the mean diagonal of ``H`` (as the OBS damping); the weights already zero stay zero."""
+    hd = obs.damped(h, damp)
+    lam = np.einsum("gii->gi", hd - h)  # [G, C]: the damping added per column
+    rhs = np.matmul(w, cross) + w * lam[:, None, :]
+    out = np.linalg.solve(hd, rhs.transpose(0, 2, 1)).transpose(0, 2, 1)
+    out[w == 0] = 0.0
+    return out
 
 
 def check_method(
@@ -161,6 +211,7 @@ class ReconstructPrunePass(PrunePass):
         allocation: Allocation = "output",
         block: int = 128,
         damp: float = DAMP,
+        correct: bool = True,
     ) -> None:
         super().__init__(
             sparsity=sparsity, threshold=threshold, scope=scope, max_sparsity=max_sparsity,
@@ -171,11 +222,12 @@ class ReconstructPrunePass(PrunePass):
         self.method = method
         self._feeds = list(feeds) if feeds is not None else None  # not shown in repr
         self.bias_correction = bias_correction
-        if allocation not in ("output", "sensitivity"):
-            raise InputError(f"unknown allocation {allocation!r}", hint="output or sensitivity")
+        if allocation not in ALLOCATIONS:
+            raise InputError(f"unknown allocation {allocation!r}", hint=" or ".join(ALLOCATIONS))
         self.allocation = allocation
         self.block = block
         self.damp = damp
+        self.correct = correct
 
     def run(self, model: ir.Model) -> bool:
         if not check_method(self.method, self._feeds, what="prune"):
@@ -203,6 +255,8 @@ class ReconstructPrunePass(PrunePass):
             )
             scores = [s * lam.get(r.name, 1.0) for r, s in zip(refs, scores, strict=True)]
             counts = al.counts(refs, scores, **opts)  # type: ignore[arg-type]
+        if scores is not None and self.allocation == "measured":
+            counts = self._measured(model, refs, layers, counts)
         self.tensors, errors = self._prune(model, refs, layers, counts)
         pruned = sum(t.pruned for t in self.tensors)
         size = sum(t.size for t in self.tensors)
@@ -218,6 +272,32 @@ class ReconstructPrunePass(PrunePass):
         )
         return pruned > 0
 
+    def _measured(
+        self,
+        model: ir.Model,
+        refs: Sequence[WeightRef],
+        layers: Mapping[str, Layer],
+        counts: dict[str, int],
+    ) -> dict[str, int]:
+        """The counts of :mod:`~onnxfit.pruning.measured`; ``counts`` (the row-share
+        allocation) when the target is met by the weights already zero."""
+        assert self._feeds is not None
+        target = sum(counts.values())
+        if target <= sum(int(np.count_nonzero(r.array() == 0)) for r in refs):
+            return counts
+        caps = dict(
+            zip(
+                [r.name for r in refs],
+                _caps([r.size for r in refs], self.max_sparsity),
+                strict=True,
+            )
+        )
+        cv = measured.curves(
+            model, refs, layers, caps, self._feeds, first_samples(self._feeds, SCAN_SAMPLES),
+            damp=self.damp, block=self.block, max_rows_per_sample=ROWS_PER_SAMPLE,
+        )  # fmt: skip
+        return measured.allocate(cv, target, caps)
+
     def _prune(
         self,
         model: ir.Model,
@@ -227,6 +307,7 @@ class ReconstructPrunePass(PrunePass):
     ) -> tuple[list[TensorSparsity], list[float]]:
         assert self._feeds is not None
         out, errors = [], []
+        dense = io.clone(model) if self.correct else None
         for ref in refs:
             k = counts.get(ref.name, 0)
             if k <= 0:
@@ -239,7 +320,7 @@ class ReconstructPrunePass(PrunePass):
             else:
                 err = reconstruct_layer(
                     model, layer, k, self._feeds, block=self.block, damp=self.damp,
-                    bias_correction=self.bias_correction,
+                    bias_correction=self.bias_correction, dense=dense,
                 )  # fmt: skip
                 errors.append(err)
                 logger.debug("prune: %s reconstructed, relative output error %.4f", ref.name, err)
