@@ -263,3 +263,26 @@ def test_correction_brings_the_pruned_model_closer_to_the_dense_one(rng):
         )(c)
         err[correct] = float(np.mean((run_all(c, held)["y"] - dense) ** 2))
     assert err[True] < err[False]
+
+
+def test_propagation_probe_goes_past_the_zeros(rng):
+    """A layer whose first-pass count covers only its zeros still gets a measured lambda (it
+    was 1.0 for every layer of a quantized model: the zeros' -1 scores made ``own`` negative)."""
+    from onnxfit.pruning import allocation as al
+    from onnxfit.pruning.reconstruct import layers_of
+    from onnxfit.pruning.unstructured import find_weights
+
+    m = _net(rng, groups=1)
+    for name in ("w1", "w2"):
+        v = m.graph.initializers[name]
+        w = v.const_value.numpy().copy()
+        w[rng.random(w.shape) < 0.3] = 0
+        v.const_value = ir.tensor(w, name=name)
+    x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
+    refs, _ = find_weights(m)
+    layers = layers_of(refs)
+    scores = al.row_share(refs, layers, al.input_energy(m, list(layers.values()), [{"x": x}]))
+    zeros = {r.name: int(np.count_nonzero(r.array() == 0)) for r in refs}
+    lam = al.propagation(m, refs, layers, scores, zeros, [{"x": x}])
+    assert set(lam) == {"w1", "w2"}
+    assert all(v > 0 and v != 1.0 for v in lam.values()), lam
