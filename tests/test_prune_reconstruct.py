@@ -258,9 +258,9 @@ def test_correction_brings_the_pruned_model_closer_to_the_dense_one(rng):
     err = {}
     for correct in (False, True):
         c = copy(m)
-        ReconstructPrunePass(
-            sparsity=0.6, method="reconstruct", feeds=[{"x": x}], correct=correct
-        )(c)
+        ReconstructPrunePass(sparsity=0.6, method="reconstruct", feeds=[{"x": x}], correct=correct)(
+            c
+        )
         err[correct] = float(np.mean((run_all(c, held)["y"] - dense) ** 2))
     assert err[True] < err[False]
 
