@@ -122,6 +122,29 @@ def test_opset_12_is_upgraded_so_ort_loads_per_channel(clean_dirs: tuple[Path, P
     ort.InferenceSession(io.to_bytes(model), providers=["CPUExecutionProvider"])
 
 
+def test_local_functions_are_inlined_before_the_opset_upgrade(
+    clean_dirs: tuple[Path, Path],
+) -> None:
+    """A torch dynamo-style model (Relu as a model-local function) at opset 12: onnx's version
+    converter drops the functions, ORT then refused the model ("aten_relu(-1) is not a
+    registered function/op" on the corpus' scrfd_functions)."""
+    proto = io.to_proto(_cnn(opset=12))
+    relu = oh.make_function(
+        "pkg.torch", "aten_relu", ["a"], ["b"], [oh.make_node("Relu", ["a"], ["b"])],
+        [oh.make_opsetid("", 12)],
+    )  # fmt: skip
+    for node in proto.graph.node:
+        if node.op_type == "Relu":
+            node.op_type, node.domain = "aten_relu", "pkg.torch"
+    proto.functions.append(relu)
+    proto.opset_import.append(oh.make_opsetid("pkg.torch", 1))
+    model = io.from_proto(proto)
+    int8.Int8StaticPass(calibration=_data(4, seed=1))(model)
+    assert {n.domain for n in model.graph} <= {"", "ai.onnx"}  # the calls are inlined
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph)
+    ort.InferenceSession(io.to_bytes(model), providers=["CPUExecutionProvider"])
+
+
 def test_exclusion_and_ranges_reuse(clean_dirs: tuple[Path, Path]) -> None:
     prepared = int8.prepare_for_quantization(_cnn())
     ranges = collect_ranges(prepared, _data(8, seed=1))

@@ -20,7 +20,7 @@ from onnx import numpy_helper as nh
 
 from onnxfit import atomic, io
 from onnxfit.errors import ExecutionError, ModelLoadError, OnnxfitError, OutputError
-from onnxfit.runtime.ort_errors import MAX_MESSAGE, ort_failure, ort_log_severity
+from onnxfit.runtime.ort_errors import MAX_MESSAGE, ort_failure, ort_log_severity, quiet_ort
 from onnxfit.runtime.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,3 +182,22 @@ def test_read_only_folder_for_real(tmp_path: Path) -> None:
             atomic.write_text(folder / "x.json", "{}")
     finally:
         folder.chmod(0o755)
+
+
+def test_quiet_ort_silences_its_python_tools_unless_verbose() -> None:
+    """ORT's quantization tools log a whole traceback at ERROR before raising (scrfd_functions
+    printed one around a clean refusal); without -v that stays out of stderr."""
+    ours, theirs = logging.getLogger("onnxfit"), logging.getLogger("onnxruntime")
+    saved = ours.level, theirs.level
+    try:
+        ours.setLevel(logging.WARNING)
+        quiet_ort()
+        assert not logging.getLogger("onnxruntime.quantization.shape_inference").isEnabledFor(
+            logging.ERROR
+        )
+        ours.setLevel(logging.INFO)
+        quiet_ort()
+        assert theirs.level == logging.NOTSET
+    finally:
+        ours.setLevel(saved[0])
+        theirs.setLevel(saved[1])

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
+import onnx.inliner
 import onnx_ir as ir
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -107,11 +108,14 @@ def _name_nodes(proto: onnx.ModelProto) -> int:
 def prepare_for_quantization(
     model: ir.Model, *, min_opset: int = MIN_OPSET, auto_merge: bool = True, optimize: bool = True
 ) -> ir.Model:
-    """A copy of ``model`` ready for quantization: opset >= ``min_opset``, nodes named, and
-    ``quant_pre_process`` applied (symbolic shape inference, ORT BASIC graph optimization:
-    BatchNormalization folded into Conv, constants folded). ``model`` is not changed.
+    """A copy of ``model`` ready for quantization: local functions inlined, opset >=
+    ``min_opset``, nodes named, and ``quant_pre_process`` applied (symbolic shape inference,
+    ORT BASIC graph optimization: BatchNormalization folded into Conv, constants folded).
+    ``model`` is not changed.
     """
     proto = io.to_proto(model)
+    if len(proto.functions):  # onnx's version converter and ORT's quantizer drop functions
+        proto = onnx.inliner.inline_local_functions(proto)
     opset = _opset(proto)
     if opset < min_opset:
         logger.info("converting opset %d -> %d before quantization", opset, min_opset)

@@ -134,9 +134,12 @@ def ort_log_severity() -> int:
 
 
 def quiet_ort() -> int:
-    """Set ORT's default logger to :func:`ort_log_severity`; returns the level set."""
+    """Set ORT's default logger to :func:`ort_log_severity`, and its Python tools' loggers
+    (``onnxruntime.quantization...``, which log tracebacks at ERROR before raising) to silent
+    unless ``-v``; returns the level set."""
     level = ort_log_severity()
     ort.set_default_logger_severity(level)
+    logging.getLogger("onnxruntime").setLevel(logging.NOTSET if level <= 2 else logging.CRITICAL)
     return level
 
 
