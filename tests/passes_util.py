@@ -102,3 +102,17 @@ def run_batches(m: ir.Model | onnx.ModelProto, x: np.ndarray, batch: int = 1) ->
     return np.concatenate(
         [session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
     )
+
+
+class NoiseReader:
+    """An onnxruntime ``CalibrationDataReader``: 8 seeded standard-normal batches of
+    ``x [1, 3, 8, 8]``."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(1)
+        self.batches = iter(
+            [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)

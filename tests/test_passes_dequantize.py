@@ -12,6 +12,7 @@ from onnxfit import io
 from onnxfit.passes._quant import dequantize_array, quantize_array
 from onnxfit.passes.dequantize import DequantizePass
 from passes_util import (
+    NoiseReader,
     check,
     copy,
     imagenet_sample,
@@ -209,17 +210,6 @@ def _float_model(tmp_path):  # type: ignore[no-untyped-def]
     return m, path
 
 
-class _Reader:
-    def __init__(self) -> None:
-        rng = np.random.default_rng(1)
-        self.batches = iter(
-            [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
-        )
-
-    def get_next(self):  # type: ignore[no-untyped-def]
-        return next(self.batches, None)
-
-
 @pytest.mark.parametrize("fmt", ["QOperator", "QDQ"])
 def test_ort_static_int8_back_to_float(tmp_path, fmt: str) -> None:  # type: ignore[no-untyped-def]
     from onnxruntime.quantization import QuantFormat, quantize_static
@@ -227,7 +217,7 @@ def test_ort_static_int8_back_to_float(tmp_path, fmt: str) -> None:  # type: ign
     fm, path = _float_model(tmp_path)
     qpath = tmp_path / "q.onnx"
     quantize_static(
-        str(path), str(qpath), _Reader(), quant_format=QuantFormat[fmt], per_channel=True
+        str(path), str(qpath), NoiseReader(), quant_format=QuantFormat[fmt], per_channel=True
     )
     q = io.load(qpath)
     if fmt == "QOperator":

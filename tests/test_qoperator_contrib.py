@@ -11,7 +11,7 @@ from onnxfit import io
 from onnxfit.analysis.cost import analyze_cost
 from onnxfit.analysis.shapes import infer_shapes
 from onnxfit.passes.dequantize import DequantizePass
-from passes_util import check, model, ops, run, tensor, vinfo
+from passes_util import NoiseReader, check, model, ops, run, tensor, vinfo
 
 RNG = np.random.default_rng(0)
 CONTRIB = {
@@ -46,17 +46,6 @@ def _float_model():  # type: ignore[no-untyped-def]
     return model(nodes, [vinfo("x", [1, 3, 8, 8])], [vinfo("y", [1, 6])], inits, opset=13)
 
 
-class _Reader:
-    def __init__(self) -> None:
-        rng = np.random.default_rng(1)
-        self.batches = iter(
-            [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
-        )
-
-    def get_next(self):  # type: ignore[no-untyped-def]
-        return next(self.batches, None)
-
-
 def _qoperator(tmp_path):  # type: ignore[no-untyped-def]
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -66,7 +55,7 @@ def _qoperator(tmp_path):  # type: ignore[no-untyped-def]
     quantize_static(
         str(path),
         str(qpath),
-        _Reader(),
+        NoiseReader(),
         quant_format=QuantFormat.QOperator,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
