@@ -118,9 +118,12 @@ def counts(
     return {r.name: k for r, k in zip(refs, chosen, strict=True)}
 
 
-def _distance(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
-    num = sum(float(np.sum(np.square(a[k] - b[k], dtype=np.float64))) for k in a)
-    den = sum(float(np.sum(np.square(a[k], dtype=np.float64))) for k in a)
+def relative_change(base: Mapping[str, np.ndarray], now: Mapping[str, np.ndarray]) -> float:
+    """``sum ||now - base||^2 / sum ||base||^2`` over the outputs (inf when not finite)."""
+    num = sum(float(np.sum(np.square(now[k] - base[k], dtype=np.float64))) for k in base)
+    den = sum(float(np.sum(np.square(base[k], dtype=np.float64))) for k in base)
+    if not np.isfinite(num):
+        return float("inf")
     return num / den if den > 0 else 0.0
 
 
@@ -149,7 +152,7 @@ def propagation(
         saved = layer.weight.const_value
         layer.weight.const_value = ir.tensor(layer.from_matrix(w), name=layer.name)
         try:
-            seen = _distance(base, run_all(model, feeds))
+            seen = relative_change(base, run_all(model, feeds))
         finally:
             layer.weight.const_value = saved
         out[ref.name] = seen / own if own > 0 else 1.0

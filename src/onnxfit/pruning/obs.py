@@ -61,18 +61,33 @@ def block_counts(count: int, sizes: list[int], zeros: list[int] | None = None) -
     return [cum[i + 1] - cum[i] for i in range(len(sizes))]
 
 
+def inverse_factor(h: np.ndarray, damp: float) -> np.ndarray:
+    """The upper ``U`` of :func:`obs_prune` for the Hessian ``h``: ``chol(H^-1)`` of ``h``
+    damped by ``damp``."""
+    return inverse_cholesky(damped(h, damp))
+
+
 def obs_prune(
-    w: np.ndarray, h: np.ndarray, count: int, *, block: int = 128, damp: float = 0.01
+    w: np.ndarray,
+    h: np.ndarray | None,
+    count: int,
+    *,
+    block: int = 128,
+    damp: float = 0.01,
+    u: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``w`` ``[G, R, C]`` with exactly ``count`` zeros (module docstring) and the boolean mask
-    of the pruned positions. ``h`` is ``[G, C, C]``; nothing is changed in place."""
+    of the pruned positions. ``h`` is ``[G, C, C]``, or ``u`` its :func:`inverse_factor`
+    when already computed (one layer pruned to several counts); nothing is changed in
+    place."""
     w = np.array(w, np.float64, copy=True)
     g, r, c = w.shape
     mask = np.zeros(w.shape, bool)
     if count <= 0:
         return w, mask
-    hd = damped(h, damp)
-    u = inverse_cholesky(hd)
+    if u is None:
+        assert h is not None, "obs_prune needs h or u"
+        u = inverse_factor(h, damp)
     starts = list(range(0, c, block))
     counts = block_counts(
         count,

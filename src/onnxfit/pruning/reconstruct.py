@@ -126,28 +126,31 @@ def reconstruct_layer(
     h: np.ndarray | None = None
     cross: np.ndarray | None = None
     total = total_d = np.zeros(0)
-    rows = seen = 0
+    rows = 0
+    w = layer.matrix()
     name = [str(layer.input.name)]
-    refs = input_batches(dense, name, feeds) if dense is not None else None
+    refs = input_batches(dense, name, feeds) if dense is not None else None  # lazy: runs on next
+    refitting: bool | None = None
     for out in input_batches(model, name, feeds):
         x = next(iter(out.values()))
         p = layer.patches(x)
         limit = ROWS_PER_SAMPLE * x.shape[0]
         h = accumulate(h, p, max_rows=limit)
-        seen += min(p.shape[1], limit)
+        if refitting is None:  # every sample has as many rows: the Hessian's total is known
+            per_sample = min(p.shape[1] // x.shape[0], ROWS_PER_SAMPLE)
+            # a refit moves every weight: only where the rows pin them down (else it fits noise)
+            refitting = per_sample * _samples(feeds) >= CORRECT_ROWS_PER_COLUMN * w.shape[2]
         pd = p
-        if refs is not None:
+        if refs is not None and (refitting or bias_correction):  # else the dense run is skipped
             pd = layer.patches(next(iter(next(refs).values())))
-            cross = accumulate_cross(cross, pd, p, max_rows=limit)
+            if refitting:
+                cross = accumulate_cross(cross, pd, p, max_rows=limit)
         if bias_correction:
             total = p.sum(axis=1, dtype=np.float64) + (total if total.size else 0.0)
             total_d = pd.sum(axis=1, dtype=np.float64) + (total_d if total_d.size else 0.0)
             rows += p.shape[1]
     assert h is not None
-    w = layer.matrix()
-    # a refit moves every weight: only where the rows pin them down (else it fits noise)
-    enough = seen >= CORRECT_ROWS_PER_COLUMN * w.shape[2]
-    target = refit(w, cross, h, damp) if cross is not None and enough else w
+    target = refit(w, cross, h, damp) if cross is not None else w
     w2, _ = obs.obs_prune(target, h, count, block=block, damp=damp)
     layer.weight.const_value = ir.tensor(layer.from_matrix(w2), name=layer.name)
     bias = _bias(layer.node)
@@ -314,8 +317,7 @@ class ReconstructPrunePass(PrunePass):
                 continue
             layer = layers.get(ref.name)
             if layer is None:  # shared or unsupported: magnitude on this tensor
-                arr = ref.array().copy()
-                arr.reshape(-1)[sc.smallest(sc.magnitude(arr), k)] = 0
+                arr = sc.magnitude_pruned(ref.array(), k)
                 ref.value.const_value = ir.tensor(arr, name=ref.name)
             else:
                 err = reconstruct_layer(

@@ -42,6 +42,13 @@ def magnitude(weight: np.ndarray) -> np.ndarray:
     return mag
 
 
+def magnitude_pruned(weight: np.ndarray, k: int) -> np.ndarray:
+    """A copy of ``weight`` with its ``k`` smallest ``|w|`` set to zero (:func:`smallest`)."""
+    out = np.array(weight, copy=True)
+    out.reshape(-1)[smallest(magnitude(out), k)] = 0
+    return out
+
+
 def channel_norms(
     weight: np.ndarray,
     *,
