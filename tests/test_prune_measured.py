@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from onnxfit.pruning import allocation as al
 from onnxfit.pruning import measured
 from onnxfit.pruning.reconstruct import ReconstructPrunePass
 from onnxfit.verify.runner import run_all
@@ -41,9 +42,9 @@ def test_curve_counts_start_past_the_zeros_and_respect_the_cap() -> None:
 
 def test_relative_change() -> None:
     base = {"y": np.array([3.0, 4.0])}
-    assert measured.relative_change(base, {"y": np.array([3.0, 4.0])}) == 0.0
-    assert measured.relative_change(base, {"y": np.array([3.0, 9.0])}) == pytest.approx(1.0)
-    assert measured.relative_change(base, {"y": np.array([np.nan, 4.0])}) == float("inf")
+    assert al.relative_change(base, {"y": np.array([3.0, 4.0])}) == 0.0
+    assert al.relative_change(base, {"y": np.array([3.0, 9.0])}) == pytest.approx(1.0)
+    assert al.relative_change(base, {"y": np.array([np.nan, 4.0])}) == float("inf")
 
 
 def test_measured_allocation_is_exact_and_no_worse_than_row_shares(rng) -> None:
@@ -67,6 +68,27 @@ def test_measured_allocation_is_exact_and_no_worse_than_row_shares(rng) -> None:
     c2 = copy(m)
     o(c2)
     dense = run_all(m, x)["y"]
-    err = measured.relative_change({"y": dense}, {"y": out})
-    err2 = measured.relative_change({"y": dense}, {"y": run_all(c2, x)["y"]})
+    err = al.relative_change({"y": dense}, {"y": out})
+    err2 = al.relative_change({"y": dense}, {"y": run_all(c2, x)["y"]})
     assert err <= err2 * 1.5
+
+
+def test_every_curve_level_starts_from_the_dense_weights(rng) -> None:
+    """``curves`` writes each level into the model before running it; the next level must not
+    start from that (it did: OBS read the layer's current, already pruned weight)."""
+    import onnx_ir as ir
+
+    from onnxfit.pruning.activations import layer_hessian
+    from onnxfit.pruning.reconstruct import layers_of
+    from onnxfit.pruning.unstructured import find_weights
+
+    m = _net(rng, groups=1)
+    x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
+    refs, _ = find_weights(m)
+    layers = layers_of(refs)
+    ref = refs[0]
+    h = layer_hessian(m, layers[ref.name], [{"x": x}], max_rows_per_sample=2048)
+    want = measured._pruner(ref, layers[ref.name], h, 0.1, 128)(700)
+    prune = measured._pruner(ref, layers[ref.name], h, 0.1, 128)
+    ref.value.const_value = ir.tensor(prune(300), name=ref.name)  # as curves() does
+    np.testing.assert_array_equal(prune(700), want)

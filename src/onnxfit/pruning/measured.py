@@ -32,6 +32,7 @@ import onnx_ir as ir
 from onnxfit.pruning import obs
 from onnxfit.pruning import scores as sc
 from onnxfit.pruning.activations import Layer, layer_hessian
+from onnxfit.pruning.allocation import relative_change
 from onnxfit.pruning.unstructured import WeightRef
 from onnxfit.verify.runner import run_all
 
@@ -41,15 +42,6 @@ Feeds = Sequence[Mapping[str, np.ndarray]]
 #: shares of a layer's non-zero weights its curve is measured at
 LEVELS = (0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9)
 Curve = list[tuple[int, float]]
-
-
-def relative_change(base: Mapping[str, np.ndarray], now: Mapping[str, np.ndarray]) -> float:
-    """``sum ||now - base||^2 / sum ||base||^2`` over the outputs (inf when not finite)."""
-    num = sum(float(np.sum(np.square(now[k] - base[k], dtype=np.float64))) for k in base)
-    den = sum(float(np.sum(np.square(base[k], dtype=np.float64))) for k in base)
-    if not np.isfinite(num):
-        return float("inf")
-    return num / den if den > 0 else 0.0
 
 
 def curve_counts(size: int, zeros: int, cap: int) -> list[int]:
@@ -65,15 +57,15 @@ def curve_counts(size: int, zeros: int, cap: int) -> list[int]:
 
 def _pruner(ref: WeightRef, layer: Layer | None, h: np.ndarray | None, damp: float,
             block: int) -> Callable[[int], np.ndarray]:  # fmt: skip
-    """count -> the tensor pruned to ``count`` zeros (OBS with updates, or magnitude)."""
+    """count -> the tensor as it is now pruned to ``count`` zeros (OBS with updates, or
+    magnitude); every count starts from the same weights, whatever the tensor holds later."""
     w = ref.array()
+    if layer is None or h is None:
+        return lambda count: sc.magnitude_pruned(w, count)
+    matrix, u = layer.matrix(w), obs.inverse_factor(h, damp)
 
     def prune(count: int) -> np.ndarray:
-        if layer is None or h is None:
-            arr = w.copy()
-            arr.reshape(-1)[sc.smallest(sc.magnitude(arr), count)] = 0
-            return arr
-        w2, _ = obs.obs_prune(layer.matrix(), h, count, block=block, damp=damp)
+        w2, _ = obs.obs_prune(matrix, None, count, block=block, u=u)
         return layer.from_matrix(w2)
 
     return prune
