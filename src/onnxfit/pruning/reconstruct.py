@@ -21,8 +21,9 @@ is :class:`~onnxfit.pruning.unstructured.PrunePass` unchanged (zero the smallest
    before it left instead of preserving it (ShuffleNetV2 at 30 %, held-out top-1: 74.4 ->
    75.2 %, 64 images; YOLOv3-tiny: :data:`CORRECT_ROWS_PER_COLUMN`).
    ``allocation="measured"`` draws the counts from measured per-layer curves of the model's
-   output error (:mod:`~onnxfit.pruning.measured`; ShuffleNetV2 at 30 %: 73.2 vs 74.4 % with
-   row shares, so not the default).
+   output error (:mod:`~onnxfit.pruning.measured`; ShuffleNetV2 at 30 %, 128 images, with the
+   refit: top-1 75.2 vs 75.6 % with row shares, agreement with the dense model 92.4 vs 91.6 %,
+   so not the default).
 3. **Bias correction** (``bias_correction=True``, off by default): a layer with a bias also gets
    ``(W - W') E[x]`` added, the mean output shift on the calibration inputs.
 
